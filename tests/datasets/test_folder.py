@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from dnc_keras.datasets import load, load_folder
+
+
+def _image(path, size, color):
+    Image.new("RGB", size, color).save(path)
+
+
+def _replica(root):
+    """Four classes in assorted formats and sizes, plus files the loader must ignore."""
+    for name, color, fmt in (("cat", (255, 0, 0), "png"), ("dog", (0, 255, 0), "jpg"),
+                             ("eel", (0, 0, 255), "bmp"), ("fox", (255, 255, 255), "gif")):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i, size in enumerate(((40, 30), (20, 50), (64, 64))):
+            _image(folder / f"img{i}.{fmt}", size, color)
+        (folder / "notes.txt").write_text("ignored")
+        (folder / ".hidden.png").write_bytes(b"ignored")
+    (root / ".cache").mkdir()
+    return root
+
+
+def test_rgb_split_and_values(tmp_path):
+    ds = load("folder", data_dir=_replica(tmp_path), image_size=16)
+    assert ds.class_names_train == ("cat", "dog") and ds.class_names_test == ("eel", "fox")
+    assert ds.x_train.shape == (6, 16, 16, 3) and ds.x_train.dtype == np.float32
+    cat = ds.x_train[ds.y_train == 0]
+    np.testing.assert_allclose(cat.mean(axis=(0, 1, 2)), [1, 0, 0], atol=0.02)
+    np.testing.assert_allclose(ds.x_test[ds.y_test == 1], 1.0, atol=0.02)
+
+
+@pytest.mark.parametrize("fit", ["stretch", "crop", "pad"])
+def test_grayscale_fits_and_all(tmp_path, fit):
+    ds = load_folder(_replica(tmp_path), image_size=(12, 20), color_mode="grayscale", fit=fit,
+                     train_classes="all")
+    assert ds.x_train.shape == (12, 12, 20, 1) and ds.num_classes_train == 4
+    assert 0.0 <= ds.x_train.min() and ds.x_train.max() <= 1.0
+
+
+def test_single_image_class_raises_or_warns(tmp_path):
+    _replica(tmp_path)
+    _image(tmp_path / "owl.png", (8, 8), (0, 0, 0))  # a stray file at the root is ignored
+    (tmp_path / "owl").mkdir()
+    _image(tmp_path / "owl" / "only.png", (8, 8), (0, 0, 0))
+    with pytest.raises(ValueError, match=r"Class 'owl' .* has 1 readable image.*at least 2"):
+        load_folder(tmp_path)
+    with pytest.warns(UserWarning, match="Dropped 1 class"):
+        ds = load_folder(tmp_path, on_error="skip")
+    assert ds.class_names_train + ds.class_names_test == ("cat", "dog", "eel", "fox")
+
+
+def test_corrupt_file_raises_naming_it_or_is_skipped(tmp_path):
+    _replica(tmp_path)
+    (tmp_path / "dog" / "broken.jpg").write_bytes(b"\xff\xd8 garbage")
+    with pytest.raises(ValueError, match=r"Cannot read image file '.*broken\.jpg'"):
+        load_folder(tmp_path)
+    with pytest.warns(UserWarning, match="Skipped 1 unreadable"):
+        ds = load_folder(tmp_path, on_error="skip")
+    assert np.bincount(ds.y_train).tolist() == [3, 3]
+    assert "broken.jpg" in ds.info["skipped_files"][0]
+
+
+def test_layout_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_folder(tmp_path / "missing")
+    _image(tmp_path / "a.png", (8, 8), (0, 0, 0))
+    with pytest.raises(FileNotFoundError, match="holds images directly"):
+        load_folder(tmp_path)
+    nested = tmp_path / "nested"
+    (nested / "alphabet" / "character01").mkdir(parents=True)
+    with pytest.raises(ValueError, match="holds subfolders"):
+        load_folder(nested)
+    with pytest.raises(ValueError, match="color_mode must be one of"):
+        load_folder(tmp_path, color_mode="cmyk")
