@@ -1,0 +1,72 @@
+"""Backbones and the embedding head: images -> (pooled feature f, embedding z = W f + b).
+
+The encoder takes float32 images in [0, 1] of shape [batch, H, W, C]; any normalisation a
+backbone needs (ResNet-50's caffe preprocessing) happens inside it, so every caller, export
+included, feeds the same thing.
+"""
+
+import keras
+
+BACKBONES = ("conv4", "resnet50")
+
+
+def conv4(input_shape, width=64, name="conv4"):
+    """The Conv-4 of the few-shot literature: 4 x (conv 3x3, BatchNorm, ReLU, max-pool 2)."""
+    inputs = keras.Input(shape=input_shape)
+    x = inputs
+    for i in range(4):
+        x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
+        x = keras.layers.BatchNormalization(name=f"bn{i}")(x)
+        x = keras.layers.ReLU(name=f"relu{i}")(x)
+        if x.shape[1] > 1 and x.shape[2] > 1:
+            x = keras.layers.MaxPooling2D(2, name=f"pool{i}")(x)
+    return keras.Model(inputs, x, name=name)
+
+
+def resnet50(input_shape, weights="imagenet"):
+    """keras.applications ResNet-50 (v1, caffe preprocessing) without its classifier.
+
+    Args:
+        weights: `"imagenet"` (downloaded by Keras), a path to a local weights file, or `None`.
+    """
+    inputs = keras.Input(shape=input_shape)
+    x = keras.layers.Rescaling(255.0, name="to_0_255")(inputs)
+    x = keras.layers.Lambda(keras.applications.resnet50.preprocess_input,
+                            name="caffe_preprocess")(x)
+    net = keras.applications.ResNet50(include_top=False, weights=weights,
+                                      input_shape=tuple(input_shape))
+    return keras.Model(inputs, net(x), name="resnet50")
+
+
+def build_backbone(name, input_shape, weights=None):
+    """Builds a backbone by name (`"conv4"` or `"resnet50"`)."""
+    if name == "conv4":
+        return conv4(input_shape)
+    if name == "resnet50":
+        return resnet50(input_shape, weights=weights)
+    raise ValueError(f"Unknown backbone {name!r}; expected one of {BACKBONES}")
+
+
+def build_encoder(backbone, embedding_dim=128, dropout=0.01, freeze_bn_stats=True):
+    """Wraps a backbone into images -> [f, z], the encoder that DnCModel trains.
+
+    f is the global-average-pooled backbone output (what re-clustering uses by default),
+    z = W dropout(f) + b the embedding of width `embedding_dim` (method.md, section 1).
+
+    Args:
+        backbone: a Keras model mapping images to a feature map [b, h, w, c] or vector [b, c].
+        embedding_dim: d. Defaults to `128` (CVPR; TPAMI uses 512).
+        dropout: dropout before the linear embedding. Defaults to `0.01`.
+        freeze_bn_stats: call the backbone with `training=False`, so BatchNorm uses (and keeps)
+            its moving statistics while its scale and shift still train, as the papers do with
+            ImageNet weights. Set `False` for a backbone trained from scratch (the Conv-4).
+            Defaults to `True`.
+    """
+    inputs = keras.Input(shape=backbone.input_shape[1:], name="images")
+    x = backbone(inputs, training=False) if freeze_bn_stats else backbone(inputs)
+    if len(x.shape) == 4:
+        x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    features = keras.layers.Identity(name="features")(x)
+    x = keras.layers.Dropout(dropout, name="embedding_dropout")(features)
+    z = keras.layers.Dense(embedding_dim, name="embedding")(x)
+    return keras.Model(inputs, [features, z], name="encoder")

@@ -1,0 +1,204 @@
+"""DnCModel: a keras.Model whose train_step routes each batch to its learner's subspace."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from dnc_keras.layers import SubspaceMasks
+
+
+@keras.saving.register_keras_serializable(package="dnc_keras")
+class DnCModel(keras.Model):
+    """Divide-and-conquer metric learning model: encoder -> embedding z -> learner subspaces.
+
+    Batches are `({"images": x, "learner": k}, labels)` (what `ClusterBatchSampler.as_dataset`
+    yields) or plain `(x, labels)`, which trains learner 0. Each batch trains one learner: the
+    compiled loss sees normalize(mask_k * z); after `conquer()` it sees the full normalize(z),
+    the masks freeze and the overlap penalty stops. `predict` returns the inference embedding
+    (normalize(z) by default), `evaluate` the loss on it.
+
+    Args:
+        encoder: a Keras model images -> [f, z] (see `dnc_keras.backbones.build_encoder`).
+        subspaces: a `SubspaceMasks` layer over z.
+        mask_lr_multiplier: learned masks train with this multiple of the base learning rate
+            (TPAMI: 1e-3 for masks against 1e-5). Defaults to `100.0`.
+        weight_decay: coupled L2 added to the gradient of encoder weights, as PyTorch's Adam
+            `weight_decay` does in the official code (not Keras's decoupled weight decay).
+            Defaults to `0.0`; the official preset is `1e-4`.
+
+    Example:
+    ```python
+    encoder = build_encoder(conv4((28, 28, 1)), embedding_dim=128, freeze_bn_stats=False)
+    model = DnCModel(encoder, SubspaceMasks(128, max_learners=4))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=TripletHardLoss())
+    model.fit(sampler.as_dataset(x_train), epochs=10, callbacks=dnc_callbacks(...))
+    ```
+    """
+
+    def __init__(self, encoder, subspaces, mask_lr_multiplier=100.0, weight_decay=0.0,
+                 **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(subspaces, SubspaceMasks):
+            raise TypeError(f"subspaces must be a SubspaceMasks layer; got {type(subspaces)}")
+        self.encoder = encoder
+        self.subspaces = subspaces
+        self.mask_lr_multiplier = float(mask_lr_multiplier)
+        self.weight_decay = float(weight_decay)
+        self.conquered = self.add_weight(name="conquered", shape=(), dtype="int32",
+                                         initializer="zeros", trainable=False)
+        self.mask_optimizer = None
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.overlap_tracker = keras.metrics.Mean(name="overlap")
+
+    # -- Keras plumbing --------------------------------------------------------------------
+    def call(self, inputs, training=False):
+        _, z = self.encoder(_images(inputs), training=training)
+        return self.subspaces(z)
+
+    def compile(self, optimizer="adam", loss=None, mask_optimizer=None, **kwargs):
+        """Compiles with the learner loss; learned masks get their own optimizer.
+
+        Args:
+            loss: a metric-learning loss taking (labels, embeddings), e.g. `MarginLoss()`.
+            mask_optimizer: optimizer of the learned masks. Defaults to a copy of `optimizer`
+                with `mask_lr_multiplier` times its learning rate.
+        """
+        if loss is None:
+            raise ValueError("DnCModel.compile needs a metric-learning loss, e.g. "
+                             "dnc_keras.losses.MarginLoss()")
+        super().compile(optimizer=optimizer, loss=loss, **kwargs)
+        self.learner_loss = keras.losses.get(loss)
+        if self.subspaces.mode == "learned":
+            self.mask_optimizer = mask_optimizer or _scaled_copy(self.optimizer,
+                                                                 self.mask_lr_multiplier)
+
+    def compile_from_config(self, config):
+        """Restores compile() on keras.saving.load_model, so the loaded model trains on."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.encoder.trainable_variables)
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.overlap_tracker]
+
+    def compute_loss_for_learner(self, labels, z, learner):
+        """(learner loss, overlap penalty) for one batch; conquered: loss on normalize(z)."""
+        conquered = tf.cast(self.conquered, tf.bool)
+        sub = self.subspaces.learner_embedding(z, learner)
+        full = tf.math.l2_normalize(tf.cast(z, tf.float32), axis=-1)
+        embedding = tf.where(conquered, full, sub)
+        loss = self.learner_loss(labels, embedding)
+        overlap = self.subspaces.overlap_penalty() * (1.0 - tf.cast(conquered, tf.float32))
+        return loss, overlap
+
+    def train_step(self, data):
+        x, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+        learner = _learner(x)
+        encoder_vars = self.encoder.trainable_variables
+        mask_vars = [self.subspaces.masks] if self.mask_optimizer is not None else []
+        with tf.GradientTape() as tape:
+            _, z = self.encoder(_images(x), training=True)
+            loss, overlap = self.compute_loss_for_learner(labels, z, learner)
+            total = loss + overlap
+        grads = tape.gradient(total, encoder_vars + mask_vars)
+        self.apply_learner_gradients(grads, encoder_vars, mask_vars)
+        self.loss_tracker.update_state(loss)
+        self.overlap_tracker.update_state(overlap)
+        return {m.name: m.result() for m in self.metrics}
+
+    def apply_learner_gradients(self, grads, encoder_vars, mask_vars):
+        """Coupled L2 on encoder weights, then one optimizer step each for encoder and masks."""
+        n = len(encoder_vars)
+        encoder_grads = [
+            g if g is None or not self.weight_decay else g + self.weight_decay * v
+            for g, v in zip(grads[:n], encoder_vars)]
+        self.optimizer.apply(encoder_grads, encoder_vars)
+        if mask_vars:
+            self.mask_optimizer.apply(grads[n:], mask_vars)
+
+    def test_step(self, data):
+        x, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+        embedding = self(x, training=False)
+        loss = self.learner_loss(labels, embedding)
+        self.loss_tracker.update_state(loss)
+        return {"loss": self.loss_tracker.result()}
+
+    # -- divide and conquer ---------------------------------------------------------------
+    @property
+    def active_learners(self):
+        return int(self.subspaces.active_learners.numpy())
+
+    def divide(self):
+        """Doubles the learners; the children's masks restart their optimizer slots."""
+        self.subspaces.divide()
+        if self.mask_optimizer is not None and self.mask_optimizer.built:
+            shape = tuple(self.subspaces.masks.shape)
+            for v in self.mask_optimizer.variables:
+                if tuple(v.shape) == shape:
+                    v.assign(tf.zeros_like(v))
+            self.mask_optimizer.iterations.assign(0)
+
+    def conquer(self):
+        """From now on the loss sees the full embedding; masks freeze."""
+        self.conquered.assign(1)
+        if self.mask_optimizer is not None:
+            self.mask_optimizer.learning_rate = 0.0
+
+    @property
+    def is_conquered(self):
+        return bool(self.conquered.numpy())
+
+    def embed(self, images, output="embedding", batch_size=256):
+        """L2-normalised `"embedding"` (what predict returns) or backbone `"features"` f."""
+        if output not in ("embedding", "features"):
+            raise ValueError(f"output must be 'embedding' or 'features'; got {output!r}")
+        fn = self._embed_fn(output)
+        chunks = [fn(tf.constant(images[i:i + batch_size], tf.float32)).numpy()
+                  for i in range(0, len(images), batch_size)]
+        return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+
+    def _embed_fn(self, output):
+        cache = self.__dict__.setdefault("_embed_fns", {})
+        if output not in cache:
+            @tf.function(reduce_retracing=True)
+            def fn(images):
+                f, z = self.encoder(images, training=False)
+                if output == "features":
+                    return tf.math.l2_normalize(tf.cast(f, tf.float32), axis=-1)
+                return self.subspaces(z)
+            cache[output] = fn
+        return cache[output]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(encoder=keras.saving.serialize_keras_object(self.encoder),
+                      subspaces=keras.saving.serialize_keras_object(self.subspaces),
+                      mask_lr_multiplier=self.mask_lr_multiplier, weight_decay=self.weight_decay)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
+        config["subspaces"] = keras.saving.deserialize_keras_object(config["subspaces"])
+        return cls(**config)
+
+
+def _images(inputs):
+    return inputs["images"] if isinstance(inputs, dict) else inputs
+
+
+def _learner(inputs):
+    if isinstance(inputs, dict) and "learner" in inputs:
+        return tf.reshape(inputs["learner"], [-1])[0]
+    return tf.constant(0, tf.int32)
+
+
+def _scaled_copy(optimizer, multiplier):
+    config = optimizer.get_config()
+    rate = config["learning_rate"]
+    if not isinstance(rate, (int, float)):
+        raise ValueError("With a learning-rate schedule, pass mask_optimizer explicitly")
+    config.update(learning_rate=rate * multiplier, name="mask_optimizer")
+    return optimizer.__class__.from_config(config)

@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+
+from dnc_keras.sampling import ClusterBatchSampler
+
+
+def _labels(classes, per_class):
+    return np.repeat(np.arange(classes), per_class)
+
+
+def test_batches_are_p_by_m_from_one_cluster_round_robin():
+    labels = _labels(12, 6)
+    sampler = ClusterBatchSampler(labels, classes_per_batch=3, samples_per_class=2, seed=1)
+    assignment = labels % 3
+    sampler.set_clusters(assignment, 3)
+    batches = list(sampler.epoch_batches())
+    assert [c for _, c in batches] == [0, 1, 2] * (len(batches) // 3)
+    for indices, cluster in batches:
+        assert len(indices) == 6
+        assert np.all(assignment[indices] == cluster)
+        classes, counts = np.unique(labels[indices], return_counts=True)
+        assert len(classes) == 3 and np.all(counts == 2)
+
+
+def test_epoch_length_is_fixed_whatever_the_clusters():
+    labels = _labels(20, 4)
+    sampler = ClusterBatchSampler(labels, 2, 4)
+    assert sampler.steps == 80 // 8
+    sampler.set_clusters(np.where(labels < 16, 0, 1), 2)
+    assert len(list(sampler.epoch_batches())) == 10
+    fixed = ClusterBatchSampler(labels, 2, 4, steps_per_epoch=3)
+    assert len(list(fixed.epoch_batches())) == 3
+    assert int(fixed.as_dataset(np.zeros((80, 1, 1, 1))).cardinality()) == 3
+
+
+def test_small_classes_with_replacement_and_few_classes_get_more_images():
+    labels = np.array([0, 0, 1, 1, 1, 2, 2, 2, 2, 2])
+    sampler = ClusterBatchSampler(labels, classes_per_batch=4, samples_per_class=3)
+    (indices, _), = list(sampler.epoch_batches())
+    assert len(indices) == 12
+    _, counts = np.unique(labels[indices], return_counts=True)
+    assert sorted(counts) == [4, 4, 4]
+
+
+def test_single_image_class_in_cluster_is_dropped_and_cluster_skipped():
+    labels = _labels(6, 3)
+    assignment = np.repeat([0, 1], 9)
+    assignment[3] = 1  # class 1 has one image in cluster 1: dropped there
+    sampler = ClusterBatchSampler(labels, 2, 2)
+    sampler.set_clusters(assignment, 2)
+    for indices, cluster in sampler.epoch_batches():
+        assert 3 not in indices
+    lonely = np.array([0, 0, 1, 2, 2, 2])[labels]  # cluster 1 holds class 2 alone
+    sampler.set_clusters(lonely, 3)
+    with pytest.warns(UserWarning, match="Cluster 1 has 1 usable"):
+        clusters = {c for _, c in sampler.epoch_batches()}
+    assert clusters == {0, 2}
+
+
+def test_deterministic_for_seed_and_state_round_trip():
+    labels = _labels(10, 5)
+    a = ClusterBatchSampler(labels, 3, 2, seed=7)
+    b = ClusterBatchSampler(labels, 3, 2, seed=7)
+    first = [i.tolist() for i, _ in a.epoch_batches()]
+    assert first == [i.tolist() for i, _ in b.epoch_batches()]
+    state = a.get_state()
+    c = ClusterBatchSampler(labels, 3, 2, seed=7)
+    c.set_state(state)
+    assert [i.tolist() for i, _ in a.epoch_batches()] == [i.tolist() for i, _ in c.epoch_batches()]
+
+
+def test_dataset_follows_new_clusters_each_epoch():
+    labels = _labels(8, 4)
+    images = np.arange(len(labels), dtype=np.float32).reshape(-1, 1, 1, 1)
+    sampler = ClusterBatchSampler(labels, 2, 2)
+    dataset = sampler.as_dataset(images)
+    for x, y in dataset:
+        assert set(x["learner"].numpy()) == {0}
+        np.testing.assert_array_equal(labels[x["images"].numpy().reshape(-1).astype(int)], y)
+    sampler.set_clusters(labels % 2, 2)
+    learners = [int(x["learner"][0]) for x, _ in dataset]
+    assert learners[:2] == [0, 1]
+
+
+def test_bad_labels_are_named():
+    with pytest.raises(ValueError, match=r"single image \(labels \[2\]\)"):
+        ClusterBatchSampler(np.array([0, 0, 1, 1, 2]))
+    with pytest.raises(ValueError, match="at least 2 training classes"):
+        ClusterBatchSampler(np.array([0, 0, 0]))
