@@ -49,6 +49,9 @@ class DnCModel(keras.Model):
         self.mask_optimizer = None
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.overlap_tracker = keras.metrics.Mean(name="overlap")
+        # Every variable lives in the (already built) encoder and subspaces; nothing is left
+        # for a symbolic call to create, and save_weights needs a built model.
+        self.built = True
 
     # -- Keras plumbing --------------------------------------------------------------------
     def call(self, inputs, training=False):

@@ -1,0 +1,91 @@
+"""TrainConfig: every setting of a training run, with defaults, loadable from JSON or YAML."""
+
+import dataclasses
+import json
+import os
+
+import yaml
+
+LOSSES = ("margin", "triplet_hard", "triplet_semihard", "contrastive")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Settings of `dnc-keras train`. Defaults are tuned for the Conv-4 on small images and a
+    few CPU minutes (the glyphs job); the papers' ResNet-50 settings differ (method.md, s. 6)."""
+
+    dataset: str = "glyphs"
+    data_dir: str | None = None
+    train_classes: str = "standard"
+    image_size: int | None = None
+    backbone: str = "conv4"
+    weights: str | None = None
+    embedding_dim: int = 128
+    learners: int = 4
+    subspaces: str = "fixed"
+    progressive: bool = True
+    recluster_period: int = 2
+    cluster_on: str = "features"
+    kmeans_backend: str = "auto"
+    conquer_fraction: float = 0.2
+    conquer_mode: str = "tpami"
+    loss: str = "triplet_hard"
+    margin: float | None = None
+    epochs: int = 10
+    classes_per_batch: int = 20
+    samples_per_class: int = 4
+    steps_per_epoch: int | None = None
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    augment: bool = False
+    eval_every: int = 0
+    seed: int = 0
+    out: str | None = None
+
+    def __post_init__(self):
+        checks = {
+            "loss": (self.loss, LOSSES),
+            "subspaces": (self.subspaces, ("fixed", "learned")),
+            "train_classes": (self.train_classes, ("standard", "all")),
+            "conquer_mode": (self.conquer_mode, ("tpami", "cvpr")),
+            "cluster_on": (self.cluster_on, ("features", "embedding")),
+        }
+        for name, (value, allowed) in checks.items():
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}. Received: {name}={value!r}")
+        if self.learners < 1:
+            raise ValueError(f"learners must be >= 1. Received: learners={self.learners}")
+        if self.progressive and self.learners & (self.learners - 1):
+            raise ValueError("Progressive division doubles K, so learners must be a power of "
+                             f"2. Received: learners={self.learners}")
+        if not 0.0 <= self.conquer_fraction < 1.0:
+            raise ValueError(f"conquer_fraction must be in [0, 1). Received: "
+                             f"{self.conquer_fraction}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1. Received: epochs={self.epochs}")
+
+    @property
+    def conquer_epoch(self):
+        """First epoch of the conquer phase, or None when there is none."""
+        if self.learners == 1 or self.conquer_fraction == 0:
+            return None
+        return self.epochs - max(1, round(self.conquer_fraction * self.epochs))
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_file(cls, path, **overrides):
+        """Reads a JSON or YAML file of settings; `overrides` (not None) win over the file."""
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"Config file not found: {path}")
+        with open(path) as f:
+            values = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a mapping of settings, got {type(values)}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown setting(s) {unknown}; known: {sorted(known)}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
