@@ -1,0 +1,123 @@
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from dnc_keras.backbones import build_encoder
+from dnc_keras.callbacks import (ConquerCallback, FiniteCheckpoint, ReclusterCallback,
+                                 RetrievalEvaluation)
+from dnc_keras.evaluation import retrieval_metrics
+from dnc_keras.layers import SubspaceMasks
+from dnc_keras.losses import TripletHardLoss
+from dnc_keras.model import DnCModel
+from dnc_keras.sampling import ClusterBatchSampler
+
+
+def _data(classes=12, per_class=6, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, 10))
+    y = np.repeat(np.arange(classes), per_class)
+    x = centres[y] + 0.5 * rng.normal(size=(len(y), 10))
+    return x.reshape(len(y), 10, 1, 1).astype(np.float32), y
+
+
+def _model(k=2, lr=1e-2, initial=None):
+    backbone = keras.Sequential([keras.Input((10, 1, 1)), keras.layers.Flatten(),
+                                 keras.layers.Dense(16, activation="relu")])
+    model = DnCModel(build_encoder(backbone, 8, dropout=0.0, freeze_bn_stats=False),
+                     SubspaceMasks(8, k, initial_learners=initial))
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss=TripletHardLoss(margin=0.2))
+    return model
+
+
+def test_recluster_matches_new_clusters_to_old_learners():
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(12), 6)
+    groups = 8.0 * rng.normal(size=(4, 10))  # 4 far-apart groups of 3 classes each
+    x = (groups[y // 3] + rng.normal(size=(12, 10))[y] + 0.1 * rng.normal(size=(72, 10)))
+    x = x.reshape(72, 10, 1, 1).astype(np.float32)
+    model = _model(k=4)
+    sampler = ClusterBatchSampler(y, 3, 2)
+    recluster = ReclusterCallback(sampler, x, period=1, verbose=0)
+    recluster.set_model(model)
+    recluster.on_train_begin()
+    first = sampler.assignment.copy()
+    assert sampler.num_clusters == 4 and len(set(first)) == 4
+    for epoch in range(1, 6):  # other k-means seeds, same partition: ids must not move
+        recluster.on_epoch_begin(epoch)
+        np.testing.assert_array_equal(sampler.assignment, first)
+        assert sampler.updated_at_epoch == epoch
+
+
+def test_cvpr_conquer_merges_clusters_and_stops_reclustering():
+    x, y = _data()
+    model = _model(k=2)
+    sampler = ClusterBatchSampler(y, 3, 2)
+    sampler.set_clusters(y % 2, 2)
+    recluster = ReclusterCallback(sampler, x, period=1, verbose=0)
+    conquer = ConquerCallback(1, sampler, mode="cvpr", verbose=0)
+    for cb in (conquer, recluster):
+        cb.set_model(model)
+    conquer.on_epoch_begin(0)
+    assert not model.is_conquered
+    conquer.on_epoch_begin(1)
+    recluster.on_epoch_begin(2)
+    assert model.is_conquered and sampler.num_clusters == 1
+    assert np.all(sampler.assignment == 0) and not recluster.seconds
+
+
+def test_retrieval_evaluation_logs_metrics_into_history(tmp_path):
+    x, y = _data()
+    model = _model(k=1)
+    sampler = ClusterBatchSampler(y, 3, 2)
+    evaluation = RetrievalEvaluation(x, y, every=1, ks=(1, 2), log_dir=str(tmp_path))
+    history = model.fit(sampler.as_dataset(x), epochs=2, callbacks=[evaluation], verbose=0)
+    assert len(history.history["val_R@1"]) == 2
+    expected = retrieval_metrics(model.embed(x), y, ks=(1, 2))
+    assert history.history["val_MAP@R"][-1] == pytest.approx(expected["MAP@R"])
+    assert os.listdir(tmp_path / "retrieval")
+
+
+class _PoisonableLoss(keras.losses.Loss):
+    """TripletHardLoss that turns NaN once `poisoned` is set, as a diverging run would."""
+
+    def __init__(self):
+        super().__init__(name="poisonable")
+        self.inner = TripletHardLoss(margin=0.2)
+        self.poisoned = keras.Variable(0.0, trainable=False)
+
+    def call(self, y_true, y_pred):
+        value = self.inner(y_true, y_pred)
+        return keras.ops.where(self.poisoned > 0, np.float32(np.nan), value)
+
+
+def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(tmp_path):
+    x, y = _data()
+    model = _model(k=1)
+    loss = _PoisonableLoss()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=loss)
+    sampler = ClusterBatchSampler(y, 3, 2, steps_per_epoch=4)
+    path = str(tmp_path / "ckpt.weights.h5")
+    checkpoint = FiniteCheckpoint(path, verbose=0)
+    good = {}
+
+    class PoisonAfterSecondEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                good["weights"] = self.model.get_weights()
+                loss.poisoned.assign(1.0)
+
+    history = model.fit(sampler.as_dataset(x), epochs=5,
+                        callbacks=[checkpoint, PoisonAfterSecondEpoch()], verbose=0)
+    assert checkpoint.nan_at == (2, 0) and checkpoint.saved_epoch == 2
+    assert len(history.history["loss"]) == 3  # stopped in the third epoch
+    restored = _model(k=1)
+    restored.load_weights(path)
+    for a, b in zip(restored.get_weights(), good["weights"]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_checkpoint_path_must_be_weights_file():
+    with pytest.raises(ValueError, match=".weights.h5"):
+        FiniteCheckpoint("model.h5")
