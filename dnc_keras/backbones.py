@@ -47,6 +47,37 @@ def build_backbone(name, input_shape, weights=None):
     raise ValueError(f"Unknown backbone {name!r}; expected one of {BACKBONES}")
 
 
+@keras.saving.register_keras_serializable(package="dnc_keras")
+class FrozenStatistics(keras.layers.Layer):
+    """Runs a backbone in inference mode always: BatchNorm uses and keeps its moving
+    statistics while its scale and shift still train (PyTorch's `bn.eval()`).
+
+    Keras 3 functional models override an inner `training=False` with the outer call's
+    `training`, so the freeze has to live in a layer whose `call` takes no `training`.
+    """
+
+    def __init__(self, backbone, **kwargs):
+        super().__init__(**kwargs)
+        self.backbone = backbone
+
+    def call(self, inputs):
+        return self.backbone(inputs, training=False)
+
+    def compute_output_shape(self, input_shape):
+        return self.backbone.compute_output_shape(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config["backbone"] = keras.saving.serialize_keras_object(self.backbone)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        return cls(**config)
+
+
 def build_encoder(backbone, embedding_dim=128, dropout=0.01, freeze_bn_stats=True):
     """Wraps a backbone into images -> [f, z], the encoder that DnCModel trains.
 
@@ -57,13 +88,14 @@ def build_encoder(backbone, embedding_dim=128, dropout=0.01, freeze_bn_stats=Tru
         backbone: a Keras model mapping images to a feature map [b, h, w, c] or vector [b, c].
         embedding_dim: d. Defaults to `128` (CVPR; TPAMI uses 512).
         dropout: dropout before the linear embedding. Defaults to `0.01`.
-        freeze_bn_stats: call the backbone with `training=False`, so BatchNorm uses (and keeps)
-            its moving statistics while its scale and shift still train, as the papers do with
-            ImageNet weights. Set `False` for a backbone trained from scratch (the Conv-4).
+        freeze_bn_stats: run the backbone in inference mode (`FrozenStatistics`), so BatchNorm
+            uses (and keeps) its moving statistics while its scale and shift still train, as
+            the papers do with ImageNet weights. Set `False` for a backbone trained from scratch (the Conv-4).
             Defaults to `True`.
     """
     inputs = keras.Input(shape=backbone.input_shape[1:], name="images")
-    x = backbone(inputs, training=False) if freeze_bn_stats else backbone(inputs)
+    x = FrozenStatistics(backbone, name="frozen_bn")(inputs) if freeze_bn_stats \
+        else backbone(inputs)
     if len(x.shape) == 4:
         x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     features = keras.layers.Identity(name="features")(x)

@@ -116,3 +116,39 @@ def test_compile_needs_a_loss():
     model = _model()
     with pytest.raises(ValueError, match="metric-learning loss"):
         model.compile(optimizer="adam")
+
+
+def test_frozen_bn_statistics_stay_while_scale_and_shift_train():
+    encoder = build_encoder(conv4((16, 16, 1), ), 8, dropout=0.0, freeze_bn_stats=True)
+    model = DnCModel(encoder, SubspaceMasks(8, 1))
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=TripletHardLoss(margin=0.2))
+    bn = encoder.get_layer("frozen_bn").backbone.get_layer("bn0")
+    stats = [bn.moving_mean.numpy().copy(), bn.moving_variance.numpy().copy()]
+    gamma = bn.gamma.numpy().copy()
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(16, 16, 16, 1)).astype(np.float32)
+    y = np.repeat(np.arange(4), 4)
+    model.train_on_batch(x, y)
+    np.testing.assert_array_equal(bn.moving_mean.numpy(), stats[0])
+    np.testing.assert_array_equal(bn.moving_variance.numpy(), stats[1])
+    assert np.abs(bn.gamma.numpy() - gamma).max() > 0
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(encoder))
+    clone.set_weights(encoder.get_weights())
+    np.testing.assert_allclose(clone(x, training=True)[1], encoder(x, training=False)[1],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_evaluate_is_the_loss_on_the_predicted_embedding():
+    x, y = _blobs()
+    model = _model(d=8, k=2)
+    loss = model.evaluate(x[:32], y[:32], batch_size=32, verbose=0, return_dict=True)["loss"]
+    expected = TripletHardLoss(margin=0.2)(y[:32], model.predict(x[:32], verbose=0))
+    assert loss == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_resnet50_backbone_builds_without_downloading():
+    from dnc_keras.backbones import resnet50
+
+    encoder = build_encoder(resnet50((64, 64, 3), weights=None), 32)
+    f, z = encoder(np.zeros((1, 64, 64, 3), np.float32))
+    assert f.shape == (1, 2048) and z.shape == (1, 32)
