@@ -74,12 +74,27 @@ class DnCModel(keras.Model):
         if self.subspaces.mode == "learned":
             self.mask_optimizer = mask_optimizer or _scaled_copy(self.optimizer,
                                                                  self.mask_lr_multiplier)
+            # Built here, in the strategy scope compile runs in: fit's replicas cannot create
+            # its slots, and fit only builds `optimizer` ahead of the first step.
+            self.mask_optimizer.build([self.subspaces.masks])
 
     def compile_from_config(self, config):
         """Restores compile() on keras.saving.load_model, so the loaded model trains on."""
         self.compile(**keras.saving.deserialize_keras_object(config))
         if self.built:
             self.optimizer.build(self.encoder.trainable_variables)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Under tf.distribute, Keras 3's fit pulls one batch from a fresh iterator to build the
+        # model. With `ClusterBatchSampler.as_dataset` that runs the sampler's generator once
+        # more than there are epochs and shifts every epoch's draws, so the run would differ
+        # from the same run on one device. A DnCModel is built at construction: only the
+        # optimizer is left to build, in the strategy's scope.
+        if self._distribute_strategy is None:
+            return
+        if self.optimizer is not None and not self.optimizer.built:
+            with self._distribute_strategy.scope():
+                self.optimizer.build(self.encoder.trainable_variables)
 
     @property
     def metrics(self):
@@ -102,8 +117,13 @@ class DnCModel(keras.Model):
         mask_vars = [self.subspaces.masks] if self.mask_optimizer is not None else []
         with tf.GradientTape() as tape:
             _, z = self.encoder(_images(x), training=True)
+            labels, z = gather_global_batch(labels, z)
             loss, overlap = self.compute_loss_for_learner(labels, z, learner)
-            total = loss + overlap
+            # As Keras does under tf.distribute, each replica's loss is scaled by
+            # 1/num_replicas: the optimizer sums the replicas' gradients, and all_gather's
+            # gradient sums their embedding gradients, so the update equals one device's on the
+            # global batch.
+            total = (loss + overlap) / _num_replicas()
         grads = tape.gradient(total, encoder_vars + mask_vars)
         self.apply_learner_gradients(grads, encoder_vars, mask_vars)
         self.loss_tracker.update_state(loss)
@@ -113,8 +133,10 @@ class DnCModel(keras.Model):
     def apply_learner_gradients(self, grads, encoder_vars, mask_vars):
         """Coupled L2 on encoder weights, then one optimizer step each for encoder and masks."""
         n = len(encoder_vars)
+        # The optimizer sums the replicas' gradients, so each replica adds its share of the L2.
+        decay = self.weight_decay / _num_replicas()
         encoder_grads = [
-            g if g is None or not self.weight_decay else g + self.weight_decay * v
+            g if g is None or not decay else g + decay * v
             for g, v in zip(grads[:n], encoder_vars)]
         self.optimizer.apply(encoder_grads, encoder_vars)
         if mask_vars:
@@ -186,6 +208,24 @@ class DnCModel(keras.Model):
         config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
         config["subspaces"] = keras.saving.deserialize_keras_object(config["subspaces"])
         return cls(**config)
+
+
+def gather_global_batch(labels, z):
+    """Labels and embeddings of the global batch: all replicas' shards, in replica order.
+
+    Metric learning mines pairs and triplets across the whole batch, so under `tf.distribute`
+    every replica all-gathers the shards (differentiably) and computes the loss on the global
+    batch, as one device would. Outside a multi-replica strategy, returns its inputs.
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return labels, z
+    return context.all_gather(labels, axis=0), context.all_gather(z, axis=0)
+
+
+def _num_replicas():
+    context = tf.distribute.get_replica_context()
+    return 1 if context is None else context.num_replicas_in_sync
 
 
 def _images(inputs):
