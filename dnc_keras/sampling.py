@@ -128,6 +128,14 @@ class ClusterBatchSampler:
 
         return dataset.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(prefetch)
 
+    def as_path_dataset(self, paths, preprocessing=None, contents=None, seed=0, prefetch=2):
+        """`as_dataset` for images on disk: the same batches, decoded and augmented by
+        `dnc_keras.images.sampler_dataset` (random resized crop and flip, float32 in [0, 1])."""
+        from dnc_keras.images import sampler_dataset
+
+        return sampler_dataset(self, paths, preprocessing=preprocessing, contents=contents,
+                               seed=seed, prefetch=prefetch)
+
     def get_state(self):
         """What a checkpoint needs to resume the same batches: epoch, K and assignment."""
         return {"epoch": self.epoch, "num_clusters": self.num_clusters,

@@ -1,0 +1,176 @@
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from dnc_keras import images
+from dnc_keras.datasets import ImageSplit
+from dnc_keras.sampling import ClusterBatchSampler
+
+
+def _save(path, array, fmt=None):
+    Image.fromarray(array).save(path, fmt)
+    return str(path)
+
+
+def test_preprocessing_defaults_and_errors():
+    pre = images.Preprocessing()
+    assert (pre.image_size, pre.resize_size, pre.shape) == (224, 256, (224, 224, 3))
+    assert images.Preprocessing(image_size=32).resize_size == 37
+    with pytest.raises(ValueError, match="Need 1 <= image_size <= resize_size"):
+        images.Preprocessing(image_size=64, resize_size=32)
+    with pytest.raises(ValueError, match="channels must be 1 or 3"):
+        images.Preprocessing(channels=2)
+
+
+def _torchvision_eval(array, resize, crop):
+    """Resize(resize) then CenterCrop(crop) as torchvision does them on a PIL image."""
+    image = Image.fromarray(array)
+    w, h = image.size
+    ow, oh = (resize, int(resize * h / w)) if w <= h else (int(resize * w / h), resize)
+    image = image.resize((ow, oh), Image.Resampling.BILINEAR)
+    left, top = int(round((ow - crop) / 2.0)), int(round((oh - crop) / 2.0))
+    return np.asarray(image.crop((left, top, left + crop, top + crop)), np.float32) / 255.0
+
+
+@pytest.mark.parametrize("height,width", [(80, 160), (150, 60), (64, 64)])
+def test_eval_matches_torchvision_resize_and_centre_crop(tmp_path, height, width):
+    yy, xx = np.mgrid[:height, :width]
+    array = np.stack([(xx // 6 % 2) * 255, (yy // 6 % 2) * 255, (xx + yy) % 256], -1)
+    array = array.astype(np.uint8)
+    path = _save(tmp_path / "pattern.png", array)
+    pre = images.Preprocessing(image_size=32, resize_size=40)
+    out = pre.eval(tf.io.read_file(path)).numpy()
+    assert out.shape == (32, 32, 3) and out.dtype == np.float32
+    reference = _torchvision_eval(array, 40, 32)
+    assert np.abs(out - reference).mean() < 0.03
+    shifted = _torchvision_eval(array[2:], 40, 32)  # a crop off by a few pixels is caught
+    assert np.abs(out - shifted).mean() > 2 * np.abs(out - reference).mean()
+
+
+@pytest.mark.parametrize("height,width", [(300, 200), (50, 400), (10, 10), (7, 500)])
+def test_crop_window_follows_torchvision(height, width):
+    scale, ratio = images.TRAIN_SCALE, images.TRAIN_RATIO
+    fallback_allowed = width / height > ratio[1] or width / height < ratio[0]
+    for i in range(200):
+        y, x, h, w = (int(v) for v in images._crop_window(
+            tf.constant(height), tf.constant(width), scale, ratio, tf.constant([3, i])))
+        assert 0 <= y <= height - h and 0 <= x <= width - w and h >= 1 and w >= 1
+        area, aspect = h * w / (height * width), w / h
+        in_range = (scale[0] * 0.8 <= area <= 1.0 and ratio[0] * 0.8 <= aspect <= ratio[1] * 1.25)
+        # A window outside the ranges can only be the fallback, the centred maximal crop.
+        assert in_range or (fallback_allowed and y == (height - h) // 2 and x == (width - w) // 2)
+
+
+def test_train_crop_is_deterministic_per_seed_and_flips(tmp_path):
+    array = np.zeros((60, 90, 3), np.uint8)
+    array[:, :45] = 255  # left half white
+    contents = tf.io.read_file(_save(tmp_path / "half.png", array))
+    pre = images.Preprocessing(image_size=24, scale=(1.0, 1.0), ratio=(1.5, 1.5))
+    outs = [pre.train(contents, tf.constant([0, i], tf.int64)).numpy() for i in range(20)]
+    np.testing.assert_array_equal(outs[0], pre.train(contents, tf.constant([0, 0],
+                                                                          tf.int64)).numpy())
+    left_white = [o[:, :8].mean() > o[:, -8:].mean() for o in outs]
+    assert any(left_white) and not all(left_white)  # both orientations occur
+    no_flip = images.Preprocessing(image_size=24, scale=(1.0, 1.0), ratio=(1.5, 1.5),
+                                   flip=False)
+    assert all(no_flip.train(contents, tf.constant([0, i], tf.int64)).numpy()[:, :8].mean() > 0.9
+               for i in range(10))
+
+
+def test_jpeg_png_gray_and_grayscale_output(tmp_path):
+    rgb = (np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8)
+    gray = rgb[..., 0]
+    paths = [_save(tmp_path / "a.jpg", rgb), _save(tmp_path / "b.png", rgb),
+             _save(tmp_path / "c.jpg", gray), _save(tmp_path / "d.gif", gray),
+             _save(tmp_path / "e.bmp", rgb)]
+    for channels in (3, 1):
+        pre = images.Preprocessing(image_size=16, channels=channels)
+        x = images.ImageFiles(paths, pre)[:]
+        assert x.shape == (5, 16, 16, channels) and 0 <= x.min() and x.max() <= 1
+        for i, path in enumerate(paths):
+            y = pre.train(tf.io.read_file(path), tf.constant([1, i], tf.int64))
+            assert y.shape == (16, 16, channels)
+
+
+def test_find_and_drop_unreadable(tmp_path):
+    good = [_save(tmp_path / f"ok{i}.jpg", np.full((20, 20, 3), 40 * i, np.uint8))
+            for i in range(4)]
+    data = (tmp_path / "ok0.jpg").read_bytes()
+    (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (tmp_path / "garbage.png").write_bytes(b"not an image")
+    paths = good[:2] + [str(tmp_path / "truncated.jpg")] + good[2:] + \
+        [str(tmp_path / "garbage.png"), str(tmp_path / "gone.jpg")]
+    failures = images.find_unreadable(paths)
+    assert [(i, p.rsplit("/", 1)[1]) for i, p, _ in failures] == [
+        (2, "truncated.jpg"), (5, "garbage.png"), (6, "gone.jpg")]
+    assert all("function_node" not in reason and reason for _, _, reason in failures)
+    assert "No such file" in failures[2][2]
+    split = ImageSplit(paths, [0, 0, 1, 1, 1, 2, 2], ("a", "b", "c"))
+    with pytest.warns(UserWarning, match=r"Skipping 3 unreadable image\(s\) of the train split: "
+                                         r".*truncated\.jpg"):
+        kept, dropped = images.drop_unreadable(split, "train")
+    assert len(kept) == 4 and kept.class_names == ("a", "b") and len(dropped) == 3
+    assert images.find_unreadable(good, contents=images.read_all(good)) == []
+
+
+def test_image_files_behaves_like_an_array(tmp_path):
+    paths = [_save(tmp_path / f"{i}.png", np.full((12, 16, 3), 20 * i, np.uint8))
+             for i in range(11)]
+    files = images.ImageFiles(paths, images.Preprocessing(image_size=8), batch_size=3)
+    assert len(files) == 11 and files.shape == (11, 8, 8, 3)
+    full = np.asarray(files)
+    np.testing.assert_allclose(full[:, 0, 0, 0], [20 * i / 255 for i in range(11)], atol=1e-6)
+    chunks = [files[i:i + 4] for i in range(0, 11, 4)]  # consecutive slices, as embed reads
+    np.testing.assert_array_equal(np.concatenate(chunks), full)
+    np.testing.assert_array_equal(files[5], full[5])
+    np.testing.assert_array_equal(files[[9, 1]], full[[9, 1]])
+    np.testing.assert_array_equal(files[-1], full[10])
+    np.testing.assert_array_equal(files[2:9:3], full[2:9:3])
+    assert files[4:4].shape == (0, 8, 8, 3)
+    cached = images.ImageFiles(paths, images.Preprocessing(image_size=8),
+                               contents=images.read_all(paths))
+    np.testing.assert_array_equal(cached[:], full)
+
+
+def test_sampler_dataset_batches_follow_the_sampler(tmp_path):
+    labels = np.repeat(np.arange(4), 3)
+    paths = [_save(tmp_path / f"{i}.jpg", np.full((30, 40, 3), 60 * c, np.uint8))
+             for i, c in enumerate(labels)]
+    pre = images.Preprocessing(image_size=16)
+
+    def batches(seed, contents=None):
+        sampler = ClusterBatchSampler(labels, 2, 2, seed=0, steps_per_epoch=3)
+        dataset = sampler.as_path_dataset(paths, pre, contents=contents, seed=seed)
+        assert dataset.cardinality().numpy() == 3
+        return [(x["images"].numpy(), x["learner"].numpy(), y.numpy())
+                for epoch in range(2) for x, y in dataset]
+
+    run = batches(seed=5)
+    assert len(run) == 6
+    for x, learner, y in run:
+        assert x.shape == (4, 16, 16, 3) and learner.shape == (4,) and y.shape == (4,)
+        # each image's grey level says its class: the labels travel with their images
+        np.testing.assert_allclose(x.mean(axis=(1, 2, 3)), 60 * y / 255, atol=0.03)
+    again = batches(seed=5, contents=images.read_all(paths))
+    for (x1, _, y1), (x2, _, y2) in zip(run, again):
+        np.testing.assert_array_equal(y1, y2)
+        np.testing.assert_array_equal(x1, x2)
+
+
+def test_sampler_dataset_checks_alignment(tmp_path):
+    sampler = ClusterBatchSampler(np.repeat(np.arange(3), 2), 2, 2)
+    with pytest.raises(ValueError, match="paths must align with the sampler's labels"):
+        images.sampler_dataset(sampler, ["a.jpg"] * 5)
+
+
+def test_crop_ratio_range_is_log_uniform():
+    # torchvision draws log(aspect) uniformly: the median aspect is 1 for (3/4, 4/3).
+    aspects = []
+    for i in range(300):
+        _, _, h, w = images._crop_window(tf.constant(1000), tf.constant(1000), (0.08, 0.2),
+                                         images.TRAIN_RATIO, tf.constant([7, i]))
+        aspects.append(int(w) / int(h))
+    assert abs(math.log(np.median(aspects))) < 0.05
