@@ -41,6 +41,15 @@ class TrainConfig:
     eval_every: int = 0
     seed: int = 0
     out: str | None = None
+    # On-disk benchmarks and the fair-comparison mode (docs/reproducing.md).
+    preset: str | None = None
+    resize_size: int | None = None
+    color_mode: str = "rgb"
+    cache_images: bool = False
+    check_images: bool = True
+    validation_classes: float = 0.0
+    nmi: bool = True
+    seeds: int = 1
 
     def __post_init__(self):
         checks = {
@@ -49,6 +58,7 @@ class TrainConfig:
             "train_classes": (self.train_classes, ("standard", "all")),
             "conquer_mode": (self.conquer_mode, ("tpami", "cvpr")),
             "cluster_on": (self.cluster_on, ("features", "embedding")),
+            "color_mode": (self.color_mode, ("rgb", "grayscale")),
         }
         for name, (value, allowed) in checks.items():
             if value not in allowed:
@@ -63,6 +73,12 @@ class TrainConfig:
                              f"{self.conquer_fraction}")
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1. Received: epochs={self.epochs}")
+        if not 0.0 <= self.validation_classes < 1.0:
+            raise ValueError("validation_classes is the fraction of the training classes held "
+                             "out for model selection, in [0, 1). Received: "
+                             f"validation_classes={self.validation_classes}")
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be >= 1. Received: seeds={self.seeds}")
 
     @property
     def conquer_epoch(self):
@@ -77,15 +93,36 @@ class TrainConfig:
     @classmethod
     def from_file(cls, path, **overrides):
         """Reads a JSON or YAML file of settings; `overrides` (not None) win over the file."""
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"Config file not found: {path}")
-        with open(path) as f:
-            values = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
-        if not isinstance(values, dict):
-            raise ValueError(f"{path}: expected a mapping of settings, got {type(values)}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown setting(s) {unknown}; known: {sorted(known)}")
+        values = read_settings(path)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    @classmethod
+    def resolve(cls, preset=None, path=None, **overrides):
+        """Settings from a preset, then a file, then `overrides` (not None), each winning over
+        the one before: `dnc-keras train --preset cub --config x.yaml --epochs 5`."""
+        values = {}
+        if preset is not None:
+            from dnc_keras.presets import load_preset
+
+            values.update(load_preset(preset))
+            values["preset"] = str(preset)
+        if path is not None:
+            values.update(read_settings(path))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def read_settings(path):
+    """The mapping of settings in a JSON or YAML file, checked against TrainConfig's fields."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Config file not found: {path}")
+    with open(path) as f:
+        values = json.load(f) if str(path).endswith(".json") else yaml.safe_load(f)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of settings, got {type(values)}")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown setting(s) {unknown}; known: {sorted(known)}")
+    return values
