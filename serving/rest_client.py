@@ -1,0 +1,155 @@
+"""REST client of an exported dnc_keras model on TF Serving (port 8501), standard library only.
+
+    python serving/rest_client.py --url http://localhost:8501 --model glyphs a.png b.jpg
+    python serving/rest_client.py --url http://localhost:8501 --model glyphs --pixels a.png
+
+Speaks TF Serving's REST predict API:
+    POST /v1/models/NAME[/versions/N]:predict
+    {"signature_name": "serving_bytes", "instances": [{"b64": "<base64 file>"}, ...]}
+    {"signature_name": "serving_default", "instances": [<[h][w][c] uint8 lists>, ...]}
+    -> 200 {"predictions": [[d floats], ...]}  or  4xx {"error": "<message>"}
+Default: files go as base64 to `serving_bytes`; --pixels decodes here and sends pixel lists
+to `serving_default` (about 4x larger requests). Prints one JSON line per image.
+Requests are checked before they are sent, as in grpc_client.py.
+"""
+
+import argparse
+import base64
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import image_input  # noqa: E402  (beside this script, not a package)
+
+DEFAULT_SIGNATURE = "serving_default"
+BYTES_SIGNATURE = "serving_bytes"
+
+
+class ServingError(RuntimeError):
+    """The server rejected or failed a request; the message is the server's."""
+
+
+class RestEmbeddingClient:
+    """Embeddings from TF Serving's REST API.
+
+    Args:
+        url: base URL, e.g. `"http://localhost:8501"`.
+        model_name: the served model's name.
+        channels: the model's channel count. Defaults to `None`: read from the model's
+            metadata (GET /v1/models/NAME/metadata).
+        max_side: largest image side the export accepts. Defaults to `4096`.
+        version: model version. Defaults to `None` (the server's latest).
+        timeout: seconds per request. Defaults to `30.0`.
+    """
+
+    def __init__(self, url, model_name, channels=None, max_side=image_input.DEFAULT_MAX_SIDE,
+                 version=None, timeout=30.0):
+        self.model_name = model_name
+        self.max_side = int(max_side)
+        self.timeout = timeout
+        base = f"{url.rstrip('/')}/v1/models/{model_name}"
+        self._model_url = base if version is None else f"{base}/versions/{int(version)}"
+        self.channels = int(channels) if channels else self._channels_from_metadata()
+
+    def _request(self, url, body=None):
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(url, data=data,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            raw = error.read()
+            try:
+                message = json.loads(raw)["error"]
+            except (ValueError, KeyError, TypeError):
+                message = raw.decode(errors="replace")
+            raise ServingError(f"HTTP {error.code}: {message}") from error
+        except urllib.error.URLError as error:
+            raise ServingError(f"cannot reach {url}: {error.reason}") from error
+
+    def status(self):
+        """GET /v1/models/NAME: the model's version status."""
+        return self._request(self._model_url)
+
+    def metadata(self):
+        """GET /v1/models/NAME/metadata: the signature definitions."""
+        return self._request(f"{self._model_url}/metadata")
+
+    def _channels_from_metadata(self):
+        signature = self.metadata()["metadata"]["signature_def"]["signature_def"]
+        dims = signature[DEFAULT_SIGNATURE]["inputs"]["images"]["tensor_shape"]["dim"]
+        return int(dims[-1]["size"])
+
+    def predict(self, signature, instances):
+        """One :predict call in the row ("instances") format; returns float32 [batch, d]."""
+        body = {"signature_name": signature, "instances": instances}
+        response = self._request(f"{self._model_url}:predict", body)
+        if "predictions" not in response:
+            raise ServingError(f"response has no 'predictions': {str(response)[:200]}")
+        return np.asarray(response["predictions"], np.float32)
+
+    def embed(self, images):
+        """uint8 images [batch, h, w, channels] -> float32 embeddings [batch, d]."""
+        images = image_input.check_images(images, self.channels, self.max_side)
+        return self.predict(DEFAULT_SIGNATURE, images.tolist())
+
+    def embed_bytes(self, encoded):
+        """Encoded JPEG/PNG files (list of bytes) -> float32 embeddings [batch, d]."""
+        encoded = list(encoded)
+        if not encoded:
+            raise image_input.InputError("image_bytes is an empty batch")
+        instances = [
+            {"b64": base64.b64encode(image_input.check_encoded(
+                data, self.max_side, name=f"image_bytes[{i}]")).decode("ascii")}
+            for i, data in enumerate(encoded)]
+        return self.predict(BYTES_SIGNATURE, instances)
+
+    def embed_files(self, paths, pixels=False):
+        """Image files -> embeddings; `pixels=True` decodes here and sends uint8 lists."""
+        paths = list(paths)
+        if not pixels:
+            return self.embed_bytes([image_input.read_encoded(p, self.max_side)
+                                     for p in paths])
+        images = [image_input.read_image(p, self.channels) for p in paths]
+        out = [None] * len(images)
+        for indices in image_input.group_by_shape(images).values():
+            batch = self.embed(np.stack([images[i] for i in indices]))
+            for i, row in zip(indices, batch):
+                out[i] = row
+        return np.stack(out)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("images", nargs="+", help="image files")
+    parser.add_argument("--url", default="http://localhost:8501", help="TF Serving REST URL")
+    parser.add_argument("--model", required=True, help="served model name")
+    parser.add_argument("--version", type=int, default=None)
+    parser.add_argument("--manifest", help="the export's manifest.json (channels, max side)")
+    parser.add_argument("--pixels", action="store_true",
+                        help="decode here, send uint8 pixel lists to serving_default")
+    parser.add_argument("--timeout", type=float, default=30.0)
+    args = parser.parse_args(argv)
+    channels, max_side = None, image_input.DEFAULT_MAX_SIDE
+    if args.manifest:
+        channels, max_side, _ = image_input.load_contract(args.manifest)
+    try:
+        client = RestEmbeddingClient(args.url, args.model, channels, max_side, args.version,
+                                     args.timeout)
+        embeddings = client.embed_files(args.images, pixels=args.pixels)
+    except (image_input.InputError, ServingError) as error:
+        print(f"rest_client: error: {error}", file=sys.stderr)
+        return 2
+    for path, embedding in zip(args.images, embeddings):
+        print(json.dumps({"image": path, "embedding": [round(float(v), 7) for v in embedding]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
