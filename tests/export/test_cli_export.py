@@ -1,0 +1,59 @@
+"""`dnc-keras export`, `validate-export`, `build-index` and `search` through the real CLI."""
+
+import json
+import os
+
+from dnc_keras import cli
+
+
+def test_export_then_validate(trained_run, tmp_path, capsys):
+    out = str(tmp_path / "models")
+    assert cli.main(["export", trained_run, "--name", "glyphless", "--version", "3",
+                     "--out", out, "--quantize", "float16"]) == 0
+    printed = capsys.readouterr().out
+    assert f"{out}/glyphless/3/" in printed and "float16" in printed and "MAP@R" in printed
+    assert os.path.exists(os.path.join(out, "glyphless", "3", "saved_model.pb"))
+    assert os.path.exists(os.path.join(out, "glyphless", "glyphless.onnx"))
+    assert os.path.exists(os.path.join(out, "glyphless", "glyphless.float16.onnx"))
+
+    assert cli.main(["validate-export", os.path.join(out, "glyphless")]) == 0
+    report = capsys.readouterr().out
+    assert "FAIL" not in report and "variant float16" in report
+
+    # The same version again is refused, cleanly.
+    assert cli.main(["export", trained_run, "--name", "glyphless", "--version", "3",
+                     "--out", out]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_export_errors_are_clean(tmp_path, capsys):
+    assert cli.main(["export", str(tmp_path / "missing"), "--name", "x",
+                     "--out", str(tmp_path)]) == 2
+    assert "not found: is" in capsys.readouterr().err
+    assert cli.main(["validate-export", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert "FAIL manifest" in captured.out and "1 check(s) failed" in captured.err
+
+
+def test_build_index_and_search(export_dir, gallery, tmp_path, capsys):
+    index = str(tmp_path / "index")
+    assert cli.main(["build-index", gallery, "--model", export_dir, "--out", index]) == 0
+    assert "Indexed 40 images of 5 classes" in capsys.readouterr().out
+    query = os.path.join(gallery, "class3", sorted(os.listdir(os.path.join(gallery,
+                                                                           "class3")))[0])
+    assert cli.main(["search", index, query, "-k", "3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["query"] == query and len(result["matches"]) == 3
+    assert result["matches"][0]["label"] == "class3" and result["matches"][0]["path"] == query
+    assert cli.main(["search", index, str(tmp_path / "missing.png")]) == 2
+    assert "missing.png" in capsys.readouterr().err
+
+
+def test_help_lists_the_export_commands(capsys):
+    try:
+        cli.main(["--help"])
+    except SystemExit:
+        pass
+    text = capsys.readouterr().out
+    for command in ("export", "validate-export", "build-index", "search"):
+        assert command in text
