@@ -15,12 +15,24 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Flags of `train`: (flag, config field, argparse options). Every default is None so that
 # only what is given on the command line overrides a --config file.
 TRAIN_FLAGS = [
-    ("--dataset", "dataset", dict(help="glyphs (default, embedded), digits, omniglot, folder")),
-    ("--data-dir", "data_dir", dict(help="root folder of omniglot/folder datasets")),
+    ("--preset", "preset", dict(help="the papers' settings for a benchmark: cub, cars, sop, "
+                                "inshop, vehicleid (flags override its values)")),
+    ("--dataset", "dataset", dict(help="glyphs (default, embedded), digits, omniglot, folder; "
+                                  "on disk: cub, cars, sop, inshop, vehicleid")),
+    ("--data-dir", "data_dir", dict(help="the dataset's folder as its archive unpacks")),
     ("--train-classes", "train_classes", dict(
         choices=["standard", "all"], help="standard: the dataset's usual split (first half of "
         "the classes for omniglot); all: train on every class, for a model to deploy")),
-    ("--image-size", "image_size", dict(type=int, help="side of the square input images")),
+    ("--image-size", "image_size", dict(type=int, help="side of the square input images "
+                                        "(on-disk datasets: the crop, default 224)")),
+    ("--resize-size", "resize_size", dict(type=int, help="on-disk datasets: shorter side before "
+                                          "the eval centre crop (default 256 for 224)")),
+    ("--color-mode", "color_mode", dict(choices=["rgb", "grayscale"])),
+    ("--cache-images", "cache_images", dict(action="store_const", const=True,
+                                            help="keep the training files' bytes in memory")),
+    ("--no-check-images", "check_images", dict(action="store_const", const=False,
+                                               help="skip decoding every image once before "
+                                               "training (unreadable files are then fatal)")),
     ("--backbone", "backbone", dict(choices=["conv4", "resnet50"])),
     ("--weights", "weights", dict(help="backbone weights: imagenet, a local file, or none")),
     ("--embedding-dim", "embedding_dim", dict(type=int, help="d (default 128)")),
@@ -49,7 +61,14 @@ TRAIN_FLAGS = [
                                   help="random rotation and shift of training images")),
     ("--eval-every", "eval_every", dict(type=int, help="evaluate on the test classes every N "
                                         "epochs (monitoring only; 0: at the end)")),
+    ("--validation-classes", "validation_classes", dict(
+        type=float, help="fair-comparison mode: hold out this fraction of the training classes "
+        "and keep the epoch with the best validation MAP@R (never the test classes)")),
+    ("--no-nmi", "nmi", dict(action="store_const", const=False,
+                             help="skip NMI (k-means with one cluster per test class)")),
     ("--seed", "seed", dict(type=int)),
+    ("--seeds", "seeds", dict(type=int, help="repeat with seeds seed..seed+N-1 and report the "
+                              "mean and 95%% interval")),
     ("--out", "out", dict(help="run folder (default runs/<timestamp>)")),
 ]
 
@@ -67,6 +86,9 @@ def build_parser():
     train.add_argument("--config", help="JSON or YAML file of settings (flags override it)")
     train.add_argument("--json", action="store_true",
                        help="print the final metrics as one JSON line on stdout")
+    train.add_argument("--dry-run", action="store_true",
+                       help="print the resolved plan (images, classes, steps per epoch, K "
+                       "schedule, evaluation) and exit without training")
 
     evaluate = commands.add_parser("evaluate", help="retrieval metrics of a trained run")
     evaluate.add_argument("run_dir", help="run folder written by `dnc-keras train`")
@@ -92,16 +114,29 @@ def train_command(args):
 
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                  if getattr(args, f.name, None) is not None}
-    config = (TrainConfig.from_file(args.config, **overrides) if args.config
-              else TrainConfig(**overrides))
+    preset = overrides.pop("preset", None)
+    config = TrainConfig.resolve(preset=preset, path=args.config, **overrides)
+    if args.dry_run:
+        from dnc_keras import plan
+
+        data = plan.build_plan(config, scan=False)
+        _report(plan.plan_facts(config, data), plan.describe(config, data), args.json)
+        job.check_learners(config, data.train_labels)
+        return
     with _progress_to_stderr(args.json):
-        results = job.run(config)
-    _report(results, job.format_results(results), args.json)
+        if config.seeds > 1:
+            from dnc_keras import repeats
+
+            results = repeats.run_seeds(config)
+            text = repeats.format_report(results)
+        else:
+            results = job.run(config)
+            text = job.format_results(results)
+    _report(results, text, args.json)
 
 
 def evaluate_command(args):
-    from dnc_keras import job
-    from dnc_keras.evaluation import retrieval_metrics
+    from dnc_keras import job, plan
 
     config_path = os.path.join(args.run_dir, "config.json")
     model_path = os.path.join(args.run_dir, "model.keras")
@@ -113,14 +148,17 @@ def evaluate_command(args):
     import keras
 
     model = keras.saving.load_model(model_path)
-    data = job.load_data(config)
-    if not len(data.y_test):
+    data = plan.build_plan(config)
+    if not data.evaluations:
         raise ValueError(f"{config.dataset} with train_classes={config.train_classes} has no "
                          "test classes to evaluate on")
-    metrics = retrieval_metrics(model.embed(data.x_test), data.y_test, ks=job.RECALL_KS)
-    results = {"dataset": data.name, "test_classes": int(len(set(data.y_test.tolist()))),
-               "run_dir": args.run_dir, "test": metrics}
-    text = "\n".join(f"{k:>12s} {v:.4f}" for k, v in metrics.items())
+    metrics = plan.evaluate(model, data.evaluations, data.recall_ks, nmi=config.nmi,
+                            seed=config.seed)
+    results = {"dataset": data.name, "run_dir": args.run_dir,
+               "test_classes": max(len(set(ev.query_labels.tolist())) for ev in data.evaluations),
+               "test": metrics["test"] if list(metrics) == ["test"] else metrics}
+    text = "\n".join(f"{name:>8s} {k:>12s} {v:.4f}" for name, values in metrics.items()
+                     for k, v in values.items())
     _report(results, text, args.json)
 
 

@@ -10,9 +10,10 @@ import numpy as np
 from dnc_keras import backbones, datasets, losses
 from dnc_keras.callbacks import FiniteCheckpoint, RetrievalEvaluation, dnc_callbacks
 from dnc_keras.clustering import max_learners
-from dnc_keras.evaluation import raw_pixel_baseline, retrieval_metrics
+from dnc_keras.evaluation import raw_pixel_baseline
 from dnc_keras.layers import SubspaceMasks
 from dnc_keras.model import DnCModel
+from dnc_keras.plan import build_plan, evaluate
 from dnc_keras.sampling import ClusterBatchSampler
 
 RECALL_KS = (1, 2, 4, 8)
@@ -36,7 +37,8 @@ def build_loss(config):
 
 def build_model(config, input_shape):
     """DnCModel for the config: backbone -> embedding -> K subspaces, compiled."""
-    backbone = backbones.build_backbone(config.backbone, input_shape, weights=config.weights)
+    weights = None if str(config.weights).lower() == "none" else config.weights
+    backbone = backbones.build_backbone(config.backbone, input_shape, weights=weights)
     encoder = backbones.build_encoder(backbone, config.embedding_dim,
                                       freeze_bn_stats=config.backbone != "conv4")
     initial = 1 if config.progressive else config.learners
@@ -49,6 +51,7 @@ def build_model(config, input_shape):
 
 
 def load_data(config):
+    """The dataset of a config: a MetricDataset, or a PathDataset for the benchmarks."""
     kwargs = {} if config.image_size is None else {"image_size": config.image_size}
     return datasets.load(config.dataset, data_dir=config.data_dir, seed=config.seed,
                          train_classes=config.train_classes, **kwargs)
@@ -71,26 +74,39 @@ def run(config, verbose=1):
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(config.to_dict(), f, indent=2)
 
-    data = load_data(config)
-    check_learners(config, data.y_train)
-    sampler = ClusterBatchSampler(data.y_train, config.classes_per_batch,
+    plan = build_plan(config)
+    check_learners(config, plan.train_labels)
+    sampler = ClusterBatchSampler(plan.train_labels, config.classes_per_batch,
                                   config.samples_per_class, seed=config.seed,
                                   steps_per_epoch=config.steps_per_epoch)
-    model = build_model(config, data.x_train.shape[1:])
-    has_test = len(data.y_test) > 0
+    model = build_model(config, plan.input_shape)
+    has_test = bool(plan.evaluations)
     checkpoint = FiniteCheckpoint(os.path.join(out, "checkpoint.weights.h5"), verbose=verbose)
-    callbacks = dnc_callbacks(sampler, data.x_train, config.learners,
+    callbacks = dnc_callbacks(sampler, plan.train_images, config.learners,
                               progressive=config.progressive, period=config.recluster_period,
                               conquer_epoch=config.conquer_epoch, conquer_mode=config.conquer_mode,
                               cluster_on=config.cluster_on, seed=config.seed,
                               backend=config.kmeans_backend, verbose=verbose)
-    if has_test and config.eval_every:
-        callbacks.append(RetrievalEvaluation(data.x_test, data.y_test, every=config.eval_every,
-                                             ks=RECALL_KS, log_dir=os.path.join(out, "logs")))
+    selection = None
+    if plan.validation is not None:
+        # Fair-comparison mode: the model is chosen on held-out training classes, so the test
+        # classes are never looked at before the final evaluation.
+        selection = RetrievalEvaluation(plan.validation.query, plan.validation.query_labels,
+                                        every=config.eval_every or 1, ks=plan.recall_ks,
+                                        nmi=False, log_dir=os.path.join(out, "logs"))
+        best_path = os.path.join(out, "best.weights.h5")
+        callbacks += [selection, keras.callbacks.ModelCheckpoint(
+            best_path, monitor="val_MAP@R", mode="max", save_best_only=True,
+            save_weights_only=True)]
+    elif has_test and config.eval_every and plan.evaluations[0].gallery is None:
+        monitor = plan.evaluations[0]
+        callbacks.append(RetrievalEvaluation(monitor.query, monitor.query_labels,
+                                             every=config.eval_every, ks=plan.recall_ks,
+                                             nmi=config.nmi, log_dir=os.path.join(out, "logs")))
     callbacks += [checkpoint, keras.callbacks.TensorBoard(os.path.join(out, "logs"))]
 
     start = time.perf_counter()
-    history = model.fit(sampler.as_dataset(data.x_train, augment=_augmenter(config)),
+    history = model.fit(plan.train_dataset(sampler, seed=config.seed, augment=_augmenter(config)),
                         epochs=config.epochs, callbacks=callbacks, verbose=verbose,
                         shuffle=False)
     seconds = time.perf_counter() - start
@@ -100,20 +116,39 @@ def run(config, verbose=1):
             f"loss became non-finite at epoch {epoch} batch {batch}; the last good checkpoint "
             f"is {checkpoint.filepath} (epoch {checkpoint.saved_epoch}). Lower the learning "
             "rate or check the data.")
+    results = {"dataset": plan.name, "train_classes": int(len(np.unique(plan.train_labels))),
+               "test_classes": max((len(np.unique(ev.query_labels)) for ev in plan.evaluations),
+                                   default=0),
+               "learners": config.learners, "epochs": config.epochs,
+               "train_seconds": round(seconds, 1), "recall_ks": list(plan.recall_ks)}
+    if plan.summary.get("skipped_files"):
+        results["skipped_files"] = plan.summary["skipped_files"]
+    if selection is not None:
+        results["selection"] = _select_best(model, selection, best_path)
     model.save(os.path.join(out, "model.keras"))
 
-    results = {"dataset": data.name, "train_classes": int(len(np.unique(data.y_train))),
-               "test_classes": int(len(np.unique(data.y_test))) if has_test else 0,
-               "learners": config.learners, "epochs": config.epochs,
-               "train_seconds": round(seconds, 1)}
     if has_test:
-        test_embeddings = model.embed(data.x_test)
-        results["test"] = retrieval_metrics(test_embeddings, data.y_test, ks=RECALL_KS,
-                                            seed=config.seed)
-        results["raw_pixels"] = raw_pixel_baseline(data.x_test, data.y_test, ks=RECALL_KS)
-    _write_outputs(out, results, history.history, data, model if has_test else None)
+        metrics = evaluate(model, plan.evaluations, plan.recall_ks, nmi=config.nmi,
+                           seed=config.seed)
+        results["test"] = metrics["test"] if list(metrics) == ["test"] else metrics
+    if has_test and plan.test_pixels is not None:
+        results["raw_pixels"] = raw_pixel_baseline(*plan.test_pixels, ks=plan.recall_ks,
+                                                   nmi=config.nmi)
+    plot = plan.test_pixels if has_test and not plan.on_disk else None
+    _write_outputs(out, results, history.history, plot, model)
     results["run_dir"] = out
     return results
+
+
+def _select_best(model, selection, best_path):
+    """Loads the weights of the epoch with the best validation MAP@R; says which it was."""
+    scores = [(h["MAP@R"], h["epoch"]) for h in selection.history if np.isfinite(h["MAP@R"])]
+    if not scores or not os.path.exists(best_path):
+        return {"metric": "validation MAP@R", "epoch": None, "history": selection.history}
+    value, epoch = max(scores, key=lambda s: (s[0], -s[1]))
+    model.load_weights(best_path)
+    return {"metric": "validation MAP@R", "epoch": int(epoch), "value": float(value),
+            "history": selection.history}
 
 
 def _augmenter(config):
@@ -124,7 +159,7 @@ def _augmenter(config):
     return lambda images: layers(images, training=True)
 
 
-def _write_outputs(out, results, history, data, model):
+def _write_outputs(out, results, history, plot, model):
     from dnc_keras import plots
 
     with open(os.path.join(out, "metrics.json"), "w") as f:
@@ -132,18 +167,31 @@ def _write_outputs(out, results, history, data, model):
     with open(os.path.join(out, "history.json"), "w") as f:
         json.dump({k: [float(v) for v in vs] for k, vs in history.items()}, f, indent=2)
     plots.training_curves(history, os.path.join(out, "training_curves.png"))
-    if model is not None:
-        plots.embedding_2d(model.embed(data.x_test), data.y_test,
-                           os.path.join(out, "test_embeddings.png"))
+    # On-disk test sets (up to 60k images) are not embedded a second time just for the plot.
+    if plot is not None:
+        images, labels = plot
+        plots.embedding_2d(model.embed(images), labels, os.path.join(out, "test_embeddings.png"))
 
 
 def format_results(results):
-    """The metrics table printed at the end of a run: learned embedding next to raw pixels."""
+    """The metrics table printed at the end of a run: one row per evaluation of the protocol
+    (VehicleID's three lists), the learned embedding next to raw pixels where they apply."""
     if "test" not in results:
         return f"Trained on all {results['train_classes']} classes; no test split to evaluate."
-    names = [f"R@{k}" for k in RECALL_KS] + ["MAP@R", "NMI"]
+    test = results["test"]
+    rows = [("dnc_keras", test)] if "MAP@R" in test else \
+        [(f"dnc_keras {name}", metrics) for name, metrics in test.items()]
+    if "raw_pixels" in results:
+        rows.append(("raw pixels", results["raw_pixels"]))
+    ks = results.get("recall_ks", RECALL_KS)
+    names = [n for n in [f"R@{k}" for k in ks] + ["MAP@R", "NMI"] if n in rows[0][1]]
+    width = max(12, max(len(label) for label, _ in rows) + 1)
     lines = [f"Retrieval on {results['test_classes']} unseen classes of {results['dataset']}:",
-             f"{'':12s}" + "".join(f"{n:>8s}" for n in names)]
-    for label, key in (("dnc_keras", "test"), ("raw pixels", "raw_pixels")):
-        lines.append(f"{label:12s}" + "".join(f"{results[key][n]:8.3f}" for n in names))
+             f"{'':{width}s}" + "".join(f"{n:>8s}" for n in names)]
+    for label, metrics in rows:
+        lines.append(f"{label:{width}s}" + "".join(f"{metrics[n]:8.3f}" for n in names))
+    selection = results.get("selection")
+    if selection and selection.get("epoch"):
+        lines.append(f"Model selected at epoch {selection['epoch']} by {selection['metric']} "
+                     f"({selection['value']:.3f}) on held-out training classes.")
     return "\n".join(lines)

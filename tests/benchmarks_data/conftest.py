@@ -84,15 +84,17 @@ def build_sop(root, train_classes=3, test_classes=3, per_class=2):
     return root
 
 
-def build_inshop(root, eval_folder=False, img_folder=False):
+def build_inshop(root, eval_folder=False, img_folder=False, extra_train_items=0):
     """list_eval_partition.txt: count, header, then 'img/... id_XXXXXXXX status' rows.
 
-    Train items 1-3 (2 images each); test items 4-6 with 2 queries and 1 gallery image each.
+    Train items 1-3 (2, 2 and 3 images) and `extra_train_items` more of 3 images; test items
+    4-6 with their queries and gallery images.
     """
     rows = []
     plan = [(1, ["train"] * 2), (2, ["train"] * 2), (3, ["train"] * 3),
             (4, ["query", "query", "gallery"]), (5, ["query", "gallery", "gallery"]),
             (6, ["query", "query", "gallery"])]
+    plan += [(7 + i, ["train"] * 3) for i in range(extra_train_items)]
     image_root = root / "Img" if img_folder else root
     for item, statuses in plan:
         for i, status in enumerate(statuses):

@@ -1,0 +1,320 @@
+"""What a run trains and evaluates on: the data plan of a TrainConfig and its dataset's protocol.
+
+A `DataPlan` hides where the images live. The small datasets are arrays in memory; the
+benchmarks stream from disk through `dnc_keras.images` (`ImageFiles` for everything that
+embeds, `sampler_dataset` for training). Either way the plan gives the training labels and
+images, the evaluations of the dataset's protocol (leave-one-out on a test split; In-shop's
+queries against its gallery; one per VehicleID test list) with their Recall@K, and, in the
+fair-comparison mode, a validation split made of held-out training classes (Musgrave et al.,
+"A Metric Learning Reality Check", 2020): model selection never sees a test class.
+
+`describe` turns a config and its plan into the text `dnc-keras train --dry-run` prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any
+
+import numpy as np
+
+from dnc_keras import datasets
+from dnc_keras.clustering import max_learners
+from dnc_keras.datasets._base import MIN_IMAGES_PER_CLASS
+from dnc_keras.evaluation import query_gallery_metrics, retrieval_metrics
+
+# The small datasets' R@K, the CUB/Cars set (method.md, section 7).
+RECALL_KS = (1, 2, 4, 8)
+DEFAULT_IMAGE_SIZE = 224
+# The held-out validation classes are drawn with this fixed seed, not the run's, so that runs
+# with different seeds select their models on the same classes.
+VALIDATION_SEED = 0
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """One retrieval evaluation: `query` searches `gallery`, or itself leave-one-out when
+    `gallery` is None. Images are arrays [N, H, W, C] or `ImageFiles`."""
+
+    name: str
+    query: Any
+    query_labels: np.ndarray
+    gallery: Any = None
+    gallery_labels: np.ndarray | None = None
+
+    @property
+    def protocol(self) -> str:
+        return "leave-one-out" if self.gallery is None else "query vs gallery"
+
+
+@dataclasses.dataclass
+class DataPlan:
+    """The data of a run.
+
+    Args:
+        name: dataset key.
+        train_images: what the model embeds for re-clustering: an array or `ImageFiles`.
+        train_labels: int labels [N], aligned with `train_images`.
+        input_shape: (H, W, C) the model takes.
+        recall_ks: the K of Recall@K of the protocol.
+        evaluations: the protocol's evaluations on the test classes.
+        validation: the held-out training classes (fair-comparison mode), or None.
+        train_paths: the training files (on-disk datasets), else None.
+        preprocessing: an `images.Preprocessing` (on-disk datasets), else None.
+        contents: the training files' bytes when cached in memory, else None.
+        summary: facts for the dry run and metrics.json (sizes, skipped files).
+    """
+
+    name: str
+    train_images: Any
+    train_labels: np.ndarray
+    input_shape: tuple
+    recall_ks: tuple
+    evaluations: list
+    validation: Evaluation | None = None
+    train_paths: np.ndarray | None = None
+    preprocessing: Any = None
+    contents: Any = None
+    summary: dict = dataclasses.field(default_factory=dict)
+    test_pixels: Any = None
+
+    @property
+    def on_disk(self) -> bool:
+        return self.train_paths is not None
+
+    def train_dataset(self, sampler, seed=0, augment=None):
+        """The sampler's batches: augmented crops from disk, or gathered from memory."""
+        if self.on_disk:
+            return sampler.as_path_dataset(self.train_paths, self.preprocessing,
+                                           contents=self.contents, seed=seed)
+        return sampler.as_dataset(self.train_images, augment=augment)
+
+
+def holdout_classes(labels, fraction, seed=VALIDATION_SEED):
+    """(train mask, validation mask): `fraction` of the classes, at least 2, drawn at random.
+
+    Raises:
+        ValueError: fewer than 2 classes would be left on either side.
+    """
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    n_val = max(2, int(round(fraction * len(classes))))
+    if len(classes) - n_val < 2:
+        raise ValueError(f"validation_classes={fraction} holds out {n_val} of "
+                         f"{len(classes)} training classes, leaving fewer than 2 to train on")
+    held = np.random.default_rng(seed).choice(classes, n_val, replace=False)
+    val = np.isin(labels, held)
+    return ~val, val
+
+
+def _relabel(labels):
+    return np.unique(labels, return_inverse=True)[1].reshape(-1).astype(np.int32)
+
+
+def _drop_small_classes(split, name):
+    counts = np.bincount(split.labels, minlength=len(split.class_names))
+    small = counts[split.labels] < MIN_IMAGES_PER_CLASS
+    if small.any():
+        lost = [split.class_names[c] for c in np.unique(split.labels[small])]
+        warnings.warn(f"Dropping {len(lost)} {name} class(es) left with fewer than "
+                      f"{MIN_IMAGES_PER_CLASS} images (e.g. {lost[0]!r}): metric learning needs "
+                      "positive pairs", stacklevel=3)
+        split = split.subset(~small)
+    return split
+
+
+def build_plan(config, scan=None) -> DataPlan:
+    """The DataPlan of a TrainConfig.
+
+    Args:
+        config: a `TrainConfig`.
+        scan: decode every image once and skip unreadable ones (on-disk datasets). Defaults to
+            `None`: `config.check_images`. The dry run passes `False`.
+    """
+    if datasets.is_benchmark(config.dataset):
+        return _disk_plan(config, config.check_images if scan is None else scan)
+    return _memory_plan(config)
+
+
+def _memory_plan(config) -> DataPlan:
+    kwargs = {} if config.image_size is None else {"image_size": config.image_size}
+    data = datasets.load(config.dataset, data_dir=config.data_dir, seed=config.seed,
+                         train_classes=config.train_classes, **kwargs)
+    x, y = data.x_train, data.y_train
+    validation = None
+    summary = {"splits": {"train": [len(y), len(np.unique(y))]}}
+    if config.validation_classes:
+        keep, held = holdout_classes(y, config.validation_classes)
+        validation = Evaluation("validation", x[held], _relabel(y[held]))
+        x, y = x[keep], _relabel(y[keep])
+        summary["splits"] = {"train": [len(y), len(np.unique(y))],
+                             "validation": [int(held.sum()), len(np.unique(data.y_train[held]))]}
+    evaluations = []
+    if len(data.y_test):
+        evaluations.append(Evaluation("test", data.x_test, data.y_test))
+        summary["splits"]["test"] = [len(data.y_test), len(np.unique(data.y_test))]
+    return DataPlan(data.name, x, y, tuple(x.shape[1:]), RECALL_KS, evaluations, validation,
+                    summary=summary, test_pixels=(data.x_test, data.y_test))
+
+
+def _disk_plan(config, scan) -> DataPlan:
+    from dnc_keras import images
+
+    ds = datasets.load_paths(config.dataset, config.data_dir, train_classes=config.train_classes)
+    preprocessing = images.Preprocessing(
+        image_size=config.image_size or DEFAULT_IMAGE_SIZE, resize_size=config.resize_size,
+        channels=3 if config.color_mode == "rgb" else 1)
+    splits = dict(ds.splits)
+    skipped = {}
+    if scan:
+        for split_name, split in splits.items():
+            splits[split_name], failures = images.drop_unreadable(split, split_name)
+            if failures:
+                skipped[split_name] = [path for _, path, _ in failures]
+    train = splits["train"]
+    validation = None
+    if config.validation_classes:
+        keep, held = holdout_classes(train.labels, config.validation_classes)
+        held_split = train.subset(held)
+        validation = Evaluation("validation", images.ImageFiles(held_split.paths, preprocessing),
+                                held_split.labels)
+        train = train.subset(keep)
+        splits["validation"] = held_split
+    train = _drop_small_classes(train, "training")
+    splits["train"] = train
+    contents = images.read_all(train.paths) if config.cache_images else None
+    evaluations = []
+    for ev in ds.eval_sets:
+        query = splits[ev.query]
+        gallery = splits[ev.gallery] if ev.gallery else None
+        evaluations.append(Evaluation(
+            ev.name, images.ImageFiles(query.paths, preprocessing), query.labels,
+            None if gallery is None else images.ImageFiles(gallery.paths, preprocessing),
+            None if gallery is None else gallery.labels))
+    summary = {"root": ds.root, "standard": ds.info.get("standard"),
+               "splits": {k: [len(v), v.num_classes] for k, v in splits.items()},
+               "skipped_files": skipped, "scanned": bool(scan)}
+    return DataPlan(ds.name, images.ImageFiles(train.paths, preprocessing, contents=contents),
+                    train.labels, preprocessing.shape, ds.recall_ks, evaluations, validation,
+                    train_paths=train.paths, preprocessing=preprocessing, contents=contents,
+                    summary=summary)
+
+
+def evaluate(model, evaluations, ks, nmi=True, seed=0, batch_size=256):
+    """{evaluation name: metrics} for a trained model, embedding in batches of `batch_size`.
+
+    Memory is the embeddings (SOP's 60,502 test images at d = 512: 124 MB) plus faiss's
+    chunked search; images stream from disk one batch at a time.
+    """
+    results = {}
+    for ev in evaluations:
+        query = model.embed(ev.query, batch_size=batch_size)
+        if ev.gallery is None:
+            results[ev.name] = retrieval_metrics(query, ev.query_labels, ks=ks, nmi=nmi,
+                                                 seed=seed)
+        else:
+            gallery = model.embed(ev.gallery, batch_size=batch_size)
+            results[ev.name] = query_gallery_metrics(query, ev.query_labels, gallery,
+                                                     ev.gallery_labels, ks=ks, nmi=nmi,
+                                                     seed=seed)
+    return results
+
+
+# -- the dry run ---------------------------------------------------------------------------
+
+def k_schedule(config):
+    """[(first epoch, K, what happens)] of the divide-and-conquer schedule of a config."""
+    conquer = config.conquer_epoch
+    k = 1 if config.progressive else config.learners
+    events = [(0, k, "start" if k == 1 else f"k-means into {k} clusters")]
+    if config.progressive and config.learners > 1:
+        epoch = config.recluster_period
+        while k < config.learners and epoch < config.epochs and \
+                (conquer is None or epoch <= conquer):
+            k *= 2
+            events.append((epoch, k, f"divide every cluster in two -> {k} learners"))
+            epoch += config.recluster_period
+    if conquer is not None:
+        events.append((conquer, k, f"conquer ({config.conquer_mode}): loss on the full "
+                                   "embedding"))
+    return events
+
+
+def plan_facts(config, plan) -> dict:
+    """The resolved plan as a JSON-able dict: data, batches, steps, K schedule, evaluation."""
+    n_train = len(plan.train_labels)
+    batch = config.classes_per_batch * config.samples_per_class
+    steps = config.steps_per_epoch or max(1, n_train // batch)
+    facts = {
+        "dataset": plan.name, "preset": config.preset, "data_dir": config.data_dir,
+        "splits": plan.summary.get("splits", {}),
+        "standard_dataset": plan.summary.get("standard"),
+        "images_scanned": plan.summary.get("scanned", False),
+        "input_shape": list(plan.input_shape),
+        "max_learners": int(max_learners(plan.train_labels)),
+        "batch": {"classes": config.classes_per_batch, "images_per_class":
+                  config.samples_per_class, "size": batch},
+        "steps_per_epoch": steps, "epochs": config.epochs, "total_steps": steps * config.epochs,
+        "k_schedule": [{"epoch": e, "K": k, "event": what}
+                       for e, k, what in k_schedule(config)],
+        "recluster_every": config.recluster_period if config.learners > 1 else None,
+        "evaluations": [{"name": ev.name, "protocol": ev.protocol,
+                         "queries": len(ev.query_labels),
+                         "gallery": None if ev.gallery is None else len(ev.gallery_labels)}
+                        for ev in plan.evaluations],
+        "recall_ks": list(plan.recall_ks), "nmi": config.nmi,
+        "model_selection": ("best validation MAP@R on held-out training classes"
+                            if plan.validation is not None else "final epoch"),
+        "seeds": list(range(config.seed, config.seed + config.seeds)),
+    }
+    if plan.preprocessing is not None:
+        p = plan.preprocessing
+        facts["images"] = {
+            "train": f"random resized crop {p.image_size} (scale {p.scale[0]:g}-{p.scale[1]:g}, "
+                     f"ratio {p.ratio[0]:.3g}-{p.ratio[1]:.3g})" +
+                     (", horizontal flip" if p.flip else ""),
+            "eval": f"shorter side {p.resize_size}, centre crop {p.image_size}",
+            "cached_in_memory": bool(config.cache_images)}
+    return facts
+
+
+def describe(config, plan) -> str:
+    """The text of `dnc-keras train --dry-run`."""
+    facts = plan_facts(config, plan)
+    lines = [f"Plan for {facts['dataset']}" + (f" (preset {config.preset})" if config.preset
+                                               else "")
+             + (f" from {config.data_dir}" if config.data_dir else "")]
+    if facts["standard_dataset"] is False:
+        lines.append("  warning: the dataset on disk differs from the published one")
+    for split, (n_images, n_classes) in facts["splits"].items():
+        lines.append(f"  {split:<10s} {n_images:>8,d} images {n_classes:>7,d} classes")
+    if "images" in facts:
+        lines.append(f"Images {'x'.join(map(str, facts['input_shape']))}: train "
+                     f"{facts['images']['train']}; eval {facts['images']['eval']}"
+                     + ("; cached in memory" if facts["images"]["cached_in_memory"] else ""))
+    if not facts["images_scanned"] and plan.on_disk:
+        lines.append("  (images not decoded in the dry run; training first checks each one)")
+    weights = f", weights {config.weights}" if config.backbone != "conv4" else ""
+    lines.append(f"Model: {config.backbone}{weights} -> {config.embedding_dim}-d embedding, "
+                 f"{config.subspaces} subspaces, {config.learners} learner(s) at most "
+                 f"(these classes allow {facts['max_learners']}); loss {config.loss}")
+    lines.append(f"Batches: {config.classes_per_batch} classes x {config.samples_per_class} "
+                 f"images = {facts['batch']['size']}; {facts['steps_per_epoch']:,d} steps per "
+                 f"epoch x {config.epochs} epochs = {facts['total_steps']:,d} steps")
+    lines.append(f"Optimiser: Adam, learning rate {config.learning_rate:g}, coupled weight "
+                 f"decay {config.weight_decay:g}")
+    schedule = "; ".join(f"epoch {e['epoch']}: K={e['K']} {e['event']}"
+                         for e in facts["k_schedule"])
+    every = facts["recluster_every"]
+    lines.append(f"K schedule: {schedule}" + (f"; re-cluster every {every} epochs"
+                                              if every else ""))
+    metrics = "R@" + ",".join(map(str, facts["recall_ks"])) + ", MAP@R" + \
+        (", NMI" if config.nmi else "")
+    for ev in facts["evaluations"]:
+        gallery = f" against {ev['gallery']:,d} gallery images" if ev["gallery"] else ""
+        lines.append(f"Evaluation {ev['name']}: {ev['queries']:,d} queries{gallery} "
+                     f"({ev['protocol']}): {metrics}")
+    lines.append(f"Model selection: {facts['model_selection']}; seeds {facts['seeds']}")
+    return "\n".join(lines)
+

@@ -1,0 +1,88 @@
+"""Repeated runs over seeds, reported as mean and 95% confidence interval.
+
+One run's R@1 moves by more than the gains papers report (method.md, section 10; Musgrave et
+al., "A Metric Learning Reality Check", 2020), so a comparison needs several seeds. `run_seeds`
+trains the same config with seeds seed, seed + 1, ... into `<out>/seed_<s>/` and writes
+`report.json` and `report.md` next to them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+
+import numpy as np
+
+
+def interval95(values):
+    """(mean, half-width of the two-sided 95% Student-t confidence interval of the mean).
+
+    NaN and None values are left out; the half-width is NaN with fewer than 2 values.
+    """
+    from scipy import stats
+
+    values = np.asarray([v for v in values if v is not None and math.isfinite(v)], float)
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    if len(values) == 1:
+        return float(values[0]), float("nan")
+    half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    return float(values.mean()), float(half)
+
+
+def _flat_metrics(results):
+    """{"R@1": v, ...} for one evaluation, or {"small/R@1": v, ...} for several."""
+    test = results.get("test", {})
+    if "MAP@R" in test:
+        return dict(test)
+    return {f"{name}/{k}": v for name, metrics in test.items() for k, v in metrics.items()}
+
+
+def summarise(runs):
+    """{metric: {"mean", "ci95", "values"}} over the runs' test metrics."""
+    per_run = [_flat_metrics(r) for r in runs]
+    names = [n for n in per_run[0]] if per_run else []
+    return {name: dict(zip(("mean", "ci95"), interval95([m.get(name) for m in per_run])),
+                       values=[m.get(name) for m in per_run])
+            for name in names}
+
+
+def run_seeds(config, verbose=1):
+    """Trains `config.seeds` runs (seeds `config.seed` onwards); returns and writes the report.
+
+    Returns:
+        dict with `"dataset"`, `"seeds"`, `"runs"` (each run's results), `"summary"` (see
+        `summarise`) and `"run_dir"`.
+    """
+    from dnc_keras import job
+
+    out = config.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+    seeds = list(range(config.seed, config.seed + config.seeds))
+    runs = []
+    for seed in seeds:
+        single = dataclasses.replace(config, seed=seed, seeds=1,
+                                     out=os.path.join(out, f"seed_{seed}"))
+        runs.append(job.run(single, verbose=verbose))
+    report = {"dataset": runs[0]["dataset"], "seeds": seeds, "summary": summarise(runs),
+              "selection": [r.get("selection", {}).get("epoch") for r in runs],
+              "runs": runs, "run_dir": out}
+    with open(os.path.join(out, "report.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write(format_report(report) + "\n")
+    return report
+
+
+def format_report(report):
+    """A Markdown table: one row per metric, mean +- 95% interval over the seeds."""
+    lines = [f"{report['dataset']}: {len(report['seeds'])} seeds {report['seeds']}", "",
+             "| metric | mean | 95% interval | runs |", "|---|---|---|---|"]
+    for name, s in report["summary"].items():
+        interval = "n/a" if math.isnan(s["ci95"]) else f"± {s['ci95']:.4f}"
+        runs = ", ".join("nan" if v is None or not math.isfinite(v) else f"{v:.4f}"
+                         for v in s["values"])
+        lines.append(f"| {name} | {s['mean']:.4f} | {interval} | {runs} |")
+    return "\n".join(lines)
