@@ -31,11 +31,23 @@ def resnet50(input_shape, weights="imagenet"):
     """
     inputs = keras.Input(shape=input_shape)
     x = keras.layers.Rescaling(255.0, name="to_0_255")(inputs)
-    x = keras.layers.Lambda(keras.applications.resnet50.preprocess_input,
-                            name="caffe_preprocess")(x)
+    x = CaffePreprocess(name="caffe_preprocess")(x)
     net = keras.applications.ResNet50(include_top=False, weights=weights,
                                       input_shape=tuple(input_shape))
     return keras.Model(inputs, net(x), name="resnet50")
+
+
+@keras.saving.register_keras_serializable(package="dnc_keras")
+class CaffePreprocess(keras.layers.Layer):
+    """RGB in [0, 255] -> BGR minus the ImageNet mean: what keras.applications' ResNet-50
+    weights expect (`keras.applications.resnet50.preprocess_input`). A registered layer,
+    unlike a `Lambda` around that function, saves to and loads from `.keras` files."""
+
+    MEAN_BGR = (103.939, 116.779, 123.68)
+
+    def call(self, inputs):
+        bgr = keras.ops.flip(inputs, axis=-1)
+        return bgr - keras.ops.convert_to_tensor(self.MEAN_BGR, dtype=bgr.dtype)
 
 
 def build_backbone(name, input_shape, weights=None):
