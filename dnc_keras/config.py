@@ -79,6 +79,9 @@ class TrainConfig:
                              f"validation_classes={self.validation_classes}")
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1. Received: seeds={self.seeds}")
+        if self.backbone == "resnet50" and self.color_mode == "grayscale":
+            raise ValueError("resnet50 takes RGB images (its ImageNet weights have 3 input "
+                             "channels). Received: color_mode='grayscale'")
 
     @property
     def conquer_epoch(self):

@@ -56,3 +56,5 @@ def test_fair_comparison_fields_are_checked():
         TrainConfig(validation_classes=1.5)
     with pytest.raises(ValueError, match="seeds must be >= 1"):
         TrainConfig(seeds=0)
+    with pytest.raises(ValueError, match="resnet50 takes RGB images"):
+        TrainConfig.resolve(preset="cub", color_mode="grayscale")
