@@ -45,6 +45,8 @@ def to_tensor_proto(array):
         shape = array.shape
         proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_UINT8,
                                        tensor_content=np.ascontiguousarray(array).tobytes())
+    elif isinstance(array, np.ndarray) and array.dtype != object:
+        raise TypeError(f"images must be uint8; got {array.dtype} (see image_input.check_images)")
     else:
         items = list(array)
         shape = (len(items),)
