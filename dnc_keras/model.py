@@ -220,6 +220,9 @@ def gather_global_batch(labels, z):
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
         return labels, z
+    # identity places the labels on the replica's device; straight from a multi-worker input
+    # pipeline they have none, and all_gather needs one.
+    labels = tf.identity(labels)
     return context.all_gather(labels, axis=0), context.all_gather(z, axis=0)
 
 
