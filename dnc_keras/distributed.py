@@ -76,7 +76,9 @@ class DistributedTrainer:
         model: a compiled `DnCModel`, built inside `strategy.scope()`.
         sampler: the `ClusterBatchSampler` over the training labels; its batch size (P x M) is the
             global batch and must be divisible by the number of replicas.
-        images: the training images [N, ...], aligned with the sampler's labels.
+        images: the training images [N, ...] in memory, aligned with the sampler's labels.
+            Each worker gathers its replicas' slices of every global batch from them. Pass
+            `None` with `dataset`.
         strategy: the strategy. Defaults to `None`: the model's (`model.distribute_strategy`).
         checkpoint_dir: where checkpoints go (the chief's; other workers write scratch copies in
             sub-folders and delete them). Must be shared by all workers. Defaults to `None`: no
@@ -86,6 +88,11 @@ class DistributedTrainer:
         max_to_keep: checkpoints kept. Defaults to `2`.
         augment: optional function images -> images applied to each replica's slice.
         embed_batch_size: global batch of the sharded embedding extraction. Defaults to `256`.
+        dataset: instead of `images`, a `tf.data.Dataset` of the sampler's global batches
+            (`sampler.as_dataset(...)`, `sampler.as_path_dataset(...)`), re-run every epoch.
+            `strategy.experimental_distribute_dataset` splits each batch across the replicas;
+            on several workers every worker reads the whole batch and keeps its share.
+            Defaults to `None`.
 
     Example:
     ```python
@@ -98,8 +105,9 @@ class DistributedTrainer:
     ```
     """
 
-    def __init__(self, model, sampler, images, strategy=None, checkpoint_dir=None,
-                 checkpoint_every=None, max_to_keep=2, augment=None, embed_batch_size=256):
+    def __init__(self, model, sampler, images=None, strategy=None, checkpoint_dir=None,
+                 checkpoint_every=None, max_to_keep=2, augment=None, embed_batch_size=256,
+                 dataset=None):
         self.strategy = strategy or model.distribute_strategy
         if model.distribute_strategy is not self.strategy:
             raise ValueError("The model was not built under this strategy: build and compile "
@@ -113,14 +121,19 @@ class DistributedTrainer:
                              f"by the number of replicas ({self.replicas}). Received: "
                              f"classes_per_batch={sampler.classes_per_batch}, "
                              f"samples_per_class={sampler.samples_per_class}")
-        if len(images) != len(sampler.labels):
+        if (images is None) == (dataset is None):
+            raise ValueError("Pass the training images (in memory) or a dataset of the "
+                             "sampler's batches, not both or neither")
+        if dataset is not None and augment is not None:
+            raise ValueError("augment applies to in-memory images; augment inside the dataset")
+        if images is not None and len(images) != len(sampler.labels):
             raise ValueError(f"images has {len(images)} entries for the sampler's "
                              f"{len(sampler.labels)} labels")
         if checkpoint_every is not None and checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1. Received: {checkpoint_every}")
         self.model = model
         self.sampler = sampler
-        self.images = np.asarray(images, np.float32)
+        self.images = None if images is None else np.asarray(images, np.float32)
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_every = checkpoint_every
         self.max_to_keep = int(max_to_keep)
@@ -133,7 +146,12 @@ class DistributedTrainer:
         self._plan = []
         self._build_optimizers()
         self._build_state()
-        self._dataset = self.strategy.distribute_datasets_from_function(self._input_fn)
+        self._from_plan = dataset is None
+        if dataset is None:
+            self._dataset = self.strategy.distribute_datasets_from_function(self._input_fn)
+        else:
+            self._dataset = self.strategy.experimental_distribute_dataset(
+                _shard_by_batch_split(dataset))
         self._train_fn = None
         self._embed_fns = {}
         self._gather_fn = None
@@ -217,16 +235,16 @@ class DistributedTrainer:
         all replicas all-gather the results, so every worker returns the whole [N, D] matrix."""
         if output not in ("embedding", "features"):
             raise ValueError(f"output must be 'embedding' or 'features'; got {output!r}")
-        images = np.asarray(images, np.float32)
         if not len(images):
             return type(self.model).embed(self.model, images, output=output)
         per_replica = -(-(batch_size or self.embed_batch_size) // self.replicas)
         chunk = per_replica * self.replicas
-        padded = np.concatenate([images, np.repeat(images[:1], -len(images) % chunk, 0)])
         fn = self._embed_fn(output)
         parts = []
-        for start in range(0, len(padded), chunk):
-            block = padded[start:start + chunk]
+        for start in range(0, len(images), chunk):
+            # Slicing also reads image files (dnc_keras.images.ImageFiles) a chunk at a time.
+            block = np.asarray(images[start:start + chunk], np.float32)
+            block = np.concatenate([block, np.repeat(block[:1], chunk - len(block), 0)])
             values = self.strategy.experimental_distribute_values_from_function(
                 lambda ctx, block=block: tf.constant(block[
                     ctx.replica_id_in_sync_group * per_replica:
@@ -337,8 +355,12 @@ class DistributedTrainer:
                 self._broadcast_clusters()
                 epoch_state = sampler.get_state()
                 skip = start_step if epoch == start_epoch else 0
-                self._plan = list(sampler.epoch_batches())[skip:]
+                if self._from_plan:
+                    self._plan = list(sampler.epoch_batches())[skip:]
                 iterator = iter(self._dataset)
+                if not self._from_plan:
+                    for _ in range(skip):  # the dataset replays the whole epoch: fast-forward
+                        next(iterator)
                 stopped = False
                 for step in range(skip, sampler.steps):
                     callbacks.on_train_batch_begin(step)
@@ -373,6 +395,14 @@ class DistributedTrainer:
             yield
         finally:
             del self.model.embed
+
+
+def _shard_by_batch_split(dataset):
+    # Every worker must see every global batch and keep its replicas' share of it (what
+    # experimental_distribute_dataset's rebatching does), never whole batches of its own.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
 
 
 def fit(model, sampler, images, epochs, callbacks=None, verbose=1, **kwargs):

@@ -19,7 +19,8 @@ import numpy as np
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dist_worker.py")
 TIMEOUT = 150  # seconds for one training process on 2 busy cores (about 15 s when idle)
-REFERENCE_RUNS = "one:custom,mirrored:custom,one:fit,mirrored:fit,mirrored-local:custom"
+REFERENCE_RUNS = ("one:custom,mirrored:custom,mirrored:dataset,one:fit,mirrored:fit,"
+                  "mirrored-local:custom")
 _reference = {}
 
 
@@ -113,7 +114,8 @@ def processes(folder):
         group.kill_all()
 
 
-def run_cluster(folder, extra_args, workers=2, tag="run", pause=None):
+def run_cluster(folder, extra_args, workers=2, tag="run", pause=None,
+                runs="multi-worker:custom"):
     """Starts a localhost cluster of `workers` processes; returns them (still running).
 
     `pause` = (worker index, steps): that worker stops after that many steps and prints PAUSED.
@@ -121,7 +123,7 @@ def run_cluster(folder, extra_args, workers=2, tag="run", pause=None):
     ports = free_ports(workers)
     procs = []
     for index in range(workers):
-        args = ["--runs", "multi-worker:custom", "--out",
+        args = ["--runs", runs, "--out",
                 os.path.join(folder.folder, f"{tag}-worker{index}.npz"), *extra_args]
         if pause and pause[0] == index:
             args += ["--pause-at", str(pause[1])]

@@ -6,7 +6,7 @@ TF_CONFIG for a multi-worker cluster) runs in a process of its own:
     python dist_worker.py --devices 2 --runs one:custom,mirrored:custom --out result.npz
 
 `--runs` trains one model per entry (strategy:loop; strategy one|mirrored|mirrored-local|
-multi-worker, loop custom|fit; mirrored-local mines on each replica's shard alone) and saves,
+multi-worker, loop custom|dataset|fit; mirrored-local mines on each replica's shard alone) and saves,
 per run, its weights, cluster assignment and losses under `<run>/...`.
 `--pause-at N` prints PAUSED after N steps and sleeps, for a test to kill the process there.
 """
@@ -87,9 +87,13 @@ def train(strategy, loop, args):
                                 verbose=0)
         restored = ""
     else:
+        # custom: each worker gathers its replicas' slices from the images in memory;
+        # dataset: the sampler's tf.data pipeline, split by experimental_distribute_dataset.
+        data = dict(images=x) if loop == "custom" else dict(dataset=sampler.as_dataset(x))
+        checkpoints = args.checkpoint_dir and os.path.join(args.checkpoint_dir, loop)
         trainer = distributed.DistributedTrainer(
-            model, sampler, x, strategy=strategy, checkpoint_dir=args.checkpoint_dir,
-            checkpoint_every=args.checkpoint_every)
+            model, sampler, strategy=strategy, checkpoint_dir=checkpoints,
+            checkpoint_every=args.checkpoint_every, **data)
         history = trainer.fit(EPOCHS, callbacks=callbacks, verbose=0)
         restored = trainer.restored_from or ""
     return {"weights": np.concatenate([w.reshape(-1) for w in model.get_weights()]),

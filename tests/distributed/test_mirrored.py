@@ -13,9 +13,10 @@ def runs():
     return dist_harness.reference()
 
 
-@pytest.mark.parametrize("loop", ["custom", "fit"])
+@pytest.mark.parametrize("loop", ["custom", "dataset", "fit"])
 def test_two_replicas_train_like_one_device_on_the_global_batch(runs, loop):
-    one, two = runs[f"one:{loop}"], runs[f"mirrored:{loop}"]
+    # custom and dataset: DistributedTrainer fed from images in memory or a tf.data pipeline.
+    one, two = runs["one:fit" if loop == "fit" else "one:custom"], runs[f"mirrored:{loop}"]
     # 20 Adam steps through a division, a re-clustering and the conquer phase.
     np.testing.assert_allclose(two["weights"], one["weights"], rtol=0, atol=1e-5)
     np.testing.assert_array_equal(two["assignment"], one["assignment"])
