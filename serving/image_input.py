@@ -111,3 +111,19 @@ def group_by_shape(images):
     for i, image in enumerate(images):
         groups.setdefault(image.shape, []).append(i)
     return groups
+
+
+def embed_files(client, paths, pixels=False):
+    """Image files -> embeddings through a client's `embed_bytes`, or with `pixels=True` its
+    `embed` on decoded uint8 arrays, one request per image size (serving_default batches only
+    images that share a size)."""
+    paths = list(paths)
+    if not pixels:
+        return client.embed_bytes([read_encoded(p, client.max_side) for p in paths])
+    images = [read_image(p, client.channels) for p in paths]
+    out = [None] * len(images)
+    for indices in group_by_shape(images).values():
+        batch = client.embed(np.stack([images[i] for i in indices]))
+        for i, row in zip(indices, batch):
+            out[i] = row
+    return np.stack(out)

@@ -112,17 +112,7 @@ class RestEmbeddingClient:
 
     def embed_files(self, paths, pixels=False):
         """Image files -> embeddings; `pixels=True` decodes here and sends uint8 lists."""
-        paths = list(paths)
-        if not pixels:
-            return self.embed_bytes([image_input.read_encoded(p, self.max_side)
-                                     for p in paths])
-        images = [image_input.read_image(p, self.channels) for p in paths]
-        out = [None] * len(images)
-        for indices in image_input.group_by_shape(images).values():
-            batch = self.embed(np.stack([images[i] for i in indices]))
-            for i, row in zip(indices, batch):
-                out[i] = row
-        return np.stack(out)
+        return image_input.embed_files(self, paths, pixels)
 
 
 def main(argv=None):
