@@ -1,10 +1,12 @@
 """DnC against the single-learner baseline on Omniglot, at equal gradient steps, over seeds.
 
-    python benchmarks/bench_dnc_omniglot.py --data-dir ../shared/data/omniglot_small1
+    python benchmarks/bench_dnc.py --data-dir ../shared/data/omniglot_small1
+    python benchmarks/bench_dnc.py --dataset glyphs --epochs 10 --out benchmarks/results/glyphs_dnc.json
 
-Classes sorted by name, first half trains, second half (unseen characters) tests. Every variant
-uses the same Conv-4, embedding size, loss, epochs and steps per epoch; only the DnC settings
-differ. Prints a table and writes benchmarks/results/omniglot_dnc.json (+ .md).
+Omniglot: classes sorted by name, first half trains, second half (unseen characters) tests;
+glyphs: the main job's data and settings. Every variant uses the same Conv-4, embedding size,
+loss, epochs and steps per epoch; only the DnC settings differ. Prints a table and writes
+benchmarks/results/omniglot_dnc.json (+ .md).
 """
 
 import argparse
@@ -33,6 +35,7 @@ METRICS = ("R@1", "R@2", "R@4", "R@8", "MAP@R", "NMI")
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=["omniglot", "glyphs"], default="omniglot")
     parser.add_argument("--data-dir", default=os.path.join("..", "shared", "data",
                                                            "omniglot_small1"))
     parser.add_argument("--seeds", type=int, default=3)
@@ -43,16 +46,18 @@ def main(argv=None):
     parser.add_argument("--out", default=os.path.join("benchmarks", "results",
                                                       "omniglot_dnc.json"))
     args = parser.parse_args(argv)
-    if not os.path.isdir(args.data_dir):
-        sys.exit(f"Omniglot not found at {args.data_dir}; pass --data-dir")
-    common = dict(dataset="omniglot", data_dir=args.data_dir, image_size=28, epochs=args.epochs,
-                  loss=args.loss, embedding_dim=128, classes_per_batch=20, samples_per_class=4,
-                  steps_per_epoch=17, recluster_period=2, conquer_fraction=0.2)
+    common = dict(epochs=args.epochs, loss=args.loss, embedding_dim=128, classes_per_batch=20,
+                  samples_per_class=4, recluster_period=2, conquer_fraction=0.2)
+    if args.dataset == "omniglot":
+        if not os.path.isdir(args.data_dir):
+            sys.exit(f"Omniglot not found at {args.data_dir}; pass --data-dir")
+        common.update(dataset="omniglot", data_dir=args.data_dir, image_size=28,
+                      steps_per_epoch=17)  # 1,360 training images // 80
     runs = {}
     for name in args.variants:
         runs[name] = []
         for seed in range(args.seeds):
-            out = os.path.join("runs", "bench_omniglot", f"{_slug(name)}-s{seed}")
+            out = os.path.join("runs", f"bench_{args.dataset}", f"{_slug(name)}-s{seed}")
             config = TrainConfig(**{**common, **VARIANTS[name], "seed": seed, "out": out})
             start = time.perf_counter()
             result = job.run(config, verbose=0)
