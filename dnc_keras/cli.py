@@ -70,6 +70,13 @@ TRAIN_FLAGS = [
     ("--seeds", "seeds", dict(type=int, help="repeat with seeds seed..seed+N-1 and report the "
                               "mean and 95%% interval")),
     ("--out", "out", dict(help="run folder (default runs/<timestamp>)")),
+    ("--strategy", "strategy", dict(
+        choices=["mirrored", "multi-worker"], help="train with the tf.distribute loop: "
+        "mirrored (all GPUs of this machine) or multi-worker (a cluster described by TF_CONFIG; "
+        "run the same command on every worker with the same shared --out); resumes from "
+        "<out>/checkpoints (docs/distributed.md)")),
+    ("--checkpoint-every", "checkpoint_every", dict(
+        type=int, help="with --strategy: also checkpoint every N steps inside an epoch")),
 ]
 
 

@@ -50,6 +50,9 @@ class TrainConfig:
     validation_classes: float = 0.0
     nmi: bool = True
     seeds: int = 1
+    # Scaling out (docs/distributed.md): None trains with model.fit on one device.
+    strategy: str | None = None
+    checkpoint_every: int | None = None
 
     def __post_init__(self):
         checks = {
@@ -79,6 +82,22 @@ class TrainConfig:
                              f"validation_classes={self.validation_classes}")
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1. Received: seeds={self.seeds}")
+        if self.strategy not in (None, "mirrored", "multi-worker"):
+            raise ValueError("strategy must be 'mirrored', 'multi-worker' or None. Received: "
+                             f"strategy={self.strategy!r}")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise ValueError("checkpoint_every must be >= 1 step. Received: "
+                             f"checkpoint_every={self.checkpoint_every}")
+        if self.checkpoint_every is not None and self.strategy is None:
+            raise ValueError("checkpoint_every applies to the distributed loop: set strategy "
+                             "('mirrored' for one machine)")
+        if self.strategy is not None and self.seeds > 1:
+            raise ValueError("A strategy is created once per process: run one process per seed "
+                             f"(seeds=1). Received: seeds={self.seeds}, "
+                             f"strategy={self.strategy!r}")
+        if self.strategy == "multi-worker" and not self.out:
+            raise ValueError("strategy='multi-worker' needs out: a run folder that every worker "
+                             "can reach (shared storage), the same on all of them")
         if self.backbone == "resnet50" and self.color_mode == "grayscale":
             raise ValueError("resnet50 takes RGB images (its ImageNet weights have 3 input "
                              "channels). Received: color_mode='grayscale'")

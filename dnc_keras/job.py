@@ -1,13 +1,16 @@
 """The main job: a TrainConfig in, a run folder out (config, checkpoint, metrics, plots, logs)."""
 
+import contextlib
 import json
 import os
+import shutil
+import tempfile
 import time
 
 import keras
 import numpy as np
 
-from dnc_keras import backbones, datasets, losses
+from dnc_keras import backbones, datasets, distributed, losses
 from dnc_keras.callbacks import FiniteCheckpoint, RetrievalEvaluation, dnc_callbacks
 from dnc_keras.clustering import max_learners
 from dnc_keras.evaluation import raw_pixel_baseline
@@ -67,9 +70,19 @@ def check_learners(config, y_train):
 
 
 def run(config, verbose=1):
-    """Trains, evaluates on the unseen classes and writes the run folder; returns the metrics."""
+    """Trains, evaluates on the unseen classes and writes the run folder; returns the metrics.
+
+    With `config.strategy`, trains with `dnc_keras.distributed.DistributedTrainer` and resumes
+    from `<out>/checkpoints`; on several workers only the chief writes the run folder.
+    """
+    # MultiWorkerMirroredStrategy must exist before TensorFlow runs anything.
+    strategy = distributed.make_strategy(config.strategy) if config.strategy else None
+    chief = strategy is None or distributed.is_chief(strategy)
     keras.utils.set_random_seed(config.seed)
-    out = config.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+    run_dir = config.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+    # Other workers write what the chief writes (weights, logs) to a scratch folder instead.
+    out = run_dir if chief else tempfile.mkdtemp(
+        prefix=f"dnc-worker{distributed.task_id(strategy)}-")
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(config.to_dict(), f, indent=2)
@@ -79,7 +92,8 @@ def run(config, verbose=1):
     sampler = ClusterBatchSampler(plan.train_labels, config.classes_per_batch,
                                   config.samples_per_class, seed=config.seed,
                                   steps_per_epoch=config.steps_per_epoch)
-    model = build_model(config, plan.input_shape)
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        model = build_model(config, plan.input_shape)
     has_test = bool(plan.evaluations)
     checkpoint = FiniteCheckpoint(os.path.join(out, "checkpoint.weights.h5"), verbose=verbose)
     callbacks = dnc_callbacks(sampler, plan.train_images, config.learners,
@@ -106,9 +120,16 @@ def run(config, verbose=1):
     callbacks += [checkpoint, keras.callbacks.TensorBoard(os.path.join(out, "logs"))]
 
     start = time.perf_counter()
-    history = model.fit(plan.train_dataset(sampler, seed=config.seed, augment=_augmenter(config)),
-                        epochs=config.epochs, callbacks=callbacks, verbose=verbose,
-                        shuffle=False)
+    dataset = plan.train_dataset(sampler, seed=config.seed, augment=_augmenter(config))
+    if strategy is None:
+        history = model.fit(dataset, epochs=config.epochs, callbacks=callbacks,
+                            verbose=verbose, shuffle=False)
+    else:
+        trainer = distributed.DistributedTrainer(
+            model, sampler, dataset=dataset, strategy=strategy,
+            checkpoint_dir=os.path.join(run_dir, "checkpoints"),
+            checkpoint_every=config.checkpoint_every)
+        history = trainer.fit(config.epochs, callbacks=callbacks, verbose=verbose if chief else 0)
     seconds = time.perf_counter() - start
     if checkpoint.nan_at is not None:
         epoch, batch = checkpoint.nan_at
@@ -121,6 +142,13 @@ def run(config, verbose=1):
                                    default=0),
                "learners": config.learners, "epochs": config.epochs,
                "train_seconds": round(seconds, 1), "recall_ks": list(plan.recall_ks)}
+    if strategy is not None:
+        results["replicas"] = strategy.num_replicas_in_sync
+        if trainer.restored_from:
+            results["resumed_from"] = trainer.restored_from
+    if not chief:
+        shutil.rmtree(out, ignore_errors=True)
+        return {**results, "role": "worker", "run_dir": run_dir}
     if plan.summary.get("skipped_files"):
         results["skipped_files"] = plan.summary["skipped_files"]
     if selection is not None:
@@ -176,6 +204,8 @@ def _write_outputs(out, results, history, plot, model):
 def format_results(results):
     """The metrics table printed at the end of a run: one row per evaluation of the protocol
     (VehicleID's three lists), the learned embedding next to raw pixels where they apply."""
+    if results.get("role") == "worker":
+        return f"Worker done; the chief writes the run folder {results['run_dir']}."
     if "test" not in results:
         return f"Trained on all {results['train_classes']} classes; no test split to evaluate."
     test = results["test"]

@@ -1,0 +1,109 @@
+"""DistributedTrainer in this process (one device): checkpoint contents, resume, errors, job."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dnc_keras import cli, distributed
+from dnc_keras.callbacks import dnc_callbacks
+from dnc_keras.config import TrainConfig
+from dnc_keras.layers import SubspaceMasks
+from dnc_keras.model import DnCModel
+from dnc_keras.sampling import ClusterBatchSampler
+
+import dist_worker
+
+
+def _setup(tmp_path=None, **kwargs):
+    x, y = dist_worker.blobs()
+    model = dist_worker.build_model(tf.distribute.get_strategy())
+    sampler = ClusterBatchSampler(y, 4, 4, seed=0, steps_per_epoch=dist_worker.STEPS)
+    callbacks = dnc_callbacks(sampler, x, final_learners=2, period=2, conquer_epoch=4,
+                              backend="sklearn", verbose=0)
+    checkpoints = None if tmp_path is None else str(tmp_path / "checkpoints")
+    trainer = distributed.DistributedTrainer(model, sampler, x, checkpoint_dir=checkpoints,
+                                             **kwargs)
+    return trainer, callbacks
+
+
+def test_checkpoint_restores_model_optimizers_progress_and_clusters(tmp_path):
+    trainer, callbacks = _setup(tmp_path, checkpoint_every=3)
+    history = trainer.fit(3, callbacks=callbacks, verbose=0)
+    assert len(history.history["loss"]) == 3
+    model, sampler = trainer.model, trainer.sampler
+    assert model.active_learners == 2 and sampler.num_clusters == 2  # divided at epoch 2
+
+    fresh, _ = _setup(tmp_path)
+    assert fresh.restore() == (3, 0)
+    assert str(fresh.restored_from).endswith("ckpt-12")
+    for a, b in zip(fresh.model.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    for optimizer in ("optimizer", "mask_optimizer"):
+        for a, b in zip(getattr(fresh.model, optimizer).variables,
+                        getattr(model, optimizer).variables):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert fresh.model.active_learners == 2
+    state, restored = sampler.get_state(), fresh.sampler.get_state()
+    np.testing.assert_array_equal(restored.pop("assignment"), state.pop("assignment"))
+    assert restored == state
+
+
+def test_finished_run_resumes_with_nothing_left_to_train(tmp_path):
+    trainer, callbacks = _setup(tmp_path)
+    trainer.fit(2, callbacks=callbacks, verbose=0)
+    weights = trainer.model.get_weights()
+    again, callbacks = _setup(tmp_path)
+    history = again.fit(2, callbacks=callbacks, verbose=0)
+    assert history.history == {}
+    for a, b in zip(again.model.get_weights(), weights):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_bad_arguments_get_clear_errors():
+    x, y = dist_worker.blobs()
+    model = dist_worker.build_model(tf.distribute.get_strategy())
+    sampler = ClusterBatchSampler(y, 4, 4)
+    with pytest.raises(ValueError, match="not both or neither"):
+        distributed.DistributedTrainer(model, sampler)
+    with pytest.raises(ValueError, match="has 3 entries"):
+        distributed.DistributedTrainer(model, sampler, x[:3])
+    with pytest.raises(ValueError, match="checkpoint_every must be >= 1"):
+        distributed.DistributedTrainer(model, sampler, x, checkpoint_every=0)
+    with pytest.raises(ValueError, match="strategy.scope"):
+        distributed.DistributedTrainer(model, sampler, x,
+                                       strategy=tf.distribute.OneDeviceStrategy("/cpu:0"))
+    uncompiled = DnCModel(model.encoder, SubspaceMasks(8, 2))
+    with pytest.raises(ValueError, match="not compiled"):
+        distributed.DistributedTrainer(uncompiled, sampler, x)
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        distributed.make_strategy("tpu")
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(strategy="horovod"), "strategy must be"),
+    (dict(checkpoint_every=10), "checkpoint_every applies to the distributed loop"),
+    (dict(strategy="multi-worker"), "needs out"),
+    (dict(strategy="mirrored", seeds=3), "one process per seed"),
+    (dict(strategy="mirrored", checkpoint_every=0), "checkpoint_every must be >= 1"),
+])
+def test_config_rejects_bad_strategy_settings(settings, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**settings)
+
+
+def test_cli_trains_with_the_mirrored_loop_and_resumes_a_finished_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "digits", "--epochs", "2", "--learners", "2",
+            "--embedding-dim", "16", "--classes-per-batch", "4", "--samples-per-class", "4",
+            "--steps-per-epoch", "4", "--strategy", "mirrored", "--checkpoint-every", "3",
+            "--out", str(out), "--json"]
+    assert cli.main(argv) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert first["replicas"] == 1 and "resumed_from" not in first
+    assert (out / "checkpoints" / "checkpoint").exists() and (out / "model.keras").exists()
+    assert cli.main(argv) == 0  # the same command again: restored, nothing left to train
+    second = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert second["resumed_from"].endswith("ckpt-8")
+    assert second["test"]["MAP@R"] == pytest.approx(first["test"]["MAP@R"], abs=1e-6)
