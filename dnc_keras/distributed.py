@@ -337,6 +337,8 @@ class DistributedTrainer:
         `on_epoch_begin`, `on_train_batch_begin/end`, `on_epoch_end`, `on_train_end`) with
         `model.fit`'s logs, and may set `model.stop_training`. On a resumed epoch,
         `on_epoch_begin` is called again: the DnC callbacks see that its re-clustering is done.
+        A non-finite loss (the epoch's running mean, checked before each checkpoint and at the
+        epoch's end) stops training without a checkpoint; `nan_at` then holds (epoch, step).
         """
         model, sampler = self.model, self.sampler
         start_epoch, start_step = self.restore()
@@ -364,18 +366,23 @@ class DistributedTrainer:
                 stopped = False
                 for step in range(skip, sampler.steps):
                     callbacks.on_train_batch_begin(step)
-                    logs = {k: float(v) for k, v in train_fn(iterator).items()}
+                    # Tensors, as model.fit passes them: reading one waits for the step, so
+                    # the loss is only checked where the loop must wait anyway.
+                    logs = train_fn(iterator)
                     callbacks.on_train_batch_end(step, logs)
-                    if not np.isfinite(logs.get("loss", 0.0)):
+                    save = self.checkpoint_every and (step + 1) % self.checkpoint_every == 0 \
+                        and step + 1 < sampler.steps
+                    if (save or step + 1 == sampler.steps) and \
+                            not np.isfinite(float(logs.get("loss", 0.0))):
                         self.nan_at = (epoch, step)
                         model.stop_training = True  # as keras.callbacks.TerminateOnNaN
                     # Stopped inside the epoch (a NaN loss, say): keep the last checkpoint.
                     stopped = model.stop_training
                     if stopped:
                         break
-                    if self.checkpoint_every and (step + 1) % self.checkpoint_every == 0 and \
-                            step + 1 < sampler.steps:
+                    if save:
                         self._save(epoch, step + 1, epoch_state)
+                logs = {k: float(v) for k, v in logs.items()}
                 callbacks.on_epoch_end(epoch, dict(logs))
                 if not stopped:
                     self._save(epoch + 1, 0, sampler.get_state())

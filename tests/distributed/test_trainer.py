@@ -107,3 +107,14 @@ def test_cli_trains_with_the_mirrored_loop_and_resumes_a_finished_run(tmp_path, 
     second = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert second["resumed_from"].endswith("ckpt-8")
     assert second["test"]["MAP@R"] == pytest.approx(first["test"]["MAP@R"], abs=1e-6)
+
+
+def test_non_finite_loss_stops_training_without_a_checkpoint(tmp_path):
+    trainer, _ = _setup(tmp_path, checkpoint_every=2)
+    model = trainer.model
+    model.compile(optimizer=model.optimizer, loss=lambda labels, embeddings:
+                  tf.reduce_sum(embeddings) * np.nan)
+    history = trainer.fit(3, verbose=0)
+    assert trainer.nan_at == (0, 1)  # seen before the first checkpoint, at step 2
+    assert len(history.history["loss"]) == 1 and np.isnan(history.history["loss"][0])
+    assert not (tmp_path / "checkpoints").exists()
