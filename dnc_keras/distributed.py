@@ -146,7 +146,7 @@ class DistributedTrainer:
         self._plan = []
         self._build_optimizers()
         self._build_state()
-        self._from_plan = dataset is None
+        self._from_images = dataset is None
         if dataset is None:
             self._dataset = self.strategy.distribute_datasets_from_function(self._input_fn)
         else:
@@ -357,10 +357,10 @@ class DistributedTrainer:
                 self._broadcast_clusters()
                 epoch_state = sampler.get_state()
                 skip = start_step if epoch == start_epoch else 0
-                if self._from_plan:
+                if self._from_images:
                     self._plan = list(sampler.epoch_batches())[skip:]
                 iterator = iter(self._dataset)
-                if not self._from_plan:
+                if not self._from_images:
                     for _ in range(skip):  # the dataset replays the whole epoch: fast-forward
                         next(iterator)
                 stopped = False

@@ -5,9 +5,10 @@ TF_CONFIG for a multi-worker cluster) runs in a process of its own:
 
     python dist_worker.py --devices 2 --runs one:custom,mirrored:custom --out result.npz
 
-`--runs` trains one model per entry (strategy:loop; strategy one|mirrored|mirrored-local|
-multi-worker, loop custom|dataset|fit; mirrored-local mines on each replica's shard alone) and saves,
-per run, its weights, cluster assignment and losses under `<run>/...`.
+`--runs` trains one model per entry (strategy:loop) and saves, per run, its weights, cluster
+assignment and losses under `<run>/...`. Strategies: one, mirrored, mirrored-local (each replica
+mines its shard alone), multi-worker; loops: custom (DistributedTrainer over images in memory),
+dataset (over the sampler's tf.data pipeline), fit (model.fit).
 `--pause-at N` prints PAUSED after N steps and sleeps, for a test to kill the process there.
 """
 
