@@ -1,0 +1,57 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dnc_keras.backbones import FusedBatchNormalization, conv4
+
+
+def _pair(shape=(6, 5, 4, 3), **kwargs):
+    reference = keras.layers.BatchNormalization(**kwargs)
+    fused = FusedBatchNormalization(**kwargs)
+    reference.build(shape)
+    fused.build(shape)
+    rng = np.random.default_rng(0)
+    for layer in (reference, fused):
+        layer.gamma.assign(rng.uniform(0.5, 2.0, 3).astype(np.float32))
+        layer.beta.assign(rng.normal(size=3).astype(np.float32))
+    fused.set_weights(reference.get_weights())
+    return reference, fused
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_matches_keras_outputs_gradients_and_moving_statistics(training):
+    reference, fused = _pair(momentum=0.9)
+    x = tf.constant(3.0 + 2.0 * np.random.default_rng(1).normal(size=(6, 5, 4, 3)), tf.float32)
+    results = []
+    for layer in (reference, fused):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=training)
+            loss = tf.reduce_sum(tf.sin(y))
+        grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
+        results.append((y, grads, layer.moving_mean.numpy(), layer.moving_variance.numpy()))
+    (y0, g0, m0, v0), (y1, g1, m1, v1) = results
+    np.testing.assert_allclose(y1, y0, rtol=1e-4, atol=1e-4)
+    for a, b in zip(g1, g0):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(m1, m0, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(v1, v0, rtol=1e-5, atol=1e-6)
+    if training:
+        assert not np.allclose(v1, 1.0)  # the statistics did move
+
+
+def test_fused_falls_back_to_keras_for_other_inputs():
+    reference, fused = _pair(shape=(4, 3))
+    x = tf.random.normal((4, 3))  # 2-D: not the fused path
+    np.testing.assert_allclose(fused(x, training=True), reference(x, training=True), atol=1e-5)
+
+
+def test_conv4_uses_the_fused_layer_and_round_trips(tmp_path):
+    model = conv4((16, 16, 1))
+    assert isinstance(model.get_layer("bn0"), FusedBatchNormalization)
+    path = str(tmp_path / "conv4.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    x = np.random.default_rng(0).random((2, 16, 16, 1)).astype(np.float32)
+    np.testing.assert_allclose(loaded(x), model(x), atol=1e-6)
