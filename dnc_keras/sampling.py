@@ -126,7 +126,13 @@ class ClusterBatchSampler:
             return {"images": batch, "learner": tf.fill([size], learner)}, tf.gather(labels,
                                                                                      indices)
 
-        return dataset.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(prefetch)
+        # Autotuning off: tf.data joins its tuning thread whenever an iterator is destroyed,
+        # which stalled every epoch boundary by 0.1 to 1 s (docs/performance.md), and a gather
+        # and a prefetch have nothing to tune.
+        options = tf.data.Options()
+        options.autotune.enabled = False
+        return (dataset.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(prefetch)
+                .with_options(options))
 
     def as_path_dataset(self, paths, preprocessing=None, contents=None, seed=0, prefetch=2):
         """`as_dataset` for images on disk: the same batches, decoded and augmented by
