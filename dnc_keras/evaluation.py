@@ -20,13 +20,29 @@ Definitions, for a query of class c:
 K larger than the number of searchable items counts all of them.
 """
 
+import contextlib
+
 import faiss
 import numpy as np
 from sklearn.metrics import normalized_mutual_info_score
 
 from dnc_keras.clustering import kmeans
 
-DEFAULT_BATCH_SIZE = 1024
+# Queries per faiss search. With faiss's default database blocks of 1,024 rows its distance
+# products were small matrix products, and a 60,000 x 512 evaluation took 2x the time of one
+# chunked matrix product; 4,096 queries against blocks of 4,096 rows took 1.1-1.2x
+# (docs/performance.md). A block of distances is 4,096 x 4,096 float32: 64 MiB.
+DEFAULT_BATCH_SIZE = 4096
+_FAISS_DATABASE_BLOCK = 4096
+# Deepest neighbour list asked of faiss for Recall@K. Its per-query heap costs more than the
+# distances beyond a few dozen neighbours (K = 1000 took 2.3x the time of the matrix product on
+# 60,000 x 512, docs/performance.md); a larger K is answered by counting instead, and only for
+# the queries that have no class-mate in the list.
+_MAX_SEARCH_DEPTH = 32
+# Elements of one query-by-gallery block of the counting pass (float32: 64 MiB).
+_COUNT_BLOCK = 1 << 24
+# First-hit rank of a query with no class-mate found: larger than any K.
+_NEVER = np.iinfo(np.int64).max
 
 
 def _check_embeddings(embeddings, labels, name):
@@ -70,11 +86,39 @@ def _neighbour_scores(query, query_ids, gallery, gallery_ids, ks, batch_size, le
     class_counts = np.bincount(gallery_ids, minlength=int(query_ids.max()) + 1)
     r = class_counts[query_ids] - (1 if leave_one_out else 0)
     searchable = len(gallery) - (1 if leave_one_out else 0)
-    depth = min(max(max(ks), int(r.max())), searchable)
+    depth = min(max(min(max(ks), _MAX_SEARCH_DEPTH), int(r.max())), searchable)
     index = faiss.IndexFlatL2(gallery.shape[1])
     index.add(gallery)
+    with _faiss_database_block(_FAISS_DATABASE_BLOCK):
+        first_hit, average_precision, r_precision = _search_scores(
+            index, query, query_ids, gallery_ids, r, depth, batch_size, leave_one_out)
+    if max(ks) > depth:
+        missed = np.flatnonzero((first_hit == _NEVER) & (r > 0))
+        first_hit[missed] = _count_first_hit(query, query_ids, gallery, gallery_ids, missed,
+                                              leave_one_out)
+    scored = r > 0
+    metrics = {f"R@{k}": float(np.mean(first_hit < k)) for k in ks}
+    metrics["MAP@R"] = float(np.mean(average_precision[scored])) if scored.any() else float("nan")
+    metrics["R-precision"] = float(np.mean(r_precision[scored])) if scored.any() else float("nan")
+    return metrics
+
+
+@contextlib.contextmanager
+def _faiss_database_block(rows):
+    """Sets faiss's database block of brute-force search (a process-wide setting) for a while."""
+    previous = faiss.cvar.distance_compute_blas_database_bs
+    faiss.cvar.distance_compute_blas_database_bs = rows
+    try:
+        yield
+    finally:
+        faiss.cvar.distance_compute_blas_database_bs = previous
+
+
+def _search_scores(index, query, query_ids, gallery_ids, r, depth, batch_size, leave_one_out):
+    """First-hit rank (`_NEVER` if none among the first `depth`), AP@R and R-precision per
+    query, from faiss's `depth` nearest neighbours, chunk by chunk."""
     ranks = np.arange(1, depth + 1)
-    hits = {k: np.zeros(len(query), dtype=bool) for k in ks}
+    first_hit = np.full(len(query), _NEVER, dtype=np.int64)
     average_precision = np.zeros(len(query))
     r_precision = np.zeros(len(query))
     for start in range(0, len(query), batch_size):
@@ -87,8 +131,7 @@ def _neighbour_scores(query, query_ids, gallery, gallery_ids, ks, batch_size, le
             is_self[~is_self.any(axis=1), -1] = True
             neighbours = neighbours[~is_self].reshape(stop - start, depth)
         same = gallery_ids[neighbours] == query_ids[start:stop, None]
-        for k in ks:
-            hits[k][start:stop] = same[:, :k].any(axis=1)
+        first_hit[start:stop] = np.where(same.any(axis=1), same.argmax(axis=1), _NEVER)
         r_chunk = r[start:stop]
         within_r = ranks[None, :] <= r_chunk[:, None]
         relevant = same & within_r
@@ -96,11 +139,29 @@ def _neighbour_scores(query, query_ids, gallery, gallery_ids, ks, batch_size, le
         safe_r = np.maximum(r_chunk, 1)
         average_precision[start:stop] = np.sum(precision_at_rank * relevant, axis=1) / safe_r
         r_precision[start:stop] = np.sum(relevant, axis=1) / safe_r
-    scored = r > 0
-    metrics = {f"R@{k}": float(np.mean(hits[k])) for k in ks}
-    metrics["MAP@R"] = float(np.mean(average_precision[scored])) if scored.any() else float("nan")
-    metrics["R-precision"] = float(np.mean(r_precision[scored])) if scored.any() else float("nan")
-    return metrics
+    return first_hit, average_precision, r_precision
+
+
+def _count_first_hit(query, query_ids, gallery, gallery_ids, rows, leave_one_out):
+    """Rank of the nearest class-mate of each query in `rows`, as the number of items strictly
+    closer to the query (itself excluded with `leave_one_out`); ties count in its favour.
+
+    Works in blocks of `_COUNT_BLOCK` distances, so memory stays at O(gallery size).
+    """
+    gallery_sq = np.einsum("ij,ij->i", gallery, gallery)
+    step = max(1, _COUNT_BLOCK // len(gallery))
+    out = np.empty(len(rows), dtype=np.int64)
+    for start in range(0, len(rows), step):
+        block = rows[start:start + step]
+        # |q - g|^2 less the constant |q|^2 of the row: the same order, as faiss computes it.
+        d = gallery_sq[None, :] - 2.0 * (query[block] @ gallery.T)
+        same = gallery_ids[None, :] == query_ids[block, None]
+        if leave_one_out:
+            d[np.arange(len(block)), block] = np.inf
+            same[np.arange(len(block)), block] = False
+        nearest = np.min(np.where(same, d, np.inf), axis=1)
+        out[start:start + step] = np.sum(d < nearest[:, None], axis=1)
+    return out
 
 
 def _nmi(embeddings, labels, seed):
@@ -120,7 +181,7 @@ def retrieval_metrics(embeddings, labels, ks=(1, 2, 4, 8), nmi=True, seed=0,
         ks: the K of Recall@K. Defaults to `(1, 2, 4, 8)` (CUB, Cars; SOP uses 1, 10, 100, 1000).
         nmi: also compute NMI (runs k-means with one cluster per class). Defaults to `True`.
         seed: k-means seed for NMI. Defaults to `0`.
-        batch_size: queries per faiss search. Defaults to `1024`.
+        batch_size: queries per faiss search. Defaults to `4096`.
 
     Returns:
         dict of floats: `"R@k"` per k in `ks`, `"MAP@R"`, `"R-precision"`, and `"NMI"` when `nmi`.
@@ -161,7 +222,7 @@ def query_gallery_metrics(query_emb, query_labels, gallery_emb, gallery_labels,
         ks: the K of Recall@K. Defaults to `(1, 10, 20, 30, 40, 50)` (In-shop).
         nmi: also compute NMI. Defaults to `False`.
         seed: k-means seed for NMI. Defaults to `0`.
-        batch_size: queries per faiss search. Defaults to `1024`.
+        batch_size: queries per faiss search. Defaults to `4096`.
 
     Returns:
         dict of floats with the keys of `retrieval_metrics`.
