@@ -1,0 +1,185 @@
+"""Cost of one re-clustering (embed + k-means + matching) against the training between two.
+
+    python benchmarks/bench_recluster.py                      # about 4 minutes on 2 cores
+    python benchmarks/bench_recluster.py --ks 2 4 8 16 32 --repeats 5
+
+Target (issue 6): embedding extraction, k-means and matching together cost at most 5% of the
+training time between two re-clusterings (T = 2 epochs), at 10,000 and 60,000 points (SOP's
+size), d = 128 and 512, K from 2 to 32.
+
+What is timed, all in this process, interleaved where compared:
+- the train step of `DnCModel` (Conv-4, 28x28, batch 80 = 20 x 4, batch-hard triplet, K fixed
+  blocks): the training between two re-clusterings is 2 epochs x (N // 80) steps of it;
+- embedding extraction: `DnCModel.embed(images, output="features")` over N images (what
+  `ReclusterCallback` does), median of `--repeats`;
+- k-means on N x d L2-normalised vectors with class structure (N / 5 classes of about 5 images,
+  as SOP), both backends of `dnc_keras.clustering.kmeans`: scikit-learn's Lloyd (n_init=1, stops
+  when converged, at most 100 iterations) and faiss (always runs its iterations) at the package
+  default (100 iterations, no subsampling), at equal work (faiss with as many iterations as
+  scikit-learn needed) and with faiss's own subsampling (256 points per centroid);
+- the acceptance check and `match_clusters` (the Hungarian matching).
+The share is (embedding + k-means of the backend "auto" picks + acceptance + matching) / (the
+training between two re-clusterings). Writes benchmarks/results/recluster.json.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+PERIOD_EPOCHS = 2
+BATCH = 80
+
+
+def synthetic_features(n, dim, seed=0, per_class=5):
+    """L2-normalised vectors around n / per_class random class centres, with their labels."""
+    rng = np.random.default_rng(seed)
+    classes = max(2, n // per_class)
+    labels = rng.integers(0, classes, n)
+    centres = rng.normal(size=(classes, dim)).astype(np.float32)
+    x = centres[labels] + 0.7 * rng.normal(size=(n, dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x, labels
+
+
+def time_train_step(learners, steps, repeats):
+    """Median seconds of one DnC train step (fixed batch in memory; fit of `steps` steps)."""
+    import keras
+    import tensorflow as tf
+
+    from dnc_keras.backbones import build_encoder, conv4
+    from dnc_keras.layers import SubspaceMasks
+    from dnc_keras.losses import TripletHardLoss
+    from dnc_keras.model import DnCModel
+
+    encoder = build_encoder(conv4((28, 28, 1)), 128, freeze_bn_stats=False)
+    model = DnCModel(encoder, SubspaceMasks(128, max_learners=learners))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=TripletHardLoss())
+    rng = np.random.default_rng(0)
+    x = rng.random((BATCH, 28, 28, 1), dtype=np.float32)
+    y = np.repeat(np.arange(20), 4).astype(np.int32)
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    inputs = {"images": x, "learner": np.zeros(BATCH, np.int32)}
+    dataset = tf.data.Dataset.from_tensors((inputs, y)).repeat().with_options(options)
+    fit = lambda: model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)  # noqa: E731
+    seconds = common.interleaved({"step": fit}, repeats)["step"]
+    return model, statistics.median(seconds) / steps, seconds
+
+
+def time_embedding(model, n, repeats, batch_size):
+    """Median seconds of `model.embed(images, output="features")` over n random images."""
+    images = np.random.default_rng(1).random((n, 28, 28, 1), dtype=np.float32)
+    run = lambda: model.embed(images, output="features", batch_size=batch_size)  # noqa: E731
+    return common.interleaved({"embed": run}, repeats)["embed"]
+
+
+def time_kmeans(x, labels, k, repeats):
+    """Seconds of each backend variant on one problem, interleaved; plus sklearn's iterations."""
+    from sklearn.cluster import KMeans
+
+    from dnc_keras import clustering
+
+    iterations = {}
+
+    def sklearn():
+        # What clustering.kmeans(backend="sklearn") runs, kept here to read n_iter_.
+        km = KMeans(k, n_init=1, max_iter=100, random_state=0, algorithm="lloyd").fit(x)
+        iterations["sklearn"] = int(km.n_iter_)
+        return km.labels_
+
+    sklearn()
+    equal = iterations["sklearn"]
+    candidates = {
+        "sklearn": sklearn,
+        "faiss": lambda: clustering.kmeans(x, k, backend="faiss"),
+        "faiss_equal_iters": lambda: clustering.kmeans(x, k, n_iter=equal, backend="faiss"),
+        "faiss_256_per_centroid": lambda: clustering.kmeans(x, k, backend="faiss",
+                                                            max_points_per_centroid=256),
+    }
+    times = common.interleaved(candidates, repeats, warmup=0)
+    assignment = clustering.kmeans(x, k)
+    old = np.random.default_rng(2).integers(0, k, len(x))
+
+    def accept_and_match():
+        clustering.is_acceptable(assignment, labels, k)
+        clustering.match_clusters(assignment, old, k)
+    times["accept_and_match"] = common.interleaved({"m": accept_and_match}, repeats)["m"]
+    return times, equal
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 60_000])
+    parser.add_argument("--dims", type=int, nargs="+", default=[128, 512])
+    parser.add_argument("--ks", type=int, nargs="+", default=[2, 8, 32])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--embed-batch-size", type=int, default=256,
+                        help="batch of model.embed (ReclusterCallback's default is 256)")
+    parser.add_argument("--out", default="recluster")
+    args = parser.parse_args(argv)
+
+    from dnc_keras import clustering
+
+    print("Train step ...", flush=True)
+    model, step_s, step_all = time_train_step(4, steps=20, repeats=max(3, args.repeats))
+    print(f"  {1000 * step_s:.1f} ms/step ({BATCH / step_s:.0f} images/s)")
+    results = {"settings": vars(args), "train_step_s": step_s, "train_step_all_s": step_all,
+               "embedding": {}, "kmeans": [], "share": []}
+    embed = {}
+    for n in args.sizes:
+        seconds = time_embedding(model, n, args.repeats, args.embed_batch_size)
+        embed[n] = statistics.median(seconds)
+        results["embedding"][n] = {**common.summary(seconds), "images_per_s": n / embed[n]}
+        print(f"Embedding {n} images: {embed[n]:.2f} s ({n / embed[n]:.0f} images/s)",
+              flush=True)
+
+    rows = []
+    for n in args.sizes:
+        train_s = PERIOD_EPOCHS * (n // BATCH) * step_s
+        for dim in args.dims:
+            x, labels = synthetic_features(n, dim)
+            for k in args.ks:
+                times, iters = time_kmeans(x, labels, k, args.repeats)
+                med = {name: statistics.median(t) for name, t in times.items()}
+                auto = clustering._choose_backend(dim, k)
+                cost = embed[n] + med[auto] + med["accept_and_match"]
+                share = cost / train_s
+                entry = {"n": n, "dim": dim, "k": k, "sklearn_iterations": iters,
+                         "auto_backend": auto,
+                         "seconds": {name: common.summary(t) for name, t in times.items()},
+                         "faiss_equal_over_sklearn": common.paired_ratios(
+                             times["faiss_equal_iters"], times["sklearn"]),
+                         "recluster_s": cost, "train_between_s": train_s, "share": share,
+                         "share_kmeans_only": (med[auto] + med["accept_and_match"]) / train_s}
+                results["kmeans"].append(entry)
+                rows.append((n, dim, k, iters, med["sklearn"], med["faiss_equal_iters"],
+                             med["faiss"], med["faiss_256_per_centroid"], auto, embed[n],
+                             train_s, f"{share:.1%}"))
+                print(common.table([rows[-1]], _HEADERS).splitlines()[-1], flush=True)
+    table = common.table(rows, _HEADERS)
+    print(table)
+    shares = [e["share"] for e in results["kmeans"]]
+    results["max_share"] = max(shares)
+    results["target"] = 0.05
+    results["met"] = max(shares) <= 0.05
+    results["table"] = table
+    print(f"re-clustering share of the training between two re-clusterings: "
+          f"{min(shares):.1%} .. {max(shares):.1%} (target <= 5%)")
+    common.write_results(args.out, results)
+
+
+_HEADERS = ["N", "d", "K", "sklearn iters", "sklearn s", "faiss equal iters s",
+            "faiss 100 it s", "faiss 256/centroid s", "auto", "embed s", "train between s",
+            "share"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,396 @@
+"""Train-step and epoch throughput: DnC against plain Keras, Keras + XLA and PyTorch + pml.
+
+    python benchmarks/bench_train_step.py                 # default: about 4 minutes on 2 cores
+    python benchmarks/bench_train_step.py --repeats 9 --steps 40 --learners 8
+
+Two measurements, each candidate in its own worker process (TensorFlow's and PyTorch's thread
+pools would otherwise compete inside one process; a worker waits on a pipe between rounds, so it
+burns no CPU while the others run). The parent asks each worker in turn for one timed unit of
+work, round after round (A B C, A B C, ...), and reports medians and the median of per-round
+ratios, so load from other processes hits every candidate alike.
+
+1. Step: the same Conv-4 (28x28x1, 4 x conv 3x3-BN-ReLU-maxpool, GAP, dropout 0.01, dense 128),
+   batch 80 = 20 classes x 4 images, batch-hard triplet loss (margin 1.0) on the L2-normalised
+   embedding, Adam 1e-3, one fixed in-memory batch (so only the step is timed):
+   - `dnc`: `DnCModel.fit` with K learners (fixed blocks), the batch routed to learner 1;
+   - `keras`: a plain `keras.Model` (encoder -> UnitNormalization) `fit` with the same loss;
+   - `keras+xla`, `dnc+xla`: the same with `jit_compile=True`;
+   - `dnc+unfused_bn`: `dnc` with Keras's own (unfused) BatchNormalization, the step before
+     `FusedBatchNormalization`; other options after "+" are listed in `OPTIONS`;
+   - `torch_pml`: the PyTorch Conv-4 with pytorch-metric-learning's `TripletMarginLoss`
+     (margin 1.0) on `BatchHardMiner` triplets, `torch.optim.Adam`.
+   A unit is `--steps` steps (one `fit` call for Keras); figures are images per second.
+2. Epoch: two epochs of `DnCModel.fit` on the glyphs training set (K learners, the sampler's
+   tf.data pipeline, `ReclusterCallback` every 2 epochs, so each unit holds exactly one
+   re-clustering) against two epochs of the plain Keras model over the same sampler with one
+   cluster (same batches per epoch, same pipeline). Target: ratio <= 1.10.
+
+Writes benchmarks/results/train_step.json. Needs the `benchmark` extra for the PyTorch peer
+(`pip install -e .[benchmark]`); without torch that candidate is skipped.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+BATCH_CLASSES, BATCH_PER_CLASS = 20, 4
+BATCH = BATCH_CLASSES * BATCH_PER_CLASS
+IMAGE = (28, 28, 1)
+STEP_CANDIDATES = ("dnc", "keras", "torch_pml", "keras+xla", "dnc+xla", "dnc+unfused_bn")
+# Options a candidate name may carry after "+": xla (jit_compile=True), spe (steps_per_execution
+# = --steps), interop1 (one inter-op thread), unfused_bn (Keras's own BatchNormalization in the
+# Conv-4, what dnc_keras used before FusedBatchNormalization), onednn0 (TF_ENABLE_ONEDNN_OPTS=0),
+# t1 (torch: one thread), bf16 (Keras's "mixed_bfloat16" policy: bfloat16 convolutions, as
+# oneDNN runs them on CPUs with AVX512-BF16 or AMX; losses stay float32).
+OPTIONS = ("xla", "spe", "interop1", "unfused_bn", "onednn0", "t1", "bf16")
+
+
+def _parse(candidate):
+    base, *options = candidate.split("+")
+    unknown = set(options) - set(OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown option(s) {sorted(unknown)} in {candidate!r}; "
+                         f"known: {OPTIONS}")
+    return base, set(options)
+EPOCH_CANDIDATES = ("dnc_epoch", "keras_epoch")
+
+
+# -- workers ------------------------------------------------------------------------------------
+def _fixed_batch():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.random((BATCH,) + IMAGE, dtype=np.float32)
+    y = np.repeat(np.arange(BATCH_CLASSES), BATCH_PER_CLASS).astype(np.int32)
+    return x, y
+
+
+def _keras_plain_model(jit_compile, steps_per_execution=1):
+    import keras
+
+    from dnc_keras.backbones import build_encoder, conv4
+    from dnc_keras.losses import TripletHardLoss
+
+    encoder = build_encoder(conv4(IMAGE), 128, freeze_bn_stats=False)
+    inputs = keras.Input(IMAGE)
+    _, z = encoder(inputs)
+    model = keras.Model(inputs, keras.layers.UnitNormalization()(z))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=TripletHardLoss(margin=1.0),
+                  jit_compile=jit_compile, steps_per_execution=steps_per_execution)
+    return model
+
+
+def _dnc_model(learners, jit_compile, steps_per_execution=1):
+    import keras
+
+    from dnc_keras.backbones import build_encoder, conv4
+    from dnc_keras.layers import SubspaceMasks
+    from dnc_keras.losses import TripletHardLoss
+    from dnc_keras.model import DnCModel
+
+    encoder = build_encoder(conv4(IMAGE), 128, freeze_bn_stats=False)
+    model = DnCModel(encoder, SubspaceMasks(128, max_learners=learners))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=TripletHardLoss(margin=1.0),
+                  jit_compile=jit_compile, steps_per_execution=steps_per_execution)
+    return model
+
+
+def _configure_tf(options):
+    import tensorflow as tf
+
+    if "interop1" in options:
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    if "bf16" in options:
+        import keras
+
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    if "unfused_bn" in options:
+        import keras
+
+        from dnc_keras import backbones
+
+        backbones.FusedBatchNormalization = keras.layers.BatchNormalization
+
+
+def _keras_step_unit(name, options, args):
+    import numpy as np
+    import tensorflow as tf
+
+    _configure_tf(options)
+    x, y = _fixed_batch()
+    jit = "xla" in options
+    spe = args.steps if "spe" in options else 1
+    if name == "dnc":
+        model = _dnc_model(args.learners, jit, spe)
+        inputs = {"images": x, "learner": np.full(BATCH, min(1, args.learners - 1), np.int32)}
+    else:
+        model = _keras_plain_model(jit, spe)
+        inputs = x
+    # Without autotuning, as the sampler's pipeline: joining tf.data's tuning thread at the end
+    # of each fit call would add 0.1-1 s to some units and none to others.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    dataset = tf.data.Dataset.from_tensors((inputs, y)).repeat().with_options(options)
+
+    def unit():
+        model.fit(dataset, epochs=1, steps_per_epoch=args.steps, verbose=0)
+    return unit, {"images_per_unit": args.steps * BATCH}
+
+
+def _torch_step_unit(options, args):
+    import numpy as np
+    import torch
+    from pytorch_metric_learning import losses, miners
+
+    if "t1" in options:
+        torch.set_num_threads(1)
+    torch.manual_seed(0)
+    layers, channels = [], IMAGE[-1]
+    for _ in range(4):
+        layers += [torch.nn.Conv2d(channels, 64, 3, padding=1, bias=False),
+                   torch.nn.BatchNorm2d(64), torch.nn.ReLU(), torch.nn.MaxPool2d(2)]
+        channels = 64
+    net = torch.nn.Sequential(*layers, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Dropout(0.01), torch.nn.Linear(64, 128))
+    net.train()
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    loss_fn = losses.TripletMarginLoss(margin=1.0)
+    miner = miners.BatchHardMiner()
+    x, y = _fixed_batch()
+    images = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    labels = torch.from_numpy(y.astype(np.int64))
+
+    def unit():
+        for _ in range(args.steps):
+            optimizer.zero_grad(set_to_none=True)
+            embeddings = torch.nn.functional.normalize(net(images), dim=1)
+            loss = loss_fn(embeddings, labels, miner(embeddings, labels))
+            loss.backward()
+            optimizer.step()
+    return unit, {"images_per_unit": args.steps * BATCH, "torch_threads": torch.get_num_threads()}
+
+
+def _epoch_unit(name, options, args):
+    import keras
+
+    from dnc_keras.callbacks import dnc_callbacks
+    from dnc_keras.datasets import load_glyphs
+    from dnc_keras.sampling import ClusterBatchSampler
+
+    _configure_tf(options)
+    data = load_glyphs(image_size=IMAGE[0])
+    x, y = data.x_train, data.y_train
+    keras.utils.set_random_seed(0)
+    if name == "dnc_epoch":
+        sampler = ClusterBatchSampler(y, BATCH_CLASSES, BATCH_PER_CLASS, seed=0)
+        model = _dnc_model(args.learners, "xla" in options)
+        dataset = sampler.as_dataset(x)
+        callbacks = dnc_callbacks(sampler, x, args.learners, progressive=False, period=2,
+                                  verbose=0)
+    else:
+        sampler = ClusterBatchSampler(y, BATCH_CLASSES, BATCH_PER_CLASS, seed=0)
+        model = _keras_plain_model("xla" in options)
+        dataset = sampler.as_dataset(x).map(lambda inputs, labels: (inputs["images"], labels))
+        callbacks = []
+    state = {"epoch": 0}
+
+    def unit():
+        # Two epochs per unit: with period 2, each DnC unit holds exactly one re-clustering
+        # (at its first epoch), the cost amortised over the period.
+        start = state["epoch"]
+        model.fit(dataset, initial_epoch=start, epochs=start + 2, callbacks=callbacks,
+                  verbose=0)
+        state["epoch"] = start + 2
+    extra = {"train_images": int(len(x)), "steps_per_epoch": sampler.steps,
+             "images_per_unit": 2 * sampler.steps * BATCH}
+
+    def info():
+        seconds = [s for c in callbacks for s in getattr(c, "seconds", [])]
+        return {"recluster_seconds": seconds}
+    return unit, extra, info
+
+
+def worker(name, args):
+    """Builds one candidate, warms it up, then runs one unit per line read from stdin."""
+    info = None
+    base, options = _parse(name)
+    if base == "torch_pml":
+        unit, extra = _torch_step_unit(options, args)
+    elif base in EPOCH_CANDIDATES:
+        unit, extra, info = _epoch_unit(base, options, args)
+    else:
+        unit, extra = _keras_step_unit(base, options, args)
+    unit()  # warm-up: tracing, XLA compilation, the first re-clustering
+    print(json.dumps({"ready": name, **extra}), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "run":
+            break
+        cpu, start = os.times(), time.perf_counter()
+        unit()
+        seconds = time.perf_counter() - start
+        cpu_seconds = sum(os.times()[:2]) - sum(cpu[:2])
+        print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds,
+                          **(info() if info else {})}), flush=True)
+
+
+# -- parent -------------------------------------------------------------------------------------
+class Worker:
+    def __init__(self, name, args):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore")
+        if "onednn0" in _parse(name)[1]:
+            env["TF_ENABLE_ONEDNN_OPTS"] = "0"
+        command = [sys.executable, os.path.abspath(__file__), "--worker", name,
+                   "--steps", str(args.steps), "--learners", str(args.learners)]
+        self.name = name
+        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, env=env)
+        self.info = None
+
+    def ready(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"worker {self.name} died before it was ready")
+        self.info = json.loads(line)
+        return self.info
+
+    def run(self):
+        busy = common.busy_cpu_seconds()
+        self.proc.stdin.write("run\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"worker {self.name} died")
+        result = json.loads(line)
+        result["other_load"] = common.other_load(busy, result["cpu_seconds"], result["seconds"])
+        return result
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.write("stop\n")
+            self.proc.stdin.flush()
+            self.proc.wait(timeout=60)
+
+
+def measure(names, repeats, args):
+    """Starts one worker per candidate (one at a time, so warm-ups do not overlap), then runs
+    `repeats` interleaved rounds. Returns name -> (info, list of per-round results)."""
+    workers = []
+    try:
+        for name in names:
+            w = Worker(name, args)
+            workers.append(w)
+            print(f"  {name}: ready {w.ready()}", flush=True)
+        results = {w.name: [] for w in workers}
+        for r in range(repeats):
+            for w in workers:
+                results[w.name].append(w.run())
+            print(f"  round {r + 1}/{repeats}: " + ", ".join(
+                f"{w.name} {results[w.name][-1]['seconds']:.2f}s "
+                f"(others {results[w.name][-1]['other_load']:.1f} cores)" for w in workers),
+                flush=True)
+        return {w.name: (w.info, results[w.name]) for w in workers}
+    finally:
+        for w in workers:
+            w.close()
+
+
+def _torch_available():
+    try:
+        import pytorch_metric_learning  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=25, help="train steps per timed unit")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
+    parser.add_argument("--learners", type=int, default=4, help="K of the DnC candidates")
+    parser.add_argument("--candidates", nargs="+", default=list(STEP_CANDIDATES),
+                        help=f"step candidates, any of {STEP_CANDIDATES}")
+    parser.add_argument("--epoch-candidates", nargs="+", default=list(EPOCH_CANDIDATES),
+                        help="epoch candidates; the first two are compared (DnC over plain)")
+    parser.add_argument("--skip-epoch", action="store_true", help="skip the epoch comparison")
+    parser.add_argument("--skip-step", action="store_true", help="skip the step comparison")
+    parser.add_argument("--out", default="train_step")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        return worker(args.worker, args)
+
+    results = {"settings": {"steps_per_unit": args.steps, "repeats": args.repeats,
+                            "learners": args.learners, "batch": BATCH}}
+    if not args.skip_step:
+        names = [n for n in args.candidates
+                 if _parse(n)[0] != "torch_pml" or _torch_available()]
+        if len(names) < len(args.candidates):
+            print("torch / pytorch-metric-learning not installed: skipping torch_pml "
+                  "(pip install -e .[benchmark])")
+        print(f"Step: {args.repeats} rounds of {args.steps} steps, batch {BATCH}", flush=True)
+        measured = measure(names, args.repeats, args)
+        step = {}
+        for name, (info, runs) in measured.items():
+            seconds = [r["seconds"] for r in runs]
+            step[name] = {**common.summary(seconds),
+                          "images_per_s": info["images_per_unit"] / common.summary(seconds)[
+                              "median_s"],
+                          "ms_per_step": 1000 * common.summary(seconds)["median_s"] / args.steps,
+                          "cpu_ms_per_step": 1000 * common.summary(
+                              [r["cpu_seconds"] for r in runs])["median_s"] / args.steps,
+                          **{k: v for k, v in info.items() if k != "ready"}}
+        ratios = {}
+        pairs = [("dnc", "torch_pml"), ("keras", "torch_pml"), ("dnc", "keras"),
+                 ("keras+xla", "keras"), ("dnc+xla", "dnc"), ("dnc", "dnc+unfused_bn")]
+        pairs += [(n, "dnc") for n in measured
+                  if n.startswith("dnc+") and {(n, "dnc"), ("dnc", n)}.isdisjoint(pairs)]
+        for a, b in pairs:
+            if a in measured and b in measured:
+                # Speed ratio a/b = time(b) / time(a), per round.
+                ratios[f"{a}/{b}"] = common.paired_ratios(
+                    [r["seconds"] for r in measured[b][1]],
+                    [r["seconds"] for r in measured[a][1]])
+        results["step"] = {"candidates": step, "speed_ratios": ratios}
+        rows = [(n, s["images_per_s"], s["ms_per_step"], s["cpu_ms_per_step"], s["spread"])
+                for n, s in step.items()]
+        print(common.table(rows, ["candidate", "images/s (median)", "ms/step", "CPU ms/step",
+                                  "spread"]))
+        for k, v in ratios.items():
+            print(f"speed {k}: {v['median']:.3f} (per-round {v['min']:.3f}..{v['max']:.3f})")
+
+    if not args.skip_epoch:
+        print(f"Epoch: {args.repeats} rounds of 2 epochs (one re-clustering each)", flush=True)
+        measured = measure(args.epoch_candidates, args.repeats, args)
+        dnc_name, plain_name = args.epoch_candidates[:2]
+        epoch = {}
+        for name, (info, runs) in measured.items():
+            seconds = [r["seconds"] for r in runs]
+            epoch[name] = {**common.summary(seconds),
+                           **{k: v for k, v in info.items() if k != "ready"}}
+        dnc_runs = measured[dnc_name][1]
+        recluster = [r["recluster_seconds"][-1] for r in dnc_runs if r["recluster_seconds"]]
+        ratio = common.paired_ratios([r["seconds"] for r in dnc_runs],
+                                     [r["seconds"] for r in measured[plain_name][1]])
+        share = common.paired_ratios(recluster, [r["seconds"] for r in dnc_runs])
+        epoch[dnc_name]["recluster"] = common.summary(recluster) if recluster else None
+        results["epoch"] = {"candidates": epoch, "time_ratio_dnc_over_keras": ratio,
+                            "recluster_share_of_dnc_time": share, "target": 1.10,
+                            "met": ratio["median"] <= 1.10}
+        print(common.table([(n, e["median_s"] / 2, e["spread"]) for n, e in epoch.items()],
+                           ["candidate", "s/epoch (median)", "spread"]))
+        print(f"DnC epoch / plain Keras epoch: {ratio['median']:.3f} "
+              f"(per-round {ratio['min']:.3f}..{ratio['max']:.3f}; target <= 1.10); "
+              f"re-clustering {share['median']:.1%} of the DnC time")
+    common.write_results(args.out, results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""Shared helpers of the benchmarks: interleaved timing, machine description, JSON results.
+
+The machines these run on are small and shared, so a single timing means little. Every benchmark
+times the things it compares in the same process, interleaved (A B C, A B C, ...), and reports
+the median of the repeats and the ratio of medians; the spread (min-max) goes into the JSON so
+a reader can see how noisy the run was.
+"""
+
+import importlib.metadata
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def interleaved(candidates, repeats, warmup=1):
+    """Times each callable `repeats` times, round-robin, after `warmup` untimed rounds.
+
+    Args:
+        candidates: dict name -> zero-argument callable (one timed unit of work each).
+        repeats: timed rounds.
+        warmup: untimed rounds first (tracing, caches, thread pools). Defaults to `1`.
+
+    Returns:
+        dict name -> list of seconds, one per round.
+    """
+    for _ in range(warmup):
+        for fn in candidates.values():
+            fn()
+    times = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, fn in candidates.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def summary(seconds):
+    """Median, min, max and relative spread ((max - min) / median) of a list of timings."""
+    med = statistics.median(seconds)
+    return {"median_s": med, "min_s": min(seconds), "max_s": max(seconds),
+            "spread": (max(seconds) - min(seconds)) / med if med else 0.0,
+            "repeats": len(seconds), "all_s": [round(s, 5) for s in seconds]}
+
+
+def paired_ratios(numerator, denominator):
+    """Per-round ratios of two interleaved series, and their median.
+
+    Rounds ran back to back, so a round's ratio cancels most of the load other processes put on
+    the machine at that moment; the median of the per-round ratios is the figure to report.
+    """
+    ratios = [a / b for a, b in zip(numerator, denominator)]
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
+            "all": [round(r, 4) for r in ratios]}
+
+
+def machine():
+    """What the figures were measured on: CPU, cores, load, library versions."""
+    info = {"python": platform.python_version(), "platform": platform.platform(),
+            "cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        info["cpu"] = names[0] if names else platform.processor()
+    except OSError:
+        info["cpu"] = platform.processor()
+    for package in ("numpy", "tensorflow", "keras", "faiss-cpu", "scikit-learn", "torch",
+                    "pytorch-metric-learning", "onnxruntime"):
+        try:
+            info[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return info
+
+
+def peak_rss_mib():
+    """Peak resident memory of this process so far, MiB (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def reset_peak_rss():
+    """Resets the kernel's peak-RSS counter of this process (Linux >= 4.0); False if it can't.
+
+    Writing 5 to /proc/self/clear_refs resets VmHWM, so `current_peak_rss_mib` then measures one
+    phase only. ru_maxrss is not reset.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def current_rss_mib():
+    """Resident memory of this process now, MiB (VmRSS)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def current_peak_rss_mib():
+    """VmHWM (peak RSS since the last `reset_peak_rss`), MiB; falls back to ru_maxrss."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return peak_rss_mib()
+
+
+def run_measured(command, env=None):
+    """Runs a command to completion; returns (seconds, peak RSS MiB of the child, returncode).
+
+    Peak RSS comes from wait4's rusage of that one child (its largest process, not a sum).
+    """
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        sys.stderr.write(stderr[-4000:])
+    return seconds, usage.ru_maxrss / 1024.0, proc.returncode
+
+
+def busy_cpu_seconds():
+    """CPU seconds all processes of the machine have spent busy so far (from /proc/stat)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def other_load(busy_before, own_cpu_seconds, wall_seconds):
+    """Cores' worth of CPU that other processes used while we measured (0 on a quiet machine).
+
+    Busy CPU time of the whole machine over the interval, less our own, divided by the wall
+    time; each figure in the results carries it, so a reader can tell quiet rounds from loaded.
+    """
+    if busy_before is None or wall_seconds <= 0:
+        return float("nan")
+    busy = busy_cpu_seconds() - busy_before
+    return max(0.0, (busy - own_cpu_seconds) / wall_seconds)
+
+
+def write_results(name, results, command=None):
+    """Writes benchmarks/results/NAME.json with the machine and the command; returns the path."""
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    path = os.path.join(RESULTS_DIR, f"{name}.json")
+    payload = {"benchmark": name, "command": command or " ".join(["python"] + sys.argv),
+               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), **results}
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2, default=_jsonable)
+    print(f"wrote {path}")
+    return path
+
+
+def _jsonable(value):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+def table(rows, headers):
+    """A Markdown table from rows of values (floats printed with 3 significant digits)."""
+    def cell(v):
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+        return str(v)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
