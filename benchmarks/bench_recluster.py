@@ -48,8 +48,8 @@ def synthetic_features(n, dim, seed=0, per_class=5):
     return x, labels
 
 
-def time_train_step(learners, steps, repeats):
-    """Median seconds of one DnC train step (fixed batch in memory; fit of `steps` steps)."""
+def train_step_unit(learners, steps):
+    """(model, callable running `steps` DnC train steps on a fixed batch held in memory)."""
     import keras
     import tensorflow as tf
 
@@ -68,16 +68,13 @@ def time_train_step(learners, steps, repeats):
     options.autotune.enabled = False
     inputs = {"images": x, "learner": np.zeros(BATCH, np.int32)}
     dataset = tf.data.Dataset.from_tensors((inputs, y)).repeat().with_options(options)
-    fit = lambda: model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)  # noqa: E731
-    seconds = common.interleaved({"step": fit}, repeats)["step"]
-    return model, statistics.median(seconds) / steps, seconds
+    return model, lambda: model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
 
 
-def time_embedding(model, n, repeats, batch_size):
-    """Median seconds of `model.embed(images, output="features")` over n random images."""
+def embedding_unit(model, n, batch_size):
+    """Callable: `model.embed(images, output="features")` over n random images."""
     images = np.random.default_rng(1).random((n, 28, 28, 1), dtype=np.float32)
-    run = lambda: model.embed(images, output="features", batch_size=batch_size)  # noqa: E731
-    return common.interleaved({"embed": run}, repeats)["embed"]
+    return lambda: model.embed(images, output="features", batch_size=batch_size)
 
 
 def time_kmeans(x, labels, k, repeats):
@@ -103,7 +100,8 @@ def time_kmeans(x, labels, k, repeats):
         "faiss_256_per_centroid": lambda: clustering.kmeans(x, k, backend="faiss",
                                                             max_points_per_centroid=256),
     }
-    times = common.interleaved(candidates, repeats, warmup=0)
+    loads = {}
+    times = common.interleaved(candidates, repeats, warmup=0, loads=loads)
     assignment = clustering.kmeans(x, k)
     old = np.random.default_rng(2).integers(0, k, len(x))
 
@@ -111,7 +109,7 @@ def time_kmeans(x, labels, k, repeats):
         clustering.is_acceptable(assignment, labels, k)
         clustering.match_clusters(assignment, old, k)
     times["accept_and_match"] = common.interleaved({"m": accept_and_match}, repeats)["m"]
-    return times, equal
+    return times, equal, statistics.median(v for vs in loads.values() for v in vs)
 
 
 def main(argv=None):
@@ -128,18 +126,30 @@ def main(argv=None):
 
     from dnc_keras import clustering
 
-    print("Train step ...", flush=True)
-    model, step_s, step_all = time_train_step(4, steps=20, repeats=max(3, args.repeats))
-    print(f"  {1000 * step_s:.1f} ms/step ({BATCH / step_s:.0f} images/s)")
-    results = {"settings": vars(args), "train_step_s": step_s, "train_step_all_s": step_all,
-               "embedding": {}, "kmeans": [], "share": []}
+    print("Train step and embedding, interleaved ...", flush=True)
+    steps = 20
+    model, step_unit = train_step_unit(4, steps)
+    candidates = {"step": step_unit}
+    for n in args.sizes:
+        candidates[n] = embedding_unit(model, n, args.embed_batch_size)
+    loads = {}
+    times = common.interleaved(candidates, args.repeats, loads=loads)
+    step_s = statistics.median(times["step"]) / steps
+    print(f"  train step {1000 * step_s:.1f} ms ({BATCH / step_s:.0f} images/s; others' load "
+          f"{statistics.median(loads['step']):.1f} cores)")
+    results = {"settings": vars(args), "train_step_s": step_s,
+               "train_step": {**common.summary(times["step"]), "other_load": loads["step"]},
+               "embedding": {}, "kmeans": []}
     embed = {}
     for n in args.sizes:
-        seconds = time_embedding(model, n, args.repeats, args.embed_batch_size)
-        embed[n] = statistics.median(seconds)
-        results["embedding"][n] = {**common.summary(seconds), "images_per_s": n / embed[n]}
-        print(f"Embedding {n} images: {embed[n]:.2f} s ({n / embed[n]:.0f} images/s)",
-              flush=True)
+        embed[n] = statistics.median(times[n])
+        # Embedding N images against 2 epochs of N // 80 steps, per round.
+        share = common.paired_ratios(
+            times[n], [PERIOD_EPOCHS * (n // BATCH) * t / steps for t in times["step"]])
+        results["embedding"][n] = {**common.summary(times[n]), "images_per_s": n / embed[n],
+                                   "other_load": loads[n], "share_of_training": share}
+        print(f"  embedding {n} images: {embed[n]:.2f} s ({n / embed[n]:.0f} images/s; "
+              f"{share['median']:.1%} of the training between two re-clusterings)", flush=True)
 
     rows = []
     for n in args.sizes:
@@ -147,12 +157,13 @@ def main(argv=None):
         for dim in args.dims:
             x, labels = synthetic_features(n, dim)
             for k in args.ks:
-                times, iters = time_kmeans(x, labels, k, args.repeats)
+                times, iters, load = time_kmeans(x, labels, k, args.repeats)
                 med = {name: statistics.median(t) for name, t in times.items()}
-                auto = clustering._choose_backend(dim, k)
+                auto = clustering._choose_backend(dim, k, n)
                 cost = embed[n] + med[auto] + med["accept_and_match"]
                 share = cost / train_s
                 entry = {"n": n, "dim": dim, "k": k, "sklearn_iterations": iters,
+                         "other_load": load,
                          "auto_backend": auto,
                          "seconds": {name: common.summary(t) for name, t in times.items()},
                          "faiss_equal_over_sklearn": common.paired_ratios(
@@ -162,7 +173,7 @@ def main(argv=None):
                 results["kmeans"].append(entry)
                 rows.append((n, dim, k, iters, med["sklearn"], med["faiss_equal_iters"],
                              med["faiss"], med["faiss_256_per_centroid"], auto, embed[n],
-                             train_s, f"{share:.1%}"))
+                             train_s, f"{share:.1%}", round(load, 2)))
                 print(common.table([rows[-1]], _HEADERS).splitlines()[-1], flush=True)
     table = common.table(rows, _HEADERS)
     print(table)
@@ -178,7 +189,7 @@ def main(argv=None):
 
 _HEADERS = ["N", "d", "K", "sklearn iters", "sklearn s", "faiss equal iters s",
             "faiss 100 it s", "faiss 256/centroid s", "auto", "embed s", "train between s",
-            "share"]
+            "share", "others' load (cores)"]
 
 
 if __name__ == "__main__":

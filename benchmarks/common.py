@@ -19,13 +19,15 @@ import time
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
-def interleaved(candidates, repeats, warmup=1):
+def interleaved(candidates, repeats, warmup=1, loads=None):
     """Times each callable `repeats` times, round-robin, after `warmup` untimed rounds.
 
     Args:
         candidates: dict name -> zero-argument callable (one timed unit of work each).
         repeats: timed rounds.
         warmup: untimed rounds first (tracing, caches, thread pools). Defaults to `1`.
+        loads: optional dict, filled with name -> list of `other_load` per round (cores' worth
+            of CPU other processes used meanwhile).
 
     Returns:
         dict name -> list of seconds, one per round.
@@ -36,9 +38,13 @@ def interleaved(candidates, repeats, warmup=1):
     times = {name: [] for name in candidates}
     for _ in range(repeats):
         for name, fn in candidates.items():
+            busy, own = busy_cpu_seconds(), sum(os.times()[:2])
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
+            if loads is not None:
+                loads.setdefault(name, []).append(other_load(
+                    busy, sum(os.times()[:2]) - own, times[name][-1]))
     return times
 
 
