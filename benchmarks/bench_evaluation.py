@@ -116,11 +116,12 @@ def main(argv=None):
         old = before(x, labels, SOP_KS)
         print("largest difference from the configuration before:",
               max(abs(old[k] - metrics[k]) for k in metrics), flush=True)
-    times = common.interleaved(candidates, args.repeats, warmup=0)
+    loads = {}
+    times = common.interleaved(candidates, args.repeats, warmup=0, loads=loads)
     ratio = common.paired_ratios(times["retrieval_metrics"], times["matmul_bound"])
     results = {"settings": vars(args), "metrics": metrics,
                "seconds": {name: common.summary(t) for name, t in times.items()},
-               "ratio_to_bound": ratio, "target": 1.2, "met": ratio["median"] <= 1.2}
+               "other_load": loads, "ratio_to_bound": ratio, "target": 1.2, "met": ratio["median"] <= 1.2}
     if "before" in times:
         results["before_over_after"] = common.paired_ratios(times["before"],
                                                             times["retrieval_metrics"])
@@ -135,9 +136,10 @@ def main(argv=None):
 
     rows = [(name, statistics.median(t), statistics.median(t) / statistics.median(
         times["matmul_bound"]), memory[name]["peak_rss_rise_mib"],
-        memory[name]["tracemalloc_peak_mib"]) for name, t in times.items()]
+        memory[name]["tracemalloc_peak_mib"], round(statistics.median(loads[name]), 2))
+        for name, t in times.items()]
     print(common.table(rows, ["candidate", "seconds (median)", "x bound", "peak RSS rise MiB",
-                              "tracemalloc peak MiB"]))
+                              "tracemalloc peak MiB", "others' load (cores)"]))
     print(f"retrieval_metrics / matmul bound: {ratio['median']:.3f} (per-round "
           f"{ratio['min']:.3f}..{ratio['max']:.3f}; target <= 1.2). A full {args.n} x {args.n} "
           f"float32 matrix would be {full_matrix_mib:.0f} MiB.")
