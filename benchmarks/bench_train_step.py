@@ -1,6 +1,6 @@
 """Train-step and epoch throughput: DnC against plain Keras, Keras + XLA and PyTorch + pml.
 
-    python benchmarks/bench_train_step.py                 # default: about 4 minutes on 2 cores
+    python benchmarks/bench_train_step.py                 # default: about 5 minutes on 2 cores
     python benchmarks/bench_train_step.py --repeats 9 --steps 40 --learners 8
 
 Two measurements, each candidate in its own worker process (TensorFlow's and PyTorch's thread
@@ -11,19 +11,26 @@ ratios, so load from other processes hits every candidate alike.
 
 1. Step: the same Conv-4 (28x28x1, 4 x conv 3x3-BN-ReLU-maxpool, GAP, dropout 0.01, dense 128),
    batch 80 = 20 classes x 4 images, batch-hard triplet loss (margin 1.0) on the L2-normalised
-   embedding, Adam 1e-3, one fixed in-memory batch (so only the step is timed):
+   embedding, Adam 1e-3, on the same 41 real glyphs batches held in memory, cycled (so only
+   the step is timed, never the input pipeline):
    - `dnc`: `DnCModel.fit` with K learners (fixed blocks), the batch routed to learner 1;
    - `keras`: a plain `keras.Model` (encoder -> UnitNormalization) `fit` with the same loss;
    - `keras+xla`, `dnc+xla`: the same with `jit_compile=True`;
    - `dnc+unfused_bn`: `dnc` with Keras's own (unfused) BatchNormalization, the step before
      `FusedBatchNormalization`; other options after "+" are listed in `OPTIONS`;
-   - `torch_pml`: the PyTorch Conv-4 with pytorch-metric-learning's `TripletMarginLoss`
-     (margin 1.0) on `BatchHardMiner` triplets, `torch.optim.Adam`.
-   A unit is `--steps` steps (one `fit` call for Keras); figures are images per second.
+   - `torch_pml`, `torch_pml@2`, `torch_pml@3`: the PyTorch Conv-4 with pytorch-metric-learning's
+     `TripletMarginLoss` (margin 1.0) on `BatchHardMiner` triplets, `torch.optim.Adam`, in three
+     processes: a PyTorch process ran either at about 2,100 or at about 1,400 images/s (with 1.5x
+     the CPU time per step), the same all its life, whatever its input's alignment or denormal
+     flushing, so the peer is credited with its fastest process, round by round.
+   A unit is `--steps` steps (one `fit` call for Keras); figures are images per second. Before
+   each round the parent waits (up to `--max-wait` s) for other processes to go quiet, and
+   every unit records the CPU that other processes used meanwhile (`other_load`, in cores).
 2. Epoch: two epochs of `DnCModel.fit` on the glyphs training set (K learners, the sampler's
    tf.data pipeline, `ReclusterCallback` every 2 epochs, so each unit holds exactly one
    re-clustering) against two epochs of the plain Keras model over the same sampler with one
-   cluster (same batches per epoch, same pipeline). Target: ratio <= 1.10.
+   cluster (same batches per epoch, same pipeline). Target: ratio <= 1.10. Also
+   `dnc_epoch+norecluster`, the DnC epochs without their re-clustering.
 
 Writes benchmarks/results/train_step.json. Needs the `benchmark` extra for the PyTorch peer
 (`pip install -e .[benchmark]`); without torch that candidate is skipped.
@@ -42,33 +49,52 @@ import common  # noqa: E402
 BATCH_CLASSES, BATCH_PER_CLASS = 20, 4
 BATCH = BATCH_CLASSES * BATCH_PER_CLASS
 IMAGE = (28, 28, 1)
-STEP_CANDIDATES = ("dnc", "keras", "torch_pml", "keras+xla", "dnc+xla", "dnc+unfused_bn")
+STEP_CANDIDATES = ("dnc", "keras", "torch_pml", "torch_pml@2", "torch_pml@3", "keras+xla",
+                   "dnc+xla", "dnc+unfused_bn")
 # Options a candidate name may carry after "+": xla (jit_compile=True), spe (steps_per_execution
 # = --steps), interop1 (one inter-op thread), unfused_bn (Keras's own BatchNormalization in the
 # Conv-4, what dnc_keras used before FusedBatchNormalization), onednn0 (TF_ENABLE_ONEDNN_OPTS=0),
 # t1 (torch: one thread), bf16 (Keras's "mixed_bfloat16" policy: bfloat16 convolutions, as
-# oneDNN runs them on CPUs with AVX512-BF16 or AMX; losses stay float32).
-OPTIONS = ("xla", "spe", "interop1", "unfused_bn", "onednn0", "t1", "bf16")
+# oneDNN runs them on CPUs with AVX512-BF16 or AMX; losses stay float32), fpmath_bf16
+# (ONEDNN_DEFAULT_FPMATH_MODE=BF16: float32 layers, oneDNN free to compute in bfloat16),
+# caller_thread (TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD=1), ftz (torch: flush denormals to zero,
+# as TensorFlow does by default), norecluster (dnc_epoch without its re-clustering: the
+# training part of the DnC epoch alone).
+OPTIONS = ("xla", "spe", "interop1", "unfused_bn", "onednn0", "t1", "bf16", "fpmath_bf16",
+           "caller_thread", "ftz", "norecluster")
 
 
 def _parse(candidate):
-    base, *options = candidate.split("+")
+    """("base", {options}) of a name like "dnc+xla"; a suffix "@2" names another process of
+    the same candidate (PyTorch's speed differed by 1.5x from one process to the next)."""
+    base, *options = candidate.split("@")[0].split("+")
     unknown = set(options) - set(OPTIONS)
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)} in {candidate!r}; "
                          f"known: {OPTIONS}")
     return base, set(options)
+
+
 EPOCH_CANDIDATES = ("dnc_epoch", "keras_epoch")
 
 
 # -- workers ------------------------------------------------------------------------------------
-def _fixed_batch():
+def _batches():
+    """One epoch of real P x M batches of the glyphs training set, held in memory:
+    images [S, 80, 28, 28, 1] and labels [S, 80], the same for every candidate.
+
+    Real, changing batches keep the loss alive, as in training: on one repeated batch the
+    batch-hard loss falls to 0 within a few dozen steps.
+    """
     import numpy as np
 
-    rng = np.random.default_rng(0)
-    x = rng.random((BATCH,) + IMAGE, dtype=np.float32)
-    y = np.repeat(np.arange(BATCH_CLASSES), BATCH_PER_CLASS).astype(np.int32)
-    return x, y
+    from dnc_keras.datasets import load_glyphs
+    from dnc_keras.sampling import ClusterBatchSampler
+
+    data = load_glyphs(image_size=IMAGE[0])
+    sampler = ClusterBatchSampler(data.y_train, BATCH_CLASSES, BATCH_PER_CLASS, seed=0)
+    indices = np.stack([i for i, _ in sampler.epoch_batches()])
+    return data.x_train[indices], data.y_train[indices].astype(np.int32)
 
 
 def _keras_plain_model(jit_compile, steps_per_execution=1):
@@ -123,12 +149,13 @@ def _keras_step_unit(name, options, args):
     import tensorflow as tf
 
     _configure_tf(options)
-    x, y = _fixed_batch()
+    x, y = _batches()
     jit = "xla" in options
     spe = args.steps if "spe" in options else 1
     if name == "dnc":
         model = _dnc_model(args.learners, jit, spe)
-        inputs = {"images": x, "learner": np.full(BATCH, min(1, args.learners - 1), np.int32)}
+        learner = np.full(y.shape, min(1, args.learners - 1), np.int32)
+        inputs = {"images": x, "learner": learner}
     else:
         model = _keras_plain_model(jit, spe)
         inputs = x
@@ -136,7 +163,7 @@ def _keras_step_unit(name, options, args):
     # of each fit call would add 0.1-1 s to some units and none to others.
     options = tf.data.Options()
     options.autotune.enabled = False
-    dataset = tf.data.Dataset.from_tensors((inputs, y)).repeat().with_options(options)
+    dataset = tf.data.Dataset.from_tensor_slices((inputs, y)).repeat().with_options(options)
 
     def unit():
         model.fit(dataset, epochs=1, steps_per_epoch=args.steps, verbose=0)
@@ -150,6 +177,8 @@ def _torch_step_unit(options, args):
 
     if "t1" in options:
         torch.set_num_threads(1)
+    if "ftz" in options:
+        torch.set_flush_denormal(True)
     torch.manual_seed(0)
     layers, channels = [], IMAGE[-1]
     for _ in range(4):
@@ -162,12 +191,15 @@ def _torch_step_unit(options, args):
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     loss_fn = losses.TripletMarginLoss(margin=1.0)
     miner = miners.BatchHardMiner()
-    x, y = _fixed_batch()
-    images = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-    labels = torch.from_numpy(y.astype(np.int64))
+    x, y = _batches()
+    batches = [(torch.from_numpy(np.ascontiguousarray(xb.transpose(0, 3, 1, 2))),
+                torch.from_numpy(yb.astype(np.int64))) for xb, yb in zip(x, y)]
+    state = {"step": 0}
 
     def unit():
         for _ in range(args.steps):
+            images, labels = batches[state["step"] % len(batches)]
+            state["step"] += 1
             optimizer.zero_grad(set_to_none=True)
             embeddings = torch.nn.functional.normalize(net(images), dim=1)
             loss = loss_fn(embeddings, labels, miner(embeddings, labels))
@@ -191,7 +223,8 @@ def _epoch_unit(name, options, args):
         sampler = ClusterBatchSampler(y, BATCH_CLASSES, BATCH_PER_CLASS, seed=0)
         model = _dnc_model(args.learners, "xla" in options)
         dataset = sampler.as_dataset(x)
-        callbacks = dnc_callbacks(sampler, x, args.learners, progressive=False, period=2,
+        period = 10 ** 9 if "norecluster" in options else 2
+        callbacks = dnc_callbacks(sampler, x, args.learners, progressive=False, period=period,
                                   verbose=0)
     else:
         sampler = ClusterBatchSampler(y, BATCH_CLASSES, BATCH_PER_CLASS, seed=0)
@@ -245,6 +278,10 @@ class Worker:
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore")
         if "onednn0" in _parse(name)[1]:
             env["TF_ENABLE_ONEDNN_OPTS"] = "0"
+        if "caller_thread" in _parse(name)[1]:
+            env["TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD"] = "1"
+        if "fpmath_bf16" in _parse(name)[1]:
+            env["ONEDNN_DEFAULT_FPMATH_MODE"] = "BF16"
         command = [sys.executable, os.path.abspath(__file__), "--worker", name,
                    "--steps", str(args.steps), "--learners", str(args.learners)]
         self.name = name
@@ -279,7 +316,8 @@ class Worker:
 
 def measure(names, repeats, args):
     """Starts one worker per candidate (one at a time, so warm-ups do not overlap), then runs
-    `repeats` interleaved rounds. Returns name -> (info, list of per-round results)."""
+    `repeats` interleaved rounds, each after waiting (up to `--max-wait` s) for the other
+    processes of the machine to go quiet. Returns name -> (info, per-round results)."""
     workers = []
     try:
         for name in names:
@@ -288,6 +326,8 @@ def measure(names, repeats, args):
             print(f"  {name}: ready {w.ready()}", flush=True)
         results = {w.name: [] for w in workers}
         for r in range(repeats):
+            if args.max_wait > 0:
+                common.wait_for_quiet(max_wait=args.max_wait)
             for w in workers:
                 results[w.name].append(w.run())
             print(f"  round {r + 1}/{repeats}: " + ", ".join(
@@ -298,6 +338,15 @@ def measure(names, repeats, args):
     finally:
         for w in workers:
             w.close()
+
+
+QUIET = 0.25
+
+
+def _quiet_rounds(measured, repeats):
+    """Rounds in which other processes used less than QUIET cores during every unit."""
+    return [i for i in range(repeats)
+            if all(runs[i]["other_load"] < QUIET for _, runs in measured.values())]
 
 
 def _torch_available():
@@ -317,10 +366,14 @@ def main(argv=None):
     parser.add_argument("--learners", type=int, default=4, help="K of the DnC candidates")
     parser.add_argument("--candidates", nargs="+", default=list(STEP_CANDIDATES),
                         help=f"step candidates, any of {STEP_CANDIDATES}")
-    parser.add_argument("--epoch-candidates", nargs="+", default=list(EPOCH_CANDIDATES),
+    parser.add_argument("--epoch-candidates", nargs="+",
+                        default=list(EPOCH_CANDIDATES) + ["dnc_epoch+norecluster"],
                         help="epoch candidates; the first two are compared (DnC over plain)")
     parser.add_argument("--skip-epoch", action="store_true", help="skip the epoch comparison")
     parser.add_argument("--skip-step", action="store_true", help="skip the step comparison")
+    parser.add_argument("--max-wait", type=float, default=60.0,
+                        help="seconds to wait before each round for other processes to go "
+                             "quiet (0: never wait)")
     parser.add_argument("--out", default="train_step")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -337,10 +390,15 @@ def main(argv=None):
                   "(pip install -e .[benchmark])")
         print(f"Step: {args.repeats} rounds of {args.steps} steps, batch {BATCH}", flush=True)
         measured = measure(names, args.repeats, args)
+        quiet = _quiet_rounds(measured, args.repeats)
         step = {}
         for name, (info, runs) in measured.items():
             seconds = [r["seconds"] for r in runs]
+            quiet_seconds = [seconds[i] for i in quiet]
             step[name] = {**common.summary(seconds),
+                          "other_load": [r["other_load"] for r in runs],
+                          "quiet_images_per_s": (info["images_per_unit"] / common.summary(
+                              quiet_seconds)["median_s"]) if quiet else None,
                           "images_per_s": info["images_per_unit"] / common.summary(seconds)[
                               "median_s"],
                           "ms_per_step": 1000 * common.summary(seconds)["median_s"] / args.steps,
@@ -355,16 +413,35 @@ def main(argv=None):
         for a, b in pairs:
             if a in measured and b in measured:
                 # Speed ratio a/b = time(b) / time(a), per round.
-                ratios[f"{a}/{b}"] = common.paired_ratios(
-                    [r["seconds"] for r in measured[b][1]],
-                    [r["seconds"] for r in measured[a][1]])
-        results["step"] = {"candidates": step, "speed_ratios": ratios}
-        rows = [(n, s["images_per_s"], s["ms_per_step"], s["cpu_ms_per_step"], s["spread"])
-                for n, s in step.items()]
-        print(common.table(rows, ["candidate", "images/s (median)", "ms/step", "CPU ms/step",
-                                  "spread"]))
+                tb, ta = ([r["seconds"] for r in measured[n][1]] for n in (b, a))
+                ratios[f"{a}/{b}"] = common.paired_ratios(tb, ta)
+                if quiet:
+                    ratios[f"{a}/{b}"]["quiet_rounds"] = common.paired_ratios(
+                        [tb[i] for i in quiet], [ta[i] for i in quiet])
+        # A candidate run in several processes ("torch_pml", "torch_pml@2") is credited, round
+        # by round, with its fastest process.
+        for base in {n.split("@")[0] for n in measured if "@" in n}:
+            replicas = [n for n in measured if n.split("@")[0] == base]
+            best = [min(measured[n][1][i]["seconds"] for n in replicas)
+                    for i in range(args.repeats)]
+            for a in ("dnc", "keras"):
+                if a in measured:
+                    ta = [r["seconds"] for r in measured[a][1]]
+                    ratios[f"{a}/{base} (fastest of {len(replicas)} processes)"] = {
+                        **common.paired_ratios(best, ta),
+                        **({"quiet_rounds": common.paired_ratios(
+                            [best[i] for i in quiet], [ta[i] for i in quiet])} if quiet else {})}
+        results["step"] = {"candidates": step, "speed_ratios": ratios, "quiet_rounds": quiet}
+        rows = [(n, s["images_per_s"], s["quiet_images_per_s"] or "-", s["ms_per_step"],
+                 s["cpu_ms_per_step"], s["spread"]) for n, s in step.items()]
+        print(common.table(rows, ["candidate", "images/s (median)", "images/s (quiet rounds)",
+                                  "ms/step", "CPU ms/step", "spread"]))
+        print(f"quiet rounds (others < {QUIET} cores throughout): {len(quiet)} of {args.repeats}")
         for k, v in ratios.items():
-            print(f"speed {k}: {v['median']:.3f} (per-round {v['min']:.3f}..{v['max']:.3f})")
+            extra = (f"; quiet rounds {v['quiet_rounds']['median']:.3f}"
+                     if "quiet_rounds" in v else "")
+            print(f"speed {k}: {v['median']:.3f} (per-round {v['min']:.3f}..{v['max']:.3f}"
+                  f"{extra})")
 
     if not args.skip_epoch:
         print(f"Epoch: {args.repeats} rounds of 2 epochs (one re-clustering each)", flush=True)
@@ -374,6 +451,7 @@ def main(argv=None):
         for name, (info, runs) in measured.items():
             seconds = [r["seconds"] for r in runs]
             epoch[name] = {**common.summary(seconds),
+                           "other_load": [r["other_load"] for r in runs],
                            **{k: v for k, v in info.items() if k != "ready"}}
         dnc_runs = measured[dnc_name][1]
         recluster = [r["recluster_seconds"][-1] for r in dnc_runs if r["recluster_seconds"]]
@@ -384,6 +462,13 @@ def main(argv=None):
         results["epoch"] = {"candidates": epoch, "time_ratio_dnc_over_keras": ratio,
                             "recluster_share_of_dnc_time": share, "target": 1.10,
                             "met": ratio["median"] <= 1.10}
+        for name in measured:
+            if name not in (dnc_name, plain_name):
+                other = common.paired_ratios([r["seconds"] for r in measured[name][1]],
+                                             [r["seconds"] for r in measured[plain_name][1]])
+                results["epoch"][f"time_ratio_{name}_over_keras"] = other
+                print(f"{name} / plain Keras epoch: {other['median']:.3f} "
+                      f"(per-round {other['min']:.3f}..{other['max']:.3f})")
         print(common.table([(n, e["median_s"] / 2, e["spread"]) for n, e in epoch.items()],
                            ["candidate", "s/epoch (median)", "spread"]))
         print(f"DnC epoch / plain Keras epoch: {ratio['median']:.3f} "

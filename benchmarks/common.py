@@ -166,6 +166,21 @@ def other_load(busy_before, own_cpu_seconds, wall_seconds):
     return max(0.0, (busy - own_cpu_seconds) / wall_seconds)
 
 
+def wait_for_quiet(threshold=0.25, max_wait=60.0, window=1.0):
+    """Waits until other processes use less than `threshold` cores over a `window`-second
+    sample, for at most `max_wait` seconds; returns the last sample's load.
+
+    Call it only while this process and its workers are idle: their own CPU counts as others'.
+    """
+    deadline = time.monotonic() + max_wait
+    while True:
+        busy = busy_cpu_seconds()
+        time.sleep(window)
+        load = other_load(busy, 0.0, window)
+        if load < threshold or time.monotonic() >= deadline:
+            return load
+
+
 def write_results(name, results, command=None):
     """Writes benchmarks/results/NAME.json with the machine and the command; returns the path."""
     os.makedirs(RESULTS_DIR, exist_ok=True)
