@@ -28,17 +28,16 @@ BACKENDS = ("auto", "faiss", "sklearn")
 # sklearn's Lloyd wins for the few clusters that DnC uses on 128-d vectors (and every 2-means
 # split); faiss wins from about 32 clusters (NMI on many test classes) and on wide backbone
 # features.
-# Re-measured by benchmarks/bench_recluster.py (docs/performance.md; median of 3, interleaved,
+# Re-measured by benchmarks/bench_recluster.py (docs/performance.md; medians of 5, interleaved,
 # SOP-like data of N/5 classes; faiss at its 100 iterations, sklearn until converged):
-#   10000 x 128, K=2/8/16/32: faiss 0.064/0.088/0.069/0.090 s, sklearn 0.018/0.125/0.152/0.206
-#   10000 x 512, K=2/4/8:     faiss 0.157/0.137/0.294 s,       sklearn 0.104/0.169/0.249
-#   60000 x 128, K=8/16/32:   faiss 1.45/1.15/1.71 s,          sklearn 0.68/0.97/1.55
-#   60000 x 512, K=8/16/32:   faiss 4.95/2.22/3.39 s,          sklearn 2.72/3.56/4.28
-# so faiss also wins from 16 clusters on 512-d vectors and, on up to 10,000 points, from 8.
+#   10000 x 128, K=8/16: faiss 0.103/0.066 s, sklearn 0.106/0.144
+#   10000 x 512, K=8/16: faiss 0.275/0.287 s, sklearn 0.229/0.321
+#   60000 x 128, K=8/16: faiss 0.865/1.16 s,  sklearn 0.565/0.789
+#   60000 x 512, K=8/16: faiss 4.62/2.05 s,   sklearn 2.44/3.22
+# so faiss also wins from 16 clusters on 512-d vectors, and on up to 10,000 points.
 _FAISS_MIN_CLUSTERS = 32
 _FAISS_MIN_DIM = 1024
-_FAISS_MIN_CLUSTERS_WIDE = 16  # for dim >= 512
-_FAISS_MIN_CLUSTERS_SMALL = 8  # for num_samples <= _SMALL
+_FAISS_MIN_CLUSTERS_WIDE_OR_SMALL = 16  # for dim >= 512, or num_samples <= _SMALL
 _SMALL = 10_000
 
 
@@ -50,10 +49,8 @@ def _choose_backend(dim, num_clusters, num_samples=None):
     """The "auto" rule of `kmeans` (see the measurements above)."""
     if num_clusters >= _FAISS_MIN_CLUSTERS or dim >= _FAISS_MIN_DIM:
         return "faiss"
-    if dim >= 512 and num_clusters >= _FAISS_MIN_CLUSTERS_WIDE:
-        return "faiss"
-    if num_samples is not None and num_samples <= _SMALL \
-            and num_clusters >= _FAISS_MIN_CLUSTERS_SMALL:
+    small = num_samples is not None and num_samples <= _SMALL
+    if num_clusters >= _FAISS_MIN_CLUSTERS_WIDE_OR_SMALL and (dim >= 512 or small):
         return "faiss"
     return "sklearn"
 
@@ -118,7 +115,7 @@ def kmeans(x, num_clusters, seed=0, n_iter=100, backend="auto", max_points_per_c
         n_iter: maximum number of Lloyd iterations. Defaults to `100` (both official codes).
         backend: `"faiss"` (`faiss.Kmeans` on the CPU), `"sklearn"`
             (`KMeans(n_init=1, algorithm="lloyd")`) or `"auto"`: faiss when K >= 32, D >= 1024,
-            K >= 16 with D >= 512, or K >= 8 with N <= 10,000; else scikit-learn, from timings
+            or K >= 16 with D >= 512 or N <= 10,000; else scikit-learn, from timings
             on this project's CPUs (see `_FAISS_MIN_CLUSTERS` in the source). Defaults to
             `"auto"`.
         max_points_per_centroid: faiss only: train on a random subsample of at most this many

@@ -84,8 +84,8 @@ def test_auto_rule():
     assert clustering._choose_backend(512, 16, 60_000) == "faiss"
     assert clustering._choose_backend(512, 8, 60_000) == "sklearn"
     assert clustering._choose_backend(128, 16, 60_000) == "sklearn"
-    assert clustering._choose_backend(128, 8, 10_000) == "faiss"
-    assert clustering._choose_backend(128, 4, 10_000) == "sklearn"
+    assert clustering._choose_backend(128, 16, 10_000) == "faiss"
+    assert clustering._choose_backend(128, 8, 10_000) == "sklearn"
 
 
 @pytest.mark.parametrize("bad, match", [(0, "num_clusters must be >= 1"),
