@@ -28,6 +28,9 @@ VARIANTS = {
     "DnC K=8 fixed": dict(learners=8, subspaces="fixed"),
     "DnC K=4 fixed, embedding": dict(learners=4, subspaces="fixed", cluster_on="embedding"),
     "DnC K=4 fixed, no division": dict(learners=4, subspaces="fixed", progressive=False),
+    # Re-clustering on the features of the train steps (FeatureBank) instead of a full pass.
+    "DnC K=4 fixed, training features": dict(learners=4, subspaces="fixed",
+                                             recluster_features="training"),
     # One learner with one learned mask: does the gain of learned masks need the division?
     "single (K=1), learned mask": dict(learners=1, subspaces="learned"),
 }

@@ -30,7 +30,8 @@ ratios, so load from other processes hits every candidate alike.
    tf.data pipeline, `ReclusterCallback` every 2 epochs, so each unit holds exactly one
    re-clustering) against two epochs of the plain Keras model over the same sampler with one
    cluster (same batches per epoch, same pipeline). Target: ratio <= 1.10. Also
-   `dnc_epoch+norecluster`, the DnC epochs without their re-clustering.
+   `dnc_epoch+norecluster`, the DnC epochs without their re-clustering, and `dnc_epoch+bank`,
+   re-clustering on the features the train steps computed (`feature_source="training"`).
 
 Writes benchmarks/results/train_step.json. Needs the `benchmark` extra for the PyTorch peer
 (`pip install -e .[benchmark]`); without torch that candidate is skipped.
@@ -39,6 +40,7 @@ Writes benchmarks/results/train_step.json. Needs the `benchmark` extra for the P
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -59,9 +61,10 @@ STEP_CANDIDATES = ("dnc", "keras", "torch_pml", "torch_pml@2", "torch_pml@3", "k
 # (ONEDNN_DEFAULT_FPMATH_MODE=BF16: float32 layers, oneDNN free to compute in bfloat16),
 # caller_thread (TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD=1), ftz (torch: flush denormals to zero,
 # as TensorFlow does by default), norecluster (dnc_epoch without its re-clustering: the
-# training part of the DnC epoch alone).
+# training part of the DnC epoch alone), bank (dnc_epoch re-clustering on the features its
+# train steps computed, feature_source="training", instead of a separate pass).
 OPTIONS = ("xla", "spe", "interop1", "unfused_bn", "onednn0", "t1", "bf16", "fpmath_bf16",
-           "caller_thread", "ftz", "norecluster")
+           "caller_thread", "ftz", "norecluster", "bank")
 
 
 def _parse(candidate):
@@ -225,6 +228,7 @@ def _epoch_unit(name, options, args):
         dataset = sampler.as_dataset(x)
         period = 10 ** 9 if "norecluster" in options else 2
         callbacks = dnc_callbacks(sampler, x, args.learners, progressive=False, period=period,
+                                  feature_source="training" if "bank" in options else "pass",
                                   verbose=0)
     else:
         sampler = ClusterBatchSampler(y, BATCH_CLASSES, BATCH_PER_CLASS, seed=0)
@@ -237,15 +241,22 @@ def _epoch_unit(name, options, args):
         # Two epochs per unit: with period 2, each DnC unit holds exactly one re-clustering
         # (at its first epoch), the cost amortised over the period.
         start = state["epoch"]
+        state["reclusterings_before"] = len(_recluster_seconds())
         model.fit(dataset, initial_epoch=start, epochs=start + 2, callbacks=callbacks,
                   verbose=0)
         state["epoch"] = start + 2
     extra = {"train_images": int(len(x)), "steps_per_epoch": sampler.steps,
              "images_per_unit": 2 * sampler.steps * BATCH}
 
+    def _recluster_seconds():
+        return [s for c in callbacks for s in getattr(c, "seconds", [])]
+
     def info():
-        seconds = [s for c in callbacks for s in getattr(c, "seconds", [])]
-        return {"recluster_seconds": seconds}
+        # Only the re-clusterings of the last unit (not the warm-up's first clustering).
+        first = state["reclusterings_before"]
+        embedded = [n for c in callbacks for n in getattr(c, "embedded", [])]
+        return {"recluster_seconds": _recluster_seconds()[first:],
+                "recluster_embedded_images": embedded[first:]}
     return unit, extra, info
 
 
@@ -367,7 +378,8 @@ def main(argv=None):
     parser.add_argument("--candidates", nargs="+", default=list(STEP_CANDIDATES),
                         help=f"step candidates, any of {STEP_CANDIDATES}")
     parser.add_argument("--epoch-candidates", nargs="+",
-                        default=list(EPOCH_CANDIDATES) + ["dnc_epoch+norecluster"],
+                        default=list(EPOCH_CANDIDATES) + ["dnc_epoch+norecluster",
+                                                          "dnc_epoch+bank"],
                         help="epoch candidates; the first two are compared (DnC over plain)")
     parser.add_argument("--skip-epoch", action="store_true", help="skip the epoch comparison")
     parser.add_argument("--skip-step", action="store_true", help="skip the step comparison")
@@ -467,8 +479,20 @@ def main(argv=None):
                 other = common.paired_ratios([r["seconds"] for r in measured[name][1]],
                                              [r["seconds"] for r in measured[plain_name][1]])
                 results["epoch"][f"time_ratio_{name}_over_keras"] = other
+                runs = measured[name][1]
+                seconds = [r["recluster_seconds"][-1] for r in runs if r["recluster_seconds"]]
+                note = ""
+                if seconds:
+                    own = common.paired_ratios(seconds, [r["seconds"] for r in runs])
+                    embedded = [r["recluster_embedded_images"][-1] for r in runs
+                                if r["recluster_embedded_images"]]
+                    results["epoch"][f"recluster_share_of_{name}_time"] = own
+                    epoch[name]["recluster_embedded_images"] = embedded
+                    total = measured[name][0]["train_images"]
+                    note = (f"; re-clustering {own['median']:.1%} of its time, embedding "
+                            f"{int(statistics.median(embedded))} of {total} images")
                 print(f"{name} / plain Keras epoch: {other['median']:.3f} "
-                      f"(per-round {other['min']:.3f}..{other['max']:.3f})")
+                      f"(per-round {other['min']:.3f}..{other['max']:.3f}){note}")
         print(common.table([(n, e["median_s"] / 2, e["spread"]) for n, e in epoch.items()],
                            ["candidate", "s/epoch (median)", "spread"]))
         print(f"DnC epoch / plain Keras epoch: {ratio['median']:.3f} "

@@ -14,18 +14,26 @@ import tensorflow as tf
 
 from dnc_keras import clustering
 from dnc_keras.evaluation import retrieval_metrics
+from dnc_keras.feature_bank import FeatureBank
 
 CLUSTER_ON = ("features", "embedding")
+FEATURE_SOURCES = ("pass", "training")
 
 
 class _ClusterCallback(keras.callbacks.Callback):
     """Shared state of the callbacks that cluster the training set."""
 
     def __init__(self, sampler, images, period=2, cluster_on="features", seed=0,
-                 backend="auto", batch_size=256, verbose=1):
+                 backend="auto", batch_size=256, feature_source="pass", verbose=1):
         super().__init__()
         if cluster_on not in CLUSTER_ON:
             raise ValueError(f"cluster_on must be one of {CLUSTER_ON}; got {cluster_on!r}")
+        if feature_source not in FEATURE_SOURCES:
+            raise ValueError(f"feature_source must be one of {FEATURE_SOURCES}; "
+                             f"got {feature_source!r}")
+        if feature_source == "training" and cluster_on != "features":
+            raise ValueError("feature_source='training' keeps backbone features; it needs "
+                             f"cluster_on='features', got {cluster_on!r}")
         if period < 1:
             raise ValueError(f"period must be >= 1; got {period}")
         self.sampler = sampler
@@ -35,15 +43,38 @@ class _ClusterCallback(keras.callbacks.Callback):
         self.seed = int(seed)
         self.backend = backend
         self.batch_size = int(batch_size)
+        self.feature_source = feature_source
         self.verbose = verbose
         self.seconds = []
+        self.embedded = []  # images embedded by a forward pass, per (re-)clustering
+
+    def on_train_begin(self, logs=None):
+        if self.feature_source == "training":
+            self._attach_bank()
+
+    def _attach_bank(self):
+        """One bank per model and training set, shared by the divide and re-cluster callbacks."""
+        bank = self.model.feature_bank
+        if bank is None or bank.num_images != len(self.images):
+            dim = self.model.embed(self.images[:1], output="features").shape[1]
+            self.model.attach_feature_bank(FeatureBank(len(self.images), dim))
 
     def _due(self, epoch):
         return (epoch > 0 and epoch % self.period == 0 and self.sampler.updated_at_epoch != epoch
                 and not self.sampler.single_cluster)
 
     def _features(self):
-        return self.model.embed(self.images, output=self.cluster_on, batch_size=self.batch_size)
+        bank = self.model.feature_bank if self.feature_source == "training" else None
+        if bank is None:
+            self.embedded.append(len(self.images))
+            return self._embed(np.arange(len(self.images)))
+        features, fresh = bank.read(self._embed)
+        self.embedded.append(fresh)
+        return features
+
+    def _embed(self, indices):
+        images = self.images if len(indices) == len(self.images) else self.images[indices]
+        return self.model.embed(images, output=self.cluster_on, batch_size=self.batch_size)
 
     def _log(self, message):
         if self.verbose:
@@ -56,10 +87,16 @@ class ReclusterCallback(_ClusterCallback):
     At the start of training, clusters the data once if the model has more than one learner.
     Args are those of the sampler's training images; `cluster_on="features"` clusters the
     L2-normalised backbone features (both official codes), `"embedding"` the embedding.
-    Defaults: `period=2` (T = 2 in both papers), `cluster_on="features"`.
+    `feature_source="pass"` embeds every training image in a separate inference pass (both
+    official codes); `"training"` re-uses the features the train steps computed since the
+    last re-clustering and embeds only the images no step drew (`FeatureBank`: faster, but
+    training-mode, augmented and up to `period` epochs old).
+    Defaults: `period=2` (T = 2 in both papers), `cluster_on="features"`,
+    `feature_source="pass"`.
     """
 
     def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
         if self.model.active_learners > 1 and self.sampler.num_clusters != \
                 self.model.active_learners:
             self.recluster(epoch=0)
@@ -225,10 +262,10 @@ class FiniteCheckpoint(keras.callbacks.Callback):
 
 def dnc_callbacks(sampler, images, final_learners, progressive=True, period=2,
                   conquer_epoch=None, conquer_mode="tpami", cluster_on="features", seed=0,
-                  backend="auto", verbose=1):
+                  backend="auto", feature_source="pass", verbose=1):
     """The DnC schedule as a callback list in the right order: divide, re-cluster, conquer."""
     common = dict(period=period, cluster_on=cluster_on, seed=seed, backend=backend,
-                  verbose=verbose)
+                  feature_source=feature_source, verbose=verbose)
     callbacks = []
     if progressive and final_learners > 1:
         callbacks.append(DivideCallback(sampler, images, final_learners, **common))

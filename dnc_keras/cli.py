@@ -44,6 +44,11 @@ TRAIN_FLAGS = [
                                              "from 1")),
     ("--recluster-period", "recluster_period", dict(type=int, help="T epochs (default 2)")),
     ("--cluster-on", "cluster_on", dict(choices=["features", "embedding"])),
+    ("--recluster-features", "recluster_features", dict(
+        choices=["pass", "training"],
+        help="'pass' embeds all training images at each re-clustering (the papers); 'training' "
+             "re-uses the features of the train steps since the last one (faster, "
+             "docs/performance.md)")),
     ("--kmeans-backend", "kmeans_backend", dict(choices=["auto", "faiss", "sklearn"])),
     ("--conquer-fraction", "conquer_fraction", dict(type=float, help="last fraction of the "
                                                     "epochs trained on the full embedding")),

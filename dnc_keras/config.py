@@ -26,6 +26,7 @@ class TrainConfig:
     progressive: bool = True
     recluster_period: int = 2
     cluster_on: str = "features"
+    recluster_features: str = "pass"
     kmeans_backend: str = "auto"
     conquer_fraction: float = 0.2
     conquer_mode: str = "tpami"
@@ -61,11 +62,15 @@ class TrainConfig:
             "train_classes": (self.train_classes, ("standard", "all")),
             "conquer_mode": (self.conquer_mode, ("tpami", "cvpr")),
             "cluster_on": (self.cluster_on, ("features", "embedding")),
+            "recluster_features": (self.recluster_features, ("pass", "training")),
             "color_mode": (self.color_mode, ("rgb", "grayscale")),
         }
         for name, (value, allowed) in checks.items():
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}. Received: {name}={value!r}")
+        if self.recluster_features == "training" and self.cluster_on != "features":
+            raise ValueError("recluster_features='training' keeps backbone features; it needs "
+                             f"cluster_on='features'. Received: cluster_on={self.cluster_on!r}")
         if self.learners < 1:
             raise ValueError(f"learners must be >= 1. Received: learners={self.learners}")
         if self.progressive and self.learners & (self.learners - 1):

@@ -378,7 +378,8 @@ def sampler_dataset(sampler, paths, preprocessing=None, contents=None, seed=0, p
     """`ClusterBatchSampler.as_dataset` for images on disk: the sampler's index batches,
     decoded and augmented in parallel.
 
-    Yields `({"images": [P*M, S, S, C], "learner": [P*M]}, labels [P*M])`, one batch per
+    Yields `({"images": [P*M, S, S, C], "learner": [P*M], "indices": [P*M]}, labels [P*M])`,
+    one batch per
     sampler step, in the sampler's order; the generator re-runs each epoch, so new clusters
     take effect at the next epoch.
 
@@ -416,11 +417,12 @@ def sampler_dataset(sampler, paths, preprocessing=None, contents=None, seed=0, p
 
     def load(index, learner, image_seed):
         image = preprocessing.train(source.read(index), image_seed)
-        return image, learner, tf.gather(labels, index)
+        return image, learner, tf.cast(index, tf.int32), tf.gather(labels, index)
 
     dataset = dataset.flat_map(per_image)
     dataset = dataset.map(load, num_parallel_calls=num_parallel_calls, deterministic=True)
     dataset = dataset.batch(size, drop_remainder=True)
-    dataset = dataset.map(lambda images, learner, y: ({"images": images, "learner": learner}, y))
+    dataset = dataset.map(lambda images, learner, indices, y: (
+        {"images": images, "learner": learner, "indices": indices}, y))
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(sampler.steps))
     return dataset.prefetch(prefetch)

@@ -100,7 +100,8 @@ def run(config, verbose=1):
                               progressive=config.progressive, period=config.recluster_period,
                               conquer_epoch=config.conquer_epoch, conquer_mode=config.conquer_mode,
                               cluster_on=config.cluster_on, seed=config.seed,
-                              backend=config.kmeans_backend, verbose=verbose)
+                              backend=config.kmeans_backend,
+                              feature_source=config.recluster_features, verbose=verbose)
     selection = None
     if plan.validation is not None:
         # Fair-comparison mode: the model is chosen on held-out training classes, so the test

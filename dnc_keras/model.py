@@ -116,7 +116,7 @@ class DnCModel(keras.Model):
         encoder_vars = self.encoder.trainable_variables
         mask_vars = [self.subspaces.masks] if self.mask_optimizer is not None else []
         with tf.GradientTape() as tape:
-            _, z = self.encoder(_images(x), training=True)
+            f, z = self.encoder(_images(x), training=True)
             labels, z = gather_global_batch(labels, z)
             loss, overlap = self.compute_loss_for_learner(labels, z, learner)
             # As Keras does under tf.distribute, each replica's loss is scaled by
@@ -126,6 +126,9 @@ class DnCModel(keras.Model):
             total = (loss + overlap) / _num_replicas()
         grads = tape.gradient(total, encoder_vars + mask_vars)
         self.apply_learner_gradients(grads, encoder_vars, mask_vars)
+        bank = self.feature_bank
+        if bank is not None and isinstance(x, dict) and "indices" in x and _num_replicas() == 1:
+            bank.write(x["indices"], f)
         self.loss_tracker.update_state(loss)
         self.overlap_tracker.update_state(overlap)
         return {m.name: m.result() for m in self.metrics}
@@ -150,6 +153,23 @@ class DnCModel(keras.Model):
         return {"loss": self.loss_tracker.result()}
 
     # -- divide and conquer ---------------------------------------------------------------
+    @property
+    def feature_bank(self):
+        """The `FeatureBank` the train steps write to, or None (see `attach_feature_bank`)."""
+        return self.__dict__.get("_feature_bank")
+
+    def attach_feature_bank(self, bank):
+        """From the next `fit`/train step on, each step stores its batch's backbone features
+        in `bank` at the batch's `"indices"` (one device only; under a multi-replica strategy
+        nothing is stored and re-clustering embeds every image). None detaches."""
+        # Kept out of Keras's tracking: the bank is training-set state, not a model weight, and
+        # must not enter checkpoints or exports.
+        self.__dict__["_feature_bank"] = bank
+        # The train function branches on the bank when traced: make a new one (fit reads
+        # `train_function` at every step, so this also works from `on_train_begin`).
+        if self.train_function is not None:
+            self.make_train_function(force=True)
+
     @property
     def active_learners(self):
         return int(self.subspaces.active_learners.numpy())

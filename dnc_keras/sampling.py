@@ -101,7 +101,8 @@ class ClusterBatchSampler:
         return np.concatenate(picks)
 
     def as_dataset(self, images, augment=None, prefetch=2):
-        """A tf.data pipeline of ({"images", "learner"}, labels) batches over `images`.
+        """A tf.data pipeline of ({"images", "learner", "indices"}, labels) batches over
+        `images`; "indices" are the images' rows, for `dnc_keras.feature_bank.FeatureBank`.
 
         Args:
             images: array [N, H, W, C] (float32 in [0, 1]) aligned with `labels`.
@@ -123,8 +124,8 @@ class ClusterBatchSampler:
             batch = tf.gather(images, indices)
             if augment is not None:
                 batch = augment(batch)
-            return {"images": batch, "learner": tf.fill([size], learner)}, tf.gather(labels,
-                                                                                     indices)
+            inputs = {"images": batch, "learner": tf.fill([size], learner), "indices": indices}
+            return inputs, tf.gather(labels, indices)
 
         # Autotuning off: tf.data joins its tuning thread whenever an iterator is destroyed,
         # which stalled every epoch boundary by 0.1 to 1 s (docs/performance.md), and a gather

@@ -1,0 +1,112 @@
+import keras
+import numpy as np
+import pytest
+
+from dnc_keras.backbones import build_encoder
+from dnc_keras.callbacks import ReclusterCallback, dnc_callbacks
+from dnc_keras.config import TrainConfig
+from dnc_keras.feature_bank import FeatureBank
+from dnc_keras.layers import SubspaceMasks
+from dnc_keras.losses import TripletHardLoss
+from dnc_keras.model import DnCModel
+from dnc_keras.sampling import ClusterBatchSampler
+
+
+def _data(classes=12, per_class=6, seed=0):
+    rng = np.random.default_rng(seed)
+    groups = 6.0 * rng.normal(size=(4, 10))
+    y = np.repeat(np.arange(classes), per_class)
+    x = groups[y % 4] + rng.normal(size=(classes, 10))[y] + 0.3 * rng.normal(size=(len(y), 10))
+    return x.reshape(len(y), 10, 1, 1).astype(np.float32), y
+
+
+def _model(lr):
+    keras.utils.set_random_seed(0)
+    backbone = keras.Sequential([keras.Input((10, 1, 1)), keras.layers.Flatten(),
+                                 keras.layers.Dense(16, activation="relu")])
+    model = DnCModel(build_encoder(backbone, 8, dropout=0.0, freeze_bn_stats=False),
+                     SubspaceMasks(8, 2))
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss=TripletHardLoss(margin=0.2))
+    return model
+
+
+class _RecordingSampler(ClusterBatchSampler):
+    """Remembers the image indices of every epoch's batches."""
+
+    drawn = None
+
+    def epoch_batches(self):
+        self.drawn = [] if self.drawn is None else self.drawn
+        self.drawn.append(set())
+        for indices, learner in super().epoch_batches():
+            self.drawn[-1].update(indices.tolist())
+            yield indices, learner
+
+
+def _fit(source, lr=0.0, epochs=3):
+    x, y = _data()
+    model = _model(lr)
+    sampler = _RecordingSampler(y, 3, 2, steps_per_epoch=5)
+    recluster = ReclusterCallback(sampler, x, period=1, feature_source=source, verbose=0)
+    model.fit(sampler.as_dataset(x), epochs=epochs, callbacks=[recluster], verbose=0)
+    return x, model, sampler, recluster
+
+
+def test_write_normalises_and_read_embeds_only_unseen_rows_then_forgets():
+    bank = FeatureBank(4, 2)
+    bank.write(np.array([2, 0]), np.array([[3.0, 4.0], [0.0, -2.0]], np.float32))
+    asked = []
+
+    def embed(indices):
+        asked.append(indices.tolist())
+        return np.full((len(indices), 2), 7.0, np.float32)
+
+    features, fresh = bank.read(embed)
+    np.testing.assert_allclose(features, [[0, -1], [7, 7], [0.6, 0.8], [7, 7]], atol=1e-6)
+    assert fresh == 2 and asked == [[1, 3]]
+    _, fresh = bank.read(embed)  # nothing written since: every row is embedded again
+    assert fresh == 4 and asked[-1] == [0, 1, 2, 3]
+
+
+def test_read_rejects_embeddings_of_the_wrong_shape():
+    bank = FeatureBank(3, 2)
+    with pytest.raises(ValueError, match="expected"):
+        bank.read(lambda indices: np.zeros((len(indices), 5), np.float32))
+
+
+def test_train_steps_fill_the_bank_with_the_encoders_features():
+    # lr 0 and no BatchNorm or dropout: a training step's features are the inference pass's.
+    x, model, sampler, recluster = _fit("training", epochs=2)
+    bank = model.feature_bank
+    last = np.array(sorted(sampler.drawn[-1]))
+    np.testing.assert_array_equal(np.flatnonzero(bank.seen.numpy()), last)
+    np.testing.assert_allclose(bank.features.numpy()[last],
+                               model.embed(x[last], output="features"), atol=1e-5)
+    # First clustering: all images; at epoch 1, only those epoch 0 did not draw.
+    assert recluster.embedded == [len(x), len(x) - len(sampler.drawn[0])]
+    assert 0 < recluster.embedded[1] < len(x)
+
+
+def test_training_features_give_the_clusters_of_a_full_pass_when_the_model_is_fixed():
+    *_, pass_sampler, _ = _fit("pass")
+    *_, bank_sampler, recluster = _fit("training")
+    np.testing.assert_array_equal(bank_sampler.assignment, pass_sampler.assignment)
+    assert sum(recluster.embedded) < 3 * len(bank_sampler.labels)
+
+
+def test_bank_stays_out_of_the_model_weights():
+    _, model, *_ = _fit("training", lr=1e-2, epochs=1)
+    assert model.feature_bank is not None
+    names = [w.path for w in model.weights]
+    assert not any("feature_bank" in name for name in names)
+
+
+def test_training_features_need_backbone_features():
+    x, y = _data()
+    sampler = ClusterBatchSampler(y, 3, 2)
+    with pytest.raises(ValueError, match="cluster_on='features'"):
+        ReclusterCallback(sampler, x, cluster_on="embedding", feature_source="training")
+    with pytest.raises(ValueError, match="feature_source must be one of"):
+        dnc_callbacks(sampler, x, 2, feature_source="cache")
+    with pytest.raises(ValueError, match="cluster_on='features'"):
+        TrainConfig(cluster_on="embedding", recluster_features="training")
