@@ -72,6 +72,18 @@ class _ClusterCallback(keras.callbacks.Callback):
         self.embedded.append(fresh)
         return features
 
+    def _cluster(self, fn):
+        """fn(features) -> assignment. Where the bank's features (training-mode, mixed with
+        fresh inference-mode ones) admit no acceptable clustering, retries on a full pass."""
+        try:
+            return fn(self._features())
+        except clustering.ClusteringError as error:
+            if self.feature_source != "training" or self.model.feature_bank is None:
+                raise
+            self._log(f"{error} on the train steps' features; clustering a full pass instead")
+            self.embedded[-1] += len(self.images)
+            return fn(self._embed(np.arange(len(self.images))))
+
     def _embed(self, indices):
         images = self.images if len(indices) == len(self.images) else self.images[indices]
         return self.model.embed(images, output=self.cluster_on, batch_size=self.batch_size)
@@ -108,10 +120,9 @@ class ReclusterCallback(_ClusterCallback):
     def recluster(self, epoch):
         start = time.perf_counter()
         k = self.model.active_learners
-        features = self._features()
         labels = self.sampler.labels
-        new = clustering.cluster(features, labels, k, seed=self.seed + epoch,
-                                 backend=self.backend)
+        new = self._cluster(lambda features: clustering.cluster(
+            features, labels, k, seed=self.seed + epoch, backend=self.backend))
         old = self.sampler.assignment
         if self.sampler.num_clusters == k:
             new = clustering.match_clusters(new, old, k)
@@ -141,9 +152,9 @@ class DivideCallback(_ClusterCallback):
     def divide(self, epoch):
         start = time.perf_counter()
         k = self.model.active_learners
-        new = clustering.divide_clusters(self._features(), self.sampler.labels,
-                                         self.sampler.assignment, seed=self.seed + epoch,
-                                         backend=self.backend)
+        new = self._cluster(lambda features: clustering.divide_clusters(
+            features, self.sampler.labels, self.sampler.assignment, seed=self.seed + epoch,
+            backend=self.backend))
         self.model.divide()
         self.sampler.set_clusters(new, 2 * k, epoch)
         self.seconds.append(time.perf_counter() - start)

@@ -2,6 +2,7 @@ import keras
 import numpy as np
 import pytest
 
+from dnc_keras import clustering
 from dnc_keras.backbones import build_encoder
 from dnc_keras.callbacks import ReclusterCallback, dnc_callbacks
 from dnc_keras.config import TrainConfig
@@ -110,3 +111,21 @@ def test_training_features_need_backbone_features():
         dnc_callbacks(sampler, x, 2, feature_source="cache")
     with pytest.raises(ValueError, match="cluster_on='features'"):
         TrainConfig(cluster_on="embedding", recluster_features="training")
+
+
+def test_recluster_falls_back_to_a_full_pass_where_bank_features_admit_no_clustering():
+    x, y = _data()
+    model = _model(0.0)
+    sampler = ClusterBatchSampler(y, 3, 2)
+    recluster = ReclusterCallback(sampler, x, period=1, feature_source="training", verbose=0)
+    recluster.set_model(model)
+    recluster.on_train_begin()  # empty bank: the first clustering embeds every image
+    first = sampler.assignment.copy()
+    # Every image "seen" with the same feature: k-means cannot split them into 2 clusters.
+    model.feature_bank.write(np.arange(len(x)), np.ones((len(x), 16), np.float32))
+    recluster.on_epoch_begin(1)
+    assert recluster.embedded == [len(x), len(x)]  # 0 unseen, then the full pass
+    # What a full-pass re-clustering at epoch 1 gives.
+    expected = clustering.match_clusters(
+        clustering.cluster(model.embed(x, output="features"), y, 2, seed=1), first, 2)
+    np.testing.assert_array_equal(sampler.assignment, expected)
