@@ -11,7 +11,6 @@ contract, and resized and scaled inside the ONNX graph.
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -94,8 +93,7 @@ def main(argv=None):
         for path, row in zip(args.images, distances):
             print(" ".join(f"{d:6.3f}" for d in row), path)
         return 0
-    for path, embedding in zip(args.images, embeddings):
-        print(json.dumps({"image": path, "embedding": [round(float(v), 7) for v in embedding]}))
+    image_input.print_embeddings(args.images, embeddings)
     return 0
 
 

@@ -13,7 +13,6 @@ sides within the bound, complete JPEG/PNG files.
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -160,28 +159,15 @@ class GrpcEmbeddingClient:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("images", nargs="+", help="image files")
     parser.add_argument("--server", default="localhost:8500", help="TF Serving gRPC host:port")
-    parser.add_argument("--model", required=True, help="served model name")
-    parser.add_argument("--version", type=int, default=None)
-    parser.add_argument("--manifest", help="the export's manifest.json (channels, max side)")
-    parser.add_argument("--pixels", action="store_true",
-                        help="decode here, send uint8 arrays to serving_default")
-    parser.add_argument("--timeout", type=float, default=30.0)
+    image_input.add_client_arguments(
+        parser, pixels_help="decode here, send uint8 arrays to serving_default")
     args = parser.parse_args(argv)
-    channels, max_side = None, image_input.DEFAULT_MAX_SIDE
-    if args.manifest:
-        channels, max_side, _ = image_input.load_contract(args.manifest)
-    try:
-        with GrpcEmbeddingClient(args.server, args.model, channels, max_side, args.version,
-                                 args.timeout) as client:
-            embeddings = client.embed_files(args.images, pixels=args.pixels)
-    except (image_input.InputError, ServingError) as error:
-        print(f"grpc_client: error: {error}", file=sys.stderr)
-        return 2
-    for path, embedding in zip(args.images, embeddings):
-        print(json.dumps({"image": path, "embedding": [round(float(v), 7) for v in embedding]}))
-    return 0
+    return image_input.run_client(
+        "grpc_client", args,
+        lambda channels, max_side: GrpcEmbeddingClient(
+            args.server, args.model, channels, max_side, args.version, args.timeout),
+        (image_input.InputError, ServingError))
 
 
 if __name__ == "__main__":

@@ -5,9 +5,11 @@ The checks mirror the asserts inside the exported graph (dnc_keras/serving_signa
 a bad request fails here, with the same wording, before it is sent.
 """
 
+import contextlib
 import io
 import json
 import os
+import sys
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -127,3 +129,38 @@ def embed_files(client, paths, pixels=False):
         for i, row in zip(indices, batch):
             out[i] = row
     return np.stack(out)
+
+
+# -- the clients' command line ----------------------------------------------------------------
+def add_client_arguments(parser, pixels_help):
+    """The arguments the gRPC and REST clients share (each adds its server address)."""
+    parser.add_argument("images", nargs="+", help="image files")
+    parser.add_argument("--model", required=True, help="served model name")
+    parser.add_argument("--version", type=int, default=None)
+    parser.add_argument("--manifest", help="the export's manifest.json (channels, max side)")
+    parser.add_argument("--pixels", action="store_true", help=pixels_help)
+    parser.add_argument("--timeout", type=float, default=30.0)
+
+
+def run_client(prog, args, connect, errors):
+    """Embeds `args.images` through `connect(channels, max_side)` (a client, or a context
+    manager of one) and prints them; 2 with the error on stderr where `errors` is raised."""
+    channels, max_side = None, DEFAULT_MAX_SIDE
+    if args.manifest:
+        channels, max_side, _ = load_contract(args.manifest)
+    try:
+        client = connect(channels, max_side)
+        closing = client if hasattr(client, "__exit__") else contextlib.nullcontext(client)
+        with closing:
+            embeddings = client.embed_files(args.images, pixels=args.pixels)
+    except errors as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    print_embeddings(args.images, embeddings)
+    return 0
+
+
+def print_embeddings(paths, embeddings):
+    """One JSON line per image: {"image": path, "embedding": [...]}."""
+    for path, embedding in zip(paths, embeddings):
+        print(json.dumps({"image": path, "embedding": [round(float(v), 7) for v in embedding]}))

@@ -117,28 +117,15 @@ class RestEmbeddingClient:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("images", nargs="+", help="image files")
     parser.add_argument("--url", default="http://localhost:8501", help="TF Serving REST URL")
-    parser.add_argument("--model", required=True, help="served model name")
-    parser.add_argument("--version", type=int, default=None)
-    parser.add_argument("--manifest", help="the export's manifest.json (channels, max side)")
-    parser.add_argument("--pixels", action="store_true",
-                        help="decode here, send uint8 pixel lists to serving_default")
-    parser.add_argument("--timeout", type=float, default=30.0)
+    image_input.add_client_arguments(
+        parser, pixels_help="decode here, send uint8 pixel lists to serving_default")
     args = parser.parse_args(argv)
-    channels, max_side = None, image_input.DEFAULT_MAX_SIDE
-    if args.manifest:
-        channels, max_side, _ = image_input.load_contract(args.manifest)
-    try:
-        client = RestEmbeddingClient(args.url, args.model, channels, max_side, args.version,
-                                     args.timeout)
-        embeddings = client.embed_files(args.images, pixels=args.pixels)
-    except (image_input.InputError, ServingError) as error:
-        print(f"rest_client: error: {error}", file=sys.stderr)
-        return 2
-    for path, embedding in zip(args.images, embeddings):
-        print(json.dumps({"image": path, "embedding": [round(float(v), 7) for v in embedding]}))
-    return 0
+    return image_input.run_client(
+        "rest_client", args,
+        lambda channels, max_side: RestEmbeddingClient(
+            args.url, args.model, channels, max_side, args.version, args.timeout),
+        (image_input.InputError, ServingError))
 
 
 if __name__ == "__main__":
