@@ -1,16 +1,22 @@
 """Divide-and-conquer deep metric learning for Keras 3 (Sanakoyeu et al., CVPR 2019 / TPAMI 2021).
 
-The public names below import lazily, so `dnc_keras.evaluation` and `dnc_keras.clustering`
-(numpy, faiss, scikit-learn) stay usable without paying for TensorFlow's import.
+Importing the package registers every Keras-serializable class it defines (the model, the
+subspace layer, the losses, the backbone layers), so a model saved by one process loads in
+another with `keras.saving.load_model` after a bare `import dnc_keras`. The other public names
+import lazily.
 """
 
 import importlib
 
 __version__ = "0.1.0"
 
+# Registration: these modules define Keras-serializable classes.
+from dnc_keras import backbones, layers, losses, model  # noqa: E402,F401
+
 _EXPORTS = {
     "DnCModel": "dnc_keras.model",
     "SubspaceMasks": "dnc_keras.layers",
+    "Preprocessing": "dnc_keras.preprocessing",
     "ClusterBatchSampler": "dnc_keras.sampling",
     "ReclusterCallback": "dnc_keras.callbacks",
     "DivideCallback": "dnc_keras.callbacks",

@@ -45,11 +45,12 @@ class TrainConfig:
     # On-disk benchmarks and the fair-comparison mode (docs/reproducing.md).
     preset: str | None = None
     resize_size: int | None = None
-    color_mode: str = "rgb"
+    color_mode: str | None = None
     cache_images: bool = False
     check_images: bool = True
     validation_classes: float = 0.0
     nmi: bool = True
+    plots: bool = True
     seeds: int = 1
     # Scaling out (docs/distributed.md): None trains with model.fit on one device.
     strategy: str | None = None
@@ -63,7 +64,7 @@ class TrainConfig:
             "conquer_mode": (self.conquer_mode, ("tpami", "cvpr")),
             "cluster_on": (self.cluster_on, ("features", "embedding")),
             "recluster_features": (self.recluster_features, ("pass", "training")),
-            "color_mode": (self.color_mode, ("rgb", "grayscale")),
+            "color_mode": (self.color_mode, (None, "rgb", "grayscale")),
         }
         for name, (value, allowed) in checks.items():
             if value not in allowed:

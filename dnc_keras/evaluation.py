@@ -272,3 +272,25 @@ def raw_pixel_baseline(x, labels, ks=(1, 2, 4, 8), nmi=True, seed=0,
     norms = np.linalg.norm(flat, axis=1, keepdims=True)
     flat /= np.maximum(norms, np.finfo(np.float32).tiny)
     return retrieval_metrics(flat, labels, ks=ks, nmi=nmi, seed=seed, batch_size=batch_size)
+
+
+def evaluate(embed, evaluations, ks=(1, 2, 4, 8), nmi=True, seed=0):
+    """{evaluation name: metrics} of a protocol, embedding with `embed`.
+
+    Args:
+        embed: callable images (or sources) -> L2-normalised embeddings [N, D].
+        evaluations: objects with `name`, `query`, `query_labels`, `gallery` and
+            `gallery_labels` (a gallery of None is leave-one-out on the queries).
+        ks, nmi, seed: as `retrieval_metrics`.
+    """
+    results = {}
+    for ev in evaluations:
+        query = embed(ev.query)
+        if ev.gallery is None:
+            results[ev.name] = retrieval_metrics(query, ev.query_labels, ks=ks, nmi=nmi,
+                                                 seed=seed)
+        else:
+            results[ev.name] = query_gallery_metrics(query, ev.query_labels, embed(ev.gallery),
+                                                     ev.gallery_labels, ks=ks, nmi=nmi,
+                                                     seed=seed)
+    return results

@@ -1,146 +1,101 @@
 """tf.data image pipeline for datasets on disk: read, decode, augment, batch, prefetch.
 
-Training augmentation is the official codes' (torchvision): `RandomResizedCrop(224)` (area
-scale 0.08-1 and aspect ratio 3/4-4/3, ten tries, else a centre crop clamped to that ratio
-range) and a horizontal flip with probability 0.5. Evaluation resizes the shorter side to 256
-and cuts the centre 224 x 224. Resizing is bilinear with antialiasing, like Pillow's. Images
-come out float32 in [0, 1]; the backbone normalises them itself (ResNet-50's caffe
-preprocessing lives inside the model), so training, evaluation and export feed the same thing.
+Every image is decoded and sized by the run's `Preprocessing` record
+(`dnc_keras.preprocessing`), the one implementation that the export serves too. The on-disk
+benchmarks' record is `benchmark_preprocessing`: the papers' evaluation transform, shorter side
+256 and centre crop 224 with an antialiased bilinear filter (torchvision's `Resize(256)` and
+`CenterCrop(224)` on PIL images). Training augments with the official codes' (torchvision)
+`RandomResizedCrop(224)` (area scale 0.08-1 and aspect ratio 3/4-4/3, ten tries, else a centre
+crop clamped to that ratio range) and a horizontal flip with probability 0.5, resizing the crop
+with the record's filter. Images come out float32 in [0, 1]; the backbone normalises them
+itself (ResNet-50's caffe preprocessing lives inside the model).
 
-JPEG, PNG, GIF (first frame) and BMP decode in parallel, as RGB or grayscale. Training crops
-of JPEGs decode only the crop window. Every random draw is stateless, seeded by (seed + epoch,
-position in the epoch), so the same seed gives the same batches and the same crops whatever
-the parallelism.
+JPEG, PNG, GIF (first frame) and BMP decode in parallel. Every random draw is stateless, seeded
+by (seed + epoch, position in the epoch), so the same seed gives the same batches and the same
+crops whatever the parallelism.
 
 A corrupt file would stop `model.fit` hours into a run: `find_unreadable` decodes every image
-once before training (JPEGs at 1/8 scale, which still reads the whole entropy-coded stream), and
-`drop_unreadable` removes the failures from a split, naming them in a warning.
+once before training, and `drop_unreadable` removes the failures from a split, naming them in a
+warning.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import warnings
 
 import numpy as np
 import tensorflow as tf
 
+from dnc_keras import preprocessing as pp
 from dnc_keras.datasets._paths import ImageSplit
+from dnc_keras.preprocessing import Preprocessing
 
 AUTOTUNE = tf.data.AUTOTUNE
 # torchvision.transforms.RandomResizedCrop defaults, used by both official codes.
 TRAIN_SCALE = (0.08, 1.0)
 TRAIN_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+DEFAULT_IMAGE_SIZE = 224
 _CROP_TRIES = 10
 # Unreadable files named in a warning; the rest are counted.
 _SHOWN = 5
 
 
+def benchmark_preprocessing(image_size=DEFAULT_IMAGE_SIZE, resize_size=None, channels=3):
+    """The on-disk benchmarks' record: shorter side to `resize_size` (default
+    `round(image_size * 256 / 224)`, 256 for 224), centre crop `image_size`, antialiased
+    bilinear, as the papers evaluate."""
+    if resize_size is None:
+        resize_size = int(round(image_size * 256 / 224))
+    if image_size < 1 or resize_size < image_size:
+        raise ValueError(f"Need 1 <= image_size <= resize_size. Received: image_size="
+                         f"{image_size}, resize_size={resize_size}")
+    return Preprocessing(size=(image_size, image_size), channels=channels, fit="crop",
+                         resize_to=resize_size, kernel="bilinear")
+
+
 @dataclasses.dataclass(frozen=True)
-class Preprocessing:
-    """How images are sized: the crop fed to the network and the eval resize before it.
+class RandomResizedCrop:
+    """Training augmentation of the on-disk benchmarks (torchvision's, as the official codes).
 
     Args:
-        image_size: side of the square crop. Defaults to `224`.
-        resize_size: shorter side before the eval centre crop. Defaults to `None`:
-            `round(image_size * 256 / 224)`, i.e. 256 for 224.
-        channels: `3` (RGB; grayscale files are replicated) or `1` (grayscale).
-            Defaults to `3`.
-        scale: area range of the training crop, as a fraction of the image.
-            Defaults to `(0.08, 1.0)`.
-        ratio: aspect-ratio (width / height) range of the training crop.
-            Defaults to `(3/4, 4/3)`.
-        flip: random horizontal flip in training. Defaults to `True`.
+        scale: area range of the crop, as a fraction of the image. Defaults to `(0.08, 1.0)`.
+        ratio: aspect-ratio (width / height) range of the crop. Defaults to `(3/4, 4/3)`.
+        flip: random horizontal flip. Defaults to `True`.
     """
 
-    image_size: int = 224
-    resize_size: int | None = None
-    channels: int = 3
     scale: tuple[float, float] = TRAIN_SCALE
     ratio: tuple[float, float] = TRAIN_RATIO
     flip: bool = True
 
     def __post_init__(self):
-        if self.resize_size is None:
-            object.__setattr__(self, "resize_size", int(round(self.image_size * 256 / 224)))
-        if self.image_size < 1 or self.resize_size < self.image_size:
-            raise ValueError(f"Need 1 <= image_size <= resize_size. Received: image_size="
-                             f"{self.image_size}, resize_size={self.resize_size}")
-        if self.channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3. Received: channels={self.channels}")
         if not 0 < self.scale[0] <= self.scale[1] <= 1:
             raise ValueError(f"scale must satisfy 0 < min <= max <= 1. Received: {self.scale}")
         if not 0 < self.ratio[0] <= self.ratio[1]:
             raise ValueError(f"ratio must satisfy 0 < min <= max. Received: {self.ratio}")
 
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return (self.image_size, self.image_size, self.channels)
-
-    def train(self, contents, seed):
-        """Encoded image bytes -> random resized crop, maybe flipped, float32 [S, S, C].
+    def __call__(self, contents, record, seed):
+        """Encoded bytes -> a random crop resized by `record`'s filter to its size, maybe
+        flipped: float32 [H, W, C] in [0, 1].
 
         Args:
             contents: scalar string tensor, the file's bytes.
+            record: the run's `Preprocessing`.
             seed: int tensor [2], the stateless seed of this image's draws.
         """
         crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-
-        def jpeg():
-            shape = tf.io.extract_jpeg_shape(contents)
-            window = _crop_window(shape[0], shape[1], self.scale, self.ratio, crop_seed)
-            return _to_channels(
-                tf.io.decode_and_crop_jpeg(contents, tf.stack(window), channels=3),
-                self.channels)
-
-        def other():
-            image = decode(contents, self.channels)
-            size = tf.shape(image)
-            y, x, h, w = _crop_window(size[0], size[1], self.scale, self.ratio, crop_seed)
-            return image[y:y + h, x:x + w]
-
-        image = tf.cond(tf.io.is_jpeg(contents), jpeg, other)
-        image = tf.image.resize(image, [self.image_size, self.image_size], antialias=True)
+        image = pp.decode(contents, record)
+        size = tf.shape(image)
+        y, x, h, w = _crop_window(size[0], size[1], self.scale, self.ratio, crop_seed)
+        window = tf.cast(image[None, y:y + h, x:x + w], tf.float32)
+        rows = pp.resize_matrix(h, record.size[0], record.kernel)
+        cols = pp.resize_matrix(w, record.size[1], record.kernel)
+        resized = pp.finish(pp.apply_geometry(window, rows, cols), record)[0]
         if self.flip:
             flip = tf.random.stateless_uniform([], flip_seed) < 0.5
-            image = tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image)
-        return _to_unit(image, self.shape)
-
-    def eval(self, contents):
-        """Encoded image bytes -> shorter side to `resize_size`, centre crop, float32 [S, S, C]."""
-        image = decode(contents, self.channels)
-        size = tf.cast(tf.shape(image)[:2], tf.float32)
-        # torchvision's Resize(int): the shorter side becomes resize_size, the longer one
-        # int(resize_size * longer / shorter).
-        scaled = tf.cast(self.resize_size * size / tf.reduce_min(size), tf.int32)
-        scaled = tf.maximum(scaled, self.resize_size)
-        image = tf.image.resize(image, scaled, antialias=True)
-        offset = tf.cast(tf.round(tf.cast(scaled - self.image_size, tf.float32) / 2.0), tf.int32)
-        image = image[offset[0]:offset[0] + self.image_size,
-                      offset[1]:offset[1] + self.image_size]
-        return _to_unit(image, self.shape)
-
-
-def decode(contents, channels=3):
-    """Any of JPEG, PNG, GIF (first frame), BMP -> uint8 [H, W, channels].
-
-    Grayscale files are replicated to RGB; `channels=1` converts RGB to luma (ITU-R 601, as
-    Pillow's "L" mode) after decoding, because GIF decodes only to RGB.
-    """
-    image = tf.io.decode_image(contents, channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
-    return _to_channels(image, channels)
-
-
-def _to_channels(image, channels):
-    return tf.image.rgb_to_grayscale(image) if channels == 1 else image
-
-
-def _to_unit(image, shape):
-    image = tf.clip_by_value(tf.cast(image, tf.float32) / 255.0, 0.0, 1.0)
-    return tf.ensure_shape(image, shape)
+            resized = tf.cond(flip, lambda: tf.image.flip_left_right(resized), lambda: resized)
+        return tf.ensure_shape(resized, record.shape)
 
 
 def _crop_window(height, width, scale, ratio, seed):
@@ -208,13 +163,7 @@ class _Source:
 # -- unreadable files -------------------------------------------------------------------
 
 def _check_decodes(contents):
-    def jpeg():
-        return tf.shape(tf.io.decode_jpeg(contents, channels=3, ratio=8))
-
-    def other():
-        return tf.shape(decode(contents))
-
-    size = tf.cond(tf.io.is_jpeg(contents), jpeg, other)
+    size = tf.shape(pp.decode(contents, Preprocessing(size=1, channels=3)))
     return tf.debugging.assert_positive(size[:2], message="empty image")
 
 
@@ -245,16 +194,9 @@ def find_unreadable(paths, contents=None, num_parallel_calls=AUTOTUNE):
             _check_decodes(source.read(tf.constant(index, tf.int64)))
             reason = "failed to decode in the pipeline"
         except (tf.errors.OpError, ValueError) as err:
-            reason = _short_reason(getattr(err, "message", str(err)))
+            reason = pp.error_reason(err)
         failures.append((int(index), str(source.paths[index]), reason))
     return failures
-
-
-def _short_reason(message):
-    """TensorFlow's op error without its function-node prefix and op suffix."""
-    message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", message.strip())
-    message = re.sub(r"\s*\[Op:[^\]]*\].*$", "", message, flags=re.S)
-    return message.splitlines()[0] if message else "unreadable"
 
 
 def drop_unreadable(split: ImageSplit, split_name="train", contents=None):
@@ -278,17 +220,17 @@ def drop_unreadable(split: ImageSplit, split_name="train", contents=None):
 
 def eval_dataset(paths, preprocessing=None, batch_size=128, contents=None, start=0,
                  prefetch=2, num_parallel_calls=AUTOTUNE):
-    """Batches of eval-preprocessed images [b, S, S, C], in path order from `start`."""
-    preprocessing = preprocessing or Preprocessing()
+    """Batches of the record's model input [b, H, W, C], in path order from `start`."""
+    preprocessing = preprocessing or benchmark_preprocessing()
     source = _Source(paths, contents)
     dataset = tf.data.Dataset.range(start, len(source.paths))
-    dataset = dataset.map(lambda i: preprocessing.eval(source.read(i)),
+    dataset = dataset.map(lambda i: pp.decode_and_transform(source.read(i), preprocessing),
                           num_parallel_calls=num_parallel_calls)
     return dataset.batch(batch_size).prefetch(prefetch)
 
 
 class ImageFiles:
-    """A read-only, lazily decoded array of eval-preprocessed images.
+    """A read-only, lazily decoded array of images through the run's `Preprocessing` record.
 
     Supports `len()`, `shape` and indexing by int, slice or index array, returning float32
     numpy arrays, so that `DnCModel.embed` and the DnC callbacks, written for in-memory arrays,
@@ -297,14 +239,15 @@ class ImageFiles:
 
     Args:
         paths: image paths [N].
-        preprocessing: a `Preprocessing`. Defaults to `Preprocessing()` (256 -> 224, RGB).
+        preprocessing: a `Preprocessing`. Defaults to `benchmark_preprocessing()` (256 -> 224,
+            RGB).
         batch_size: images per decoded batch. Defaults to `128`.
         contents: optional string tensor [N] of the files' bytes (see `read_all`).
     """
 
     def __init__(self, paths, preprocessing=None, batch_size=128, contents=None):
         self.paths = np.asarray(paths, dtype=object).reshape(-1)
-        self.preprocessing = preprocessing or Preprocessing()
+        self.preprocessing = preprocessing or benchmark_preprocessing()
         self.batch_size = int(batch_size)
         self.contents = contents
         self._iterator = None
@@ -374,7 +317,7 @@ class ImageFiles:
 
 
 def sampler_dataset(sampler, paths, preprocessing=None, contents=None, seed=0, prefetch=2,
-                    num_parallel_calls=AUTOTUNE):
+                    num_parallel_calls=AUTOTUNE, augmentation=None):
     """`ClusterBatchSampler.as_dataset` for images on disk: the sampler's index batches,
     decoded and augmented in parallel.
 
@@ -386,12 +329,14 @@ def sampler_dataset(sampler, paths, preprocessing=None, contents=None, seed=0, p
     Args:
         sampler: a `ClusterBatchSampler` over the labels of `paths`.
         paths: image paths [N], aligned with `sampler.labels`.
-        preprocessing: a `Preprocessing`. Defaults to `Preprocessing()`.
+        preprocessing: the run's `Preprocessing`. Defaults to `benchmark_preprocessing()`.
         contents: optional string tensor [N] of the files' bytes (see `read_all`).
         seed: seed of the augmentation draws (crop, flip). Defaults to `0`.
         prefetch: batches prepared ahead. Defaults to `2`.
+        augmentation: a `RandomResizedCrop`. Defaults to `RandomResizedCrop()`.
     """
-    preprocessing = preprocessing or Preprocessing()
+    preprocessing = preprocessing or benchmark_preprocessing()
+    augmentation = augmentation or RandomResizedCrop()
     source = _Source(paths, contents)
     if len(source.paths) != len(sampler.labels):
         raise ValueError(f"paths must align with the sampler's labels. Received: "
@@ -416,7 +361,7 @@ def sampler_dataset(sampler, paths, preprocessing=None, contents=None, seed=0, p
             (indices, tf.fill([size], learner), seeds))
 
     def load(index, learner, image_seed):
-        image = preprocessing.train(source.read(index), image_seed)
+        image = augmentation(source.read(index), preprocessing, image_seed)
         return image, learner, tf.cast(index, tf.int32), tf.gather(labels, index)
 
     dataset = dataset.flat_map(per_image)

@@ -5,6 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from dnc_keras.layers import SubspaceMasks
+from dnc_keras.preprocessing import Preprocessing
 
 
 @keras.saving.register_keras_serializable(package="dnc_keras")
@@ -25,6 +26,9 @@ class DnCModel(keras.Model):
         weight_decay: coupled L2 added to the gradient of encoder weights, as PyTorch's Adam
             `weight_decay` does in the official code (not Keras's decoupled weight decay).
             Defaults to `0.0`; the official preset is `1e-4`.
+        preprocessing: the `Preprocessing` record (or its dict) that makes this model's input
+            from image files, saved with the model so that an export serves exactly what
+            was trained. Defaults to `None`.
 
     Example:
     ```python
@@ -36,7 +40,7 @@ class DnCModel(keras.Model):
     """
 
     def __init__(self, encoder, subspaces, mask_lr_multiplier=100.0, weight_decay=0.0,
-                 **kwargs):
+                 preprocessing=None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(subspaces, SubspaceMasks):
             raise TypeError(f"subspaces must be a SubspaceMasks layer; got {type(subspaces)}")
@@ -44,6 +48,8 @@ class DnCModel(keras.Model):
         self.subspaces = subspaces
         self.mask_lr_multiplier = float(mask_lr_multiplier)
         self.weight_decay = float(weight_decay)
+        self.preprocessing = None if preprocessing is None else \
+            Preprocessing.from_dict(preprocessing)
         self.conquered = self.add_weight(name="conquered", shape=(), dtype="int32",
                                          initializer="zeros", trainable=False)
         self.mask_optimizer = None
@@ -219,7 +225,9 @@ class DnCModel(keras.Model):
         config = super().get_config()
         config.update(encoder=keras.saving.serialize_keras_object(self.encoder),
                       subspaces=keras.saving.serialize_keras_object(self.subspaces),
-                      mask_lr_multiplier=self.mask_lr_multiplier, weight_decay=self.weight_decay)
+                      mask_lr_multiplier=self.mask_lr_multiplier, weight_decay=self.weight_decay,
+                      preprocessing=None if self.preprocessing is None
+                      else self.preprocessing.to_dict())
         return config
 
     @classmethod

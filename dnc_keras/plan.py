@@ -22,7 +22,7 @@ import numpy as np
 from dnc_keras import datasets
 from dnc_keras.clustering import max_learners
 from dnc_keras.datasets._base import MIN_IMAGES_PER_CLASS
-from dnc_keras.evaluation import query_gallery_metrics, retrieval_metrics
+from dnc_keras.evaluation import evaluate as evaluate_protocol
 
 # The small datasets' R@K, the CUB/Cars set (method.md, section 7).
 RECALL_KS = (1, 2, 4, 8)
@@ -61,7 +61,8 @@ class DataPlan:
         evaluations: the protocol's evaluations on the test classes.
         validation: the held-out training classes (fair-comparison mode), or None.
         train_paths: the training files (on-disk datasets), else None.
-        preprocessing: an `images.Preprocessing` (on-disk datasets), else None.
+        preprocessing: the run's `Preprocessing` record (`dnc_keras.preprocessing`): how every
+            image, in training, evaluation and serving, becomes model input.
         contents: the training files' bytes when cached in memory, else None.
         summary: facts for the dry run and metrics.json (sizes, skipped files).
     """
@@ -78,6 +79,7 @@ class DataPlan:
     contents: Any = None
     summary: dict = dataclasses.field(default_factory=dict)
     test_pixels: Any = None
+    augmentation: Any = None
 
     @property
     def on_disk(self) -> bool:
@@ -87,7 +89,8 @@ class DataPlan:
         """The sampler's batches: augmented crops from disk, or gathered from memory."""
         if self.on_disk:
             return sampler.as_path_dataset(self.train_paths, self.preprocessing,
-                                           contents=self.contents, seed=seed)
+                                           contents=self.contents, seed=seed,
+                                           augmentation=self.augmentation)
         return sampler.as_dataset(self.train_images, augment=augment)
 
 
@@ -137,10 +140,22 @@ def build_plan(config, scan=None) -> DataPlan:
     return _memory_plan(config)
 
 
-def _memory_plan(config) -> DataPlan:
+def load_memory_dataset(config):
+    """The in-memory MetricDataset of a config (its loader's record, `color_mode` applied)."""
     kwargs = {} if config.image_size is None else {"image_size": config.image_size}
-    data = datasets.load(config.dataset, data_dir=config.data_dir, seed=config.seed,
+    name = datasets.canonical_name(config.dataset)
+    if config.color_mode is not None:
+        if name in ("omniglot", "folder"):
+            kwargs["color_mode"] = config.color_mode
+        elif config.color_mode != "grayscale":
+            raise ValueError(f"{name} images are grey; color_mode does not apply to them. "
+                             f"Received: color_mode={config.color_mode!r}")
+    return datasets.load(config.dataset, data_dir=config.data_dir, seed=config.seed,
                          train_classes=config.train_classes, **kwargs)
+
+
+def _memory_plan(config) -> DataPlan:
+    data = load_memory_dataset(config)
     x, y = data.x_train, data.y_train
     validation = None
     summary = {"splits": {"train": [len(y), len(np.unique(y))]}}
@@ -155,16 +170,18 @@ def _memory_plan(config) -> DataPlan:
         evaluations.append(Evaluation("test", data.x_test, data.y_test))
         summary["splits"]["test"] = [len(data.y_test), len(np.unique(data.y_test))]
     return DataPlan(data.name, x, y, tuple(x.shape[1:]), RECALL_KS, evaluations, validation,
-                    summary=summary, test_pixels=(data.x_test, data.y_test))
+                    preprocessing=data.preprocessing, summary=summary,
+                    test_pixels=(data.x_test, data.y_test))
 
 
 def _disk_plan(config, scan) -> DataPlan:
     from dnc_keras import images
 
     ds = datasets.load_paths(config.dataset, config.data_dir, train_classes=config.train_classes)
-    preprocessing = images.Preprocessing(
+    preprocessing = images.benchmark_preprocessing(
         image_size=config.image_size or DEFAULT_IMAGE_SIZE, resize_size=config.resize_size,
-        channels=3 if config.color_mode == "rgb" else 1)
+        channels=1 if config.color_mode == "grayscale" else 3)
+    augmentation = images.RandomResizedCrop()
     splits = dict(ds.splits)
     skipped = {}
     if scan:
@@ -198,7 +215,7 @@ def _disk_plan(config, scan) -> DataPlan:
     return DataPlan(ds.name, images.ImageFiles(train.paths, preprocessing, contents=contents),
                     train.labels, preprocessing.shape, ds.recall_ks, evaluations, validation,
                     train_paths=train.paths, preprocessing=preprocessing, contents=contents,
-                    summary=summary)
+                    summary=summary, augmentation=augmentation)
 
 
 def evaluate(model, evaluations, ks, nmi=True, seed=0, batch_size=256):
@@ -207,18 +224,8 @@ def evaluate(model, evaluations, ks, nmi=True, seed=0, batch_size=256):
     Memory is the embeddings (SOP's 60,502 test images at d = 512: 124 MB) plus faiss's
     chunked search; images stream from disk one batch at a time.
     """
-    results = {}
-    for ev in evaluations:
-        query = model.embed(ev.query, batch_size=batch_size)
-        if ev.gallery is None:
-            results[ev.name] = retrieval_metrics(query, ev.query_labels, ks=ks, nmi=nmi,
-                                                 seed=seed)
-        else:
-            gallery = model.embed(ev.gallery, batch_size=batch_size)
-            results[ev.name] = query_gallery_metrics(query, ev.query_labels, gallery,
-                                                     ev.gallery_labels, ks=ks, nmi=nmi,
-                                                     seed=seed)
-    return results
+    return evaluate_protocol(lambda images: model.embed(images, batch_size=batch_size),
+                             evaluations, ks=ks, nmi=nmi, seed=seed)
 
 
 # -- the dry run ---------------------------------------------------------------------------
@@ -269,12 +276,14 @@ def plan_facts(config, plan) -> dict:
         "seeds": list(range(config.seed, config.seed + config.seeds)),
     }
     if plan.preprocessing is not None:
-        p = plan.preprocessing
+        facts["preprocessing"] = plan.preprocessing.to_dict()
+    if plan.augmentation is not None:
+        p, a = plan.preprocessing, plan.augmentation
         facts["images"] = {
-            "train": f"random resized crop {p.image_size} (scale {p.scale[0]:g}-{p.scale[1]:g}, "
-                     f"ratio {p.ratio[0]:.3g}-{p.ratio[1]:.3g})" +
-                     (", horizontal flip" if p.flip else ""),
-            "eval": f"shorter side {p.resize_size}, centre crop {p.image_size}",
+            "train": f"random resized crop {p.size[0]} (scale {a.scale[0]:g}-{a.scale[1]:g}, "
+                     f"ratio {a.ratio[0]:.3g}-{a.ratio[1]:.3g})" +
+                     (", horizontal flip" if a.flip else ""),
+            "eval": p.describe(),
             "cached_in_memory": bool(config.cache_images)}
     return facts
 
@@ -293,6 +302,9 @@ def describe(config, plan) -> str:
         lines.append(f"Images {'x'.join(map(str, facts['input_shape']))}: train "
                      f"{facts['images']['train']}; eval {facts['images']['eval']}"
                      + ("; cached in memory" if facts["images"]["cached_in_memory"] else ""))
+    if "images" not in facts and plan.preprocessing is not None:
+        lines.append(f"Images {'x'.join(map(str, facts['input_shape']))}: "
+                     f"{plan.preprocessing.describe()}")
     if not facts["images_scanned"] and plan.on_disk:
         lines.append("  (images not decoded in the dry run; training first checks each one)")
     weights = f", weights {config.weights}" if config.backbone != "conv4" else ""

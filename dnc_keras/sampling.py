@@ -135,13 +135,15 @@ class ClusterBatchSampler:
         return (dataset.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(prefetch)
                 .with_options(options))
 
-    def as_path_dataset(self, paths, preprocessing=None, contents=None, seed=0, prefetch=2):
-        """`as_dataset` for images on disk: the same batches, decoded and augmented by
-        `dnc_keras.images.sampler_dataset` (random resized crop and flip, float32 in [0, 1])."""
+    def as_path_dataset(self, paths, preprocessing=None, contents=None, seed=0, prefetch=2,
+                        augmentation=None):
+        """`as_dataset` for images on disk: the same batches, decoded by the run's
+        `Preprocessing` record and augmented by `dnc_keras.images.sampler_dataset` (random
+        resized crop and flip, float32 in [0, 1])."""
         from dnc_keras.images import sampler_dataset
 
         return sampler_dataset(self, paths, preprocessing=preprocessing, contents=contents,
-                               seed=seed, prefetch=prefetch)
+                               seed=seed, prefetch=prefetch, augmentation=augmentation)
 
     def get_state(self):
         """What a checkpoint needs to resume the same batches: epoch, K and assignment."""

@@ -2,6 +2,10 @@
 
 Metric learning is evaluated on classes the model never saw, so every loader returns a train split
 and a test split whose classes are disjoint, each with labels 0..C-1 of its own.
+
+Every loader builds its images with the run's `Preprocessing` record (`dnc_keras.preprocessing`)
+from their sources, file paths or uint8 renderings at native size, and keeps both, so that an
+exported model can be checked on the very files the run was evaluated on.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps
 
 TRAIN_CLASSES = ("standard", "all")
 ON_ERROR = ("raise", "skip")
@@ -27,8 +30,9 @@ class MetricDataset:
     """Images and labels of a metric-learning dataset, split by class.
 
     The train and test splits share no class. Each split numbers its own classes 0..C-1 in the
-    order of its `class_names_*`. The images are float32 in [0, 1], shaped [N, H, W, C].
-    `train_classes="all"` puts every class in train and leaves test empty (shape [0, H, W, C]).
+    order of its `class_names_*`. The images are float32 in [0, 1], shaped [N, H, W, C]: the
+    `preprocessing` record applied to the sources. `train_classes="all"` puts every class in
+    train and leaves test empty (shape [0, H, W, C]).
 
     Args:
         x_train: float32 array [N_train, H, W, C] in [0, 1].
@@ -39,6 +43,11 @@ class MetricDataset:
         class_names_test: names of the test classes, indexed by label.
         name: the dataset's name, e.g. `"glyphs"`.
         info: loader-specific facts (source, parameters, what was skipped).
+        preprocessing: the `Preprocessing` record that made the images from their sources.
+        train_sources: what each train image was made from: file paths (object array [N]) or
+            uint8 renderings at native size [N, h, w, C]; `None` where there is no single
+            source (Omniglot's rotated classes).
+        test_sources: the same for the test images.
     """
 
     x_train: np.ndarray
@@ -49,6 +58,9 @@ class MetricDataset:
     class_names_test: tuple[str, ...]
     name: str
     info: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    preprocessing: Any = None
+    train_sources: Any = None
+    test_sources: Any = None
 
     def __post_init__(self):
         object.__setattr__(self, "class_names_train", tuple(self.class_names_train))
@@ -60,6 +72,11 @@ class MetricDataset:
                 "x_train and x_test must have the same image shape. Received: "
                 f"{self.x_train.shape[1:]} and {self.x_test.shape[1:]}"
             )
+        for split, sources, x in (("train", self.train_sources, self.x_train),
+                                  ("test", self.test_sources, self.x_test)):
+            if sources is not None and len(sources) != len(x):
+                raise ValueError(f"{split}_sources must hold one source per image. Received "
+                                 f"{len(sources)} for {len(x)} images")
         shared = set(self.class_names_train) & set(self.class_names_test)
         if shared:
             raise ValueError(
@@ -157,9 +174,15 @@ def sorted_half_split(names: Sequence[str], train_classes: str):
     return names[:n_train], names[n_train:]
 
 
-def assemble(name, images_by_class, train_names, test_names, info) -> MetricDataset:
-    """Stack per-class image arrays [n, H, W, C] into a MetricDataset, labelling by name order."""
+def assemble(name, images_by_class, train_names, test_names, info, preprocessing=None,
+             sources_by_class=None) -> MetricDataset:
+    """Stack per-class image arrays [n, H, W, C] into a MetricDataset, labelling by name order.
+
+    `sources_by_class` maps a class to its images' sources (paths or uint8 arrays); a split
+    gets sources only if each of its classes has them.
+    """
     shape = next(iter(images_by_class.values())).shape[1:]
+    sources_by_class = sources_by_class or {}
 
     def stack(names):
         if not names:
@@ -168,30 +191,18 @@ def assemble(name, images_by_class, train_names, test_names, info) -> MetricData
         y = np.concatenate([np.full(len(x), i, np.int32) for i, x in enumerate(xs)])
         return np.concatenate(xs).astype(np.float32, copy=False), y
 
+    def sources(names):
+        if not names or not all(n in sources_by_class for n in names):
+            return None
+        parts = [sources_by_class[n] for n in names]
+        if isinstance(parts[0], np.ndarray) and parts[0].dtype == np.uint8:
+            return np.concatenate(parts)
+        return np.asarray([str(p) for part in parts for p in part], dtype=object)
+
     x_train, y_train = stack(train_names)
     x_test, y_test = stack(test_names)
-    return MetricDataset(x_train, y_train, x_test, y_test, train_names, test_names, name, info)
-
-
-def read_image(path, hw, color_mode="grayscale", fit="stretch", invert=False) -> np.ndarray:
-    """One image file as float32 [H, W, C] in [0, 1], resized with antialiasing.
-
-    Transparency is dropped, not composited. GIFs contribute their first frame.
-    """
-    with Image.open(path) as img:
-        img.load()
-        img = img.convert("L" if color_mode == "grayscale" else "RGB")
-    size = (hw[1], hw[0])
-    if fit == "crop":
-        img = ImageOps.fit(img, size, Image.Resampling.LANCZOS)
-    elif fit == "pad":
-        img = ImageOps.pad(img, size, Image.Resampling.LANCZOS, color=0)
-    elif img.size != size:
-        img = img.resize(size, Image.Resampling.LANCZOS)
-    x = np.asarray(img, np.float32) / 255.0
-    if x.ndim == 2:
-        x = x[..., None]
-    return 1.0 - x if invert else x
+    return MetricDataset(x_train, y_train, x_test, y_test, train_names, test_names, name, info,
+                         preprocessing, sources(train_names), sources(test_names))
 
 
 def list_images(folder: Path, extensions) -> list[Path]:
@@ -203,7 +214,7 @@ def list_images(folder: Path, extensions) -> list[Path]:
 
 
 def load_class_folders(class_dirs, extensions, on_error, read):
-    """Read every class folder into {class name: float32 [n, H, W, C]}.
+    """Read every class folder into {class name: float32 [n, H, W, C]} and the files read.
 
     Args:
         class_dirs: sequence of (class name, folder).
@@ -213,14 +224,16 @@ def load_class_folders(class_dirs, extensions, on_error, read):
         read: callable path -> float32 [H, W, C].
 
     Returns:
-        (images_by_class, info) with info holding `skipped_files` and `dropped_classes`.
+        (images_by_class, paths_by_class, info) with info holding `skipped_files` and
+        `dropped_classes`.
     """
-    images_by_class, skipped_files, dropped_classes = {}, [], []
+    images_by_class, paths_by_class, skipped_files, dropped_classes = {}, {}, [], []
     for name, folder in class_dirs:
-        images = []
+        images, paths = [], []
         for path in list_images(folder, extensions):
             try:
                 images.append(read(path))
+                paths.append(str(path))
             except (OSError, ValueError, SyntaxError) as err:
                 # PIL raises UnidentifiedImageError (an OSError) for garbage and OSError or
                 # SyntaxError for truncated files.
@@ -245,6 +258,7 @@ def load_class_folders(class_dirs, extensions, on_error, read):
             dropped_classes.append(problem)
             continue
         images_by_class[name] = np.stack(images)
+        paths_by_class[name] = paths
     if skipped_files:
         warnings.warn(
             f"Skipped {len(skipped_files)} unreadable image file(s), first: {skipped_files[0]}",
@@ -256,7 +270,7 @@ def load_class_folders(class_dirs, extensions, on_error, read):
         )
     if not images_by_class:
         raise ValueError("No usable class folder was found: " + "; ".join(dropped_classes[:3]))
-    return images_by_class, {
+    return images_by_class, paths_by_class, {
         "skipped_files": tuple(skipped_files),
         "dropped_classes": tuple(dropped_classes),
     }

@@ -12,7 +12,6 @@ from dnc_keras.datasets._base import (
     image_hw,
     list_images,
     load_class_folders,
-    read_image,
     sorted_half_split,
     subdirs,
 )
@@ -20,6 +19,16 @@ from dnc_keras.datasets._base import (
 LAYOUT = "<root>/<class>/<image>.{png,jpg,jpeg,bmp,gif}, one subfolder per class"
 _COLOR_MODES = ("grayscale", "rgb")
 _FITS = ("stretch", "crop", "pad")
+
+
+def preprocessing(image_size=64, color_mode="rgb", fit="stretch", invert=False):
+    """The folder loader's record: Lanczos to `image_size` by `fit`."""
+    from dnc_keras.preprocessing import Preprocessing
+
+    if color_mode not in _COLOR_MODES:
+        raise ValueError(f"color_mode must be one of {_COLOR_MODES}. Received: {color_mode!r}")
+    return Preprocessing(size=image_hw(image_size), channels=1 if color_mode == "grayscale"
+                         else 3, fit=fit, kernel="lanczos", invert=bool(invert))
 
 
 def load_folder(
@@ -45,11 +54,11 @@ def load_folder(
             Defaults to `0`.
         train_classes: `"standard"` (first half of the sorted classes trains, second half tests)
             or `"all"` (every class trains, test is empty). Defaults to `"standard"`.
-        color_mode: `"rgb"` (3 channels) or `"grayscale"` (1). Transparency is dropped.
-            Defaults to `"rgb"`.
-        fit: how a non-square image meets the target shape: `"stretch"` resizes, `"crop"` cuts
-            the centre to the target's aspect ratio first, `"pad"` pads with black.
-            Defaults to `"stretch"`.
+        color_mode: `"rgb"` (3 channels) or `"grayscale"` (1). Transparency is composited over
+            white. Defaults to `"rgb"`.
+        fit: how a non-square image meets the target shape: `"stretch"` resizes, `"crop"`
+            resizes the shorter side and cuts the centre, `"pad"` fits inside and pads with
+            black (`dnc_keras.preprocessing.Preprocessing`). Defaults to `"stretch"`.
         invert: if `True`, returns 1 - image. Defaults to `False`.
         on_error: `"raise"` stops at the first unreadable image or a class with fewer than 2
             images, naming it; `"skip"` leaves those out, warns with their count, and lists them
@@ -65,11 +74,11 @@ def load_folder(
     del seed
     check_train_classes(train_classes)
     check_on_error(on_error)
-    if color_mode not in _COLOR_MODES:
-        raise ValueError(f"color_mode must be one of {_COLOR_MODES}. Received: {color_mode!r}")
+    from dnc_keras.preprocessing import read_file
+
     if fit not in _FITS:
         raise ValueError(f"fit must be one of {_FITS}. Received: fit={fit!r}")
-    hw = image_hw(image_size)
+    record = preprocessing(image_size, color_mode, fit, invert)
     root = check_root(data_dir, LAYOUT)
     class_dirs = [(d.name, d) for d in subdirs(root)]
     if not class_dirs:
@@ -79,12 +88,8 @@ def load_folder(
         raise FileNotFoundError(
             f"No class subfolder in '{root}'. Expected layout: {LAYOUT}.{hint}"
         )
-    images_by_class, info = load_class_folders(
-        class_dirs,
-        IMAGE_EXTENSIONS,
-        on_error,
-        lambda path: read_image(path, hw, color_mode, fit, invert),
-    )
+    images_by_class, paths_by_class, info = load_class_folders(
+        class_dirs, IMAGE_EXTENSIONS, on_error, lambda path: read_file(path, record))
     train_names, test_names = sorted_half_split(images_by_class, train_classes)
     info = {
         "source": str(root),
@@ -93,4 +98,5 @@ def load_folder(
         "invert": bool(invert),
         **info,
     }
-    return assemble("folder", images_by_class, train_names, test_names, info)
+    return assemble("folder", images_by_class, train_names, test_names, info, record,
+                    paths_by_class)

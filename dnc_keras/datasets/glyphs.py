@@ -162,7 +162,7 @@ class _Renderer:
             )
         if self.ss > 1:
             clean = clean.reduce(self.ss)
-        return np.asarray(clean, np.float32) / 255.0
+        return np.asarray(clean, np.uint8)
 
 
 def render_clean(chars, image_size=_REFERENCE_SIZE, font_dir=None) -> np.ndarray:
@@ -180,7 +180,7 @@ def render_clean(chars, image_size=_REFERENCE_SIZE, font_dir=None) -> np.ndarray
     out = np.zeros((len(chars), len(renderer.fonts), *renderer.hw), np.float32)
     for i, char in enumerate(chars):
         for f in range(len(renderer.fonts)):
-            out[i, f] = renderer.jittered(renderer.clean(char, f), 0.0, 1.0, 0.0, 0.0)
+            out[i, f] = renderer.jittered(renderer.clean(char, f), 0.0, 1.0, 0.0, 0.0) / 255.0
     return out
 
 
@@ -241,6 +241,15 @@ def glyph_classes(font_dir=None) -> tuple[tuple[str, ...], dict[str, tuple[str, 
     key = None if font_dir is None else str(Path(font_dir).resolve())
     kept, dropped = _classes_cached(key)
     return kept, dict(dropped)
+
+
+def preprocessing(image_size=32, invert=False):
+    """The glyphs' record: rendered at `image_size` (so identity there), grey, Lanczos for
+    images of other sizes at serving time."""
+    from dnc_keras.preprocessing import Preprocessing
+
+    return Preprocessing(size=image_hw(image_size), channels=1, fit="stretch",
+                         kernel="lanczos", invert=bool(invert))
 
 
 def load_glyphs(
@@ -312,17 +321,20 @@ def load_glyphs(
     scales = rng.uniform(1.0 - scale, 1.0 + scale, draws)
     shifts = rng.uniform(-shift, shift, (*draws, 2))
 
+    from dnc_keras.preprocessing import transform_arrays
+
+    record = preprocessing(hw, invert)
     renderer = _Renderer(list(paths.values()), hw)
-    images_by_class, font_ids = {}, {}
+    images_by_class, renders, font_ids = {}, {}, {}
     for i in np.concatenate([train_idx, test_idx]):
-        imgs = np.zeros((n_fonts, images_per_font, *hw), np.float32)
+        imgs = np.zeros((n_fonts, images_per_font, *hw), np.uint8)
         for f in range(n_fonts):
             clean = renderer.clean(chars[i], f)
             for k in range(images_per_font):
                 dx, dy = shifts[i, f, k]
                 imgs[f, k] = renderer.jittered(clean, angles[i, f, k], scales[i, f, k], dx, dy)
-        imgs = imgs.reshape(-1, *hw, 1)
-        images_by_class[chars[i]] = 1.0 - imgs if invert else imgs
+        renders[chars[i]] = imgs.reshape(-1, *hw, 1)
+        images_by_class[chars[i]] = transform_arrays(renders[chars[i]], record)
         font_ids[chars[i]] = np.repeat(np.arange(n_fonts, dtype=np.int32), images_per_font)
 
     train_names = [chars[i] for i in train_idx]
@@ -343,6 +355,6 @@ def load_glyphs(
         "invert": bool(invert),
         "seed": seed,
     }
-    dataset = assemble("glyphs", images_by_class, train_names, test_names, info)
+    dataset = assemble("glyphs", images_by_class, train_names, test_names, info, record, renders)
     info["render_seconds"] = time.perf_counter() - start
     return dataset

@@ -5,6 +5,8 @@ class is `<alphabet>/<characterNN>`. Classes are sorted by name, the first half 
 trains and the second half tests, so on the background "small 1" set (136 characters of 5
 alphabets) the test characters come from alphabets the model never saw. The 105x105 drawings are
 black on white; they are inverted so that strokes are bright on black, like the glyphs dataset.
+The images are made by the run's `Preprocessing` record (grey, Lanczos to 28x28, inverted), which
+the export carries, so a served model resizes raw 105x105 drawings exactly as training did.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from dnc_keras.datasets._base import (
     image_hw,
     list_images,
     load_class_folders,
-    read_image,
     sorted_half_split,
     subdirs,
 )
@@ -55,6 +56,20 @@ def _class_dirs(root):
     return class_dirs
 
 
+def preprocessing(image_size=28, invert=True, color_mode="grayscale"):
+    """Omniglot's record: Lanczos (Pillow's antialiased filter) to `image_size`, inverted."""
+    from dnc_keras.preprocessing import Preprocessing
+
+    return Preprocessing(size=image_hw(image_size), channels=_channels(color_mode),
+                         fit="stretch", kernel="lanczos", invert=bool(invert))
+
+
+def _channels(color_mode):
+    if color_mode not in ("grayscale", "rgb"):
+        raise ValueError(f"color_mode must be 'grayscale' or 'rgb'. Received: {color_mode!r}")
+    return 1 if color_mode == "grayscale" else 3
+
+
 def load_omniglot(
     data_dir,
     image_size=28,
@@ -64,13 +79,14 @@ def load_omniglot(
     invert=True,
     on_error="raise",
     split="class",
+    color_mode="grayscale",
 ) -> MetricDataset:
     """Omniglot characters read from `data_dir`.
 
     Args:
         data_dir: the root folder, laid out as `<root>/<alphabet>/<characterNN>/*.png`.
-        image_size: int or (height, width); images are resized from 105x105 with Pillow's
-            antialiasing (Lanczos) filter. Defaults to `28`.
+        image_size: int or (height, width); images are resized from 105x105 with an
+            antialiased Lanczos filter (`dnc_keras.preprocessing`). Defaults to `28`.
         seed: unused, the split is by name; accepted so that every loader takes it.
             Defaults to `0`.
         train_classes: `"standard"` (sorted classes, first half trains, second half tests) or
@@ -88,6 +104,8 @@ def load_omniglot(
             alphabet may straddle the cut; `"alphabet"` gives the first half of the sorted
             alphabets (rounded up) to train, so test characters all come from unseen alphabets.
             Ignored with `train_classes="all"`. Defaults to `"class"`.
+        color_mode: `"grayscale"` (1 channel) or `"rgb"` (the grey replicated to 3).
+            Defaults to `"grayscale"`.
 
     Returns:
         MetricDataset named `"omniglot"`, images [N, H, W, 1]; class names `alphabet/characterNN`.
@@ -106,13 +124,12 @@ def load_omniglot(
         raise ValueError(
             f"rotations=True needs a square image_size. Received: image_size={image_size!r}"
         )
+    from dnc_keras.preprocessing import read_file
+
+    record = preprocessing(hw, invert, color_mode)
     root = check_root(data_dir, LAYOUT)
-    images_by_class, info = load_class_folders(
-        _class_dirs(root),
-        (".png",),
-        on_error,
-        lambda path: read_image(path, hw, "grayscale", "stretch", invert),
-    )
+    images_by_class, paths_by_class, info = load_class_folders(
+        _class_dirs(root), (".png",), on_error, lambda path: read_file(path, record))
     if split == "alphabet" and train_classes == "standard":
         alphabets = {n.split("/")[0] for n in images_by_class}
         train_alphabets, _ = sorted_half_split(alphabets, "standard")
@@ -124,6 +141,7 @@ def load_omniglot(
         rotated = []
         for name in train_names:
             images = images_by_class.pop(name)
+            paths_by_class.pop(name)
             for degrees in _ROTATIONS:
                 new_name = f"{name}/rot{degrees:03d}"
                 # np.rot90 turns counter-clockwise; exact, no resampling.
@@ -139,4 +157,5 @@ def load_omniglot(
         "invert": bool(invert),
         **info,
     }
-    return assemble("omniglot", images_by_class, train_names, test_names, info)
+    return assemble("omniglot", images_by_class, train_names, test_names, info, record,
+                    paths_by_class)

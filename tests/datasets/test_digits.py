@@ -14,8 +14,11 @@ def test_split_zero_to_four_train_five_to_nine_test():
     assert ds.x_train.shape[1:] == (8, 8, 1) and ds.x_train.dtype == np.float32
     assert ds.y_train.dtype == np.int32 and ds.x_train.min() == 0.0 and ds.x_train.max() == 1.0
     ref = sklearn_digits()
-    # Test label 0 is digit 5, values rescaled from 0..16.
-    np.testing.assert_allclose(ds.x_test[ds.y_test == 0][..., 0], ref.images[ref.target == 5] / 16)
+    # Test label 0 is digit 5: ink 0..16 stored as uint8 round(v * 255 / 16), then / 255.
+    expected = np.round(ref.images[ref.target == 5] * 255 / 16) / 255
+    np.testing.assert_allclose(ds.x_test[ds.y_test == 0][..., 0], expected, atol=1e-7)
+    raw = np.concatenate([ref.images[ref.target == d] for d in range(5, 10)])
+    assert np.array_equal(ds.test_sources[..., 0], np.round(raw * 255 / 16).astype(np.uint8))
     assert len(ds.y_train) + len(ds.y_test) == len(ref.target)
 
 
