@@ -55,8 +55,8 @@ def main(argv=None):
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
-    from dnc_keras import onnx_export
-    from dnc_keras.exported import read_manifest
+    from dnc_keras.export import onnx as onnx_export
+    from dnc_keras.export import read_manifest
 
     manifest = read_manifest(args.export_dir)
     shape = tuple(manifest["input"]["model_input_shape"])

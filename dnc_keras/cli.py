@@ -1,4 +1,7 @@
-"""`dnc-keras`: train, evaluate (and, with the export extra, export / validate-export / search)."""
+"""`dnc-keras`: argument parsing; every command calls one function of the package.
+
+train, evaluate; with the export extra: export, validate-export, build-index, search.
+"""
 
 import argparse
 import contextlib
@@ -71,6 +74,8 @@ TRAIN_FLAGS = [
         "and keep the epoch with the best validation MAP@R (never the test classes)")),
     ("--no-nmi", "nmi", dict(action="store_const", const=False,
                              help="skip NMI (k-means with one cluster per test class)")),
+    ("--no-plots", "plots", dict(action="store_const", const=False,
+                                 help="skip the training-curve and t-SNE plots")),
     ("--seed", "seed", dict(type=int)),
     ("--seeds", "seeds", dict(type=int, help="repeat with seeds seed..seed+N-1 and report the "
                               "mean and 95%% interval")),
@@ -113,12 +118,76 @@ def build_parser():
 
 
 def _add_extra_commands(commands):
-    """Export, validate-export and search live in their own modules (export extra)."""
-    try:
-        from dnc_keras import cli_export
-    except ImportError:
-        return
-    cli_export.add_commands(commands)
+    """export, validate-export, build-index and search (the export extra)."""
+    from dnc_keras.export.onnx import QUANTIZE_MODES
+    from dnc_keras.export.signatures import DEFAULT_BOUNDS
+
+    export = commands.add_parser(
+        "export", help="export a trained run for TF Serving (SavedModel) and ONNX Runtime",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Writes OUT/NAME/VERSION/ (SavedModel, TF Serving layout, with warm-up "
+                    "requests), OUT/NAME/NAME.onnx and OUT/NAME/manifest.json, after checking "
+                    "that the SavedModel and ONNX Runtime compute the run's own embeddings of "
+                    "real files and its retrieval metrics.")
+    export.add_argument("run_dir", help="run folder written by `dnc-keras train`")
+    export.add_argument("--name", required=True, help="model name (TF Serving's model name)")
+    export.add_argument("--version", type=int, default=None,
+                        help="version folder (default: one more than the highest present)")
+    export.add_argument("--out", default="saved_models", help="export root folder")
+    export.add_argument("--max-side", type=int, default=DEFAULT_BOUNDS.max_side,
+                        help="largest image height/width a request may send")
+    export.add_argument("--max-batch", type=int, default=DEFAULT_BOUNDS.max_batch,
+                        help="most images per request")
+    export.add_argument("--max-pixels", type=int, default=DEFAULT_BOUNDS.max_pixels,
+                        help="most pixels per request, over all its images")
+    export.add_argument("--quantize", action="append", choices=QUANTIZE_MODES, default=[],
+                        help="also write an edge variant NAME.<mode>.onnx and report its "
+                             "MAP@R against float32 (repeatable)")
+    export.add_argument("--data", default=None,
+                        help="folder <class>/<image> to check retrieval on instead of the "
+                             "run's test split (runs trained on every class)")
+    export.add_argument("--overwrite", action="store_true",
+                        help="replace an existing version folder")
+    export.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    export.set_defaults(handler=export_command)
+
+    validate = commands.add_parser(
+        "validate-export", help="check an export folder end to end (hashes, signatures, "
+        "bounds, warm-up, ONNX checker, parity, retrieval, variants)")
+    validate.add_argument("export_dir", help="export folder, e.g. saved_models/NAME")
+    validate.add_argument("--data", default=None,
+                          help="folder <class>/<image> to measure retrieval on")
+    validate.add_argument("--json", action="store_true")
+    validate.set_defaults(handler=validate_command)
+
+    build = commands.add_parser(
+        "build-index", help="embed a gallery folder (one subfolder per class) into a faiss "
+        "index", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    build.add_argument("gallery", help="folder of <label>/<image> files")
+    build.add_argument("--model", required=True, help="export folder, e.g. saved_models/NAME")
+    build.add_argument("--out", required=True, help="index folder to write")
+    build.add_argument("--runtime", choices=("onnx", "savedmodel"), default="onnx")
+    build.set_defaults(handler=build_index_command)
+
+    embed = commands.add_parser(
+        "embed", help="embeddings of image files from a run folder (the run's evaluation "
+        "path) or an export folder (SavedModel or ONNX Runtime), one JSON line per file",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    embed.add_argument("model", help="run folder (dnc-keras train) or export folder "
+                       "(dnc-keras export, e.g. saved_models/NAME)")
+    embed.add_argument("images", nargs="+", help="image files")
+    embed.add_argument("--runtime", choices=("savedmodel", "onnx"), default="savedmodel",
+                       help="for an export folder: which artifact computes the embeddings")
+    embed.set_defaults(handler=embed_command)
+
+    search = commands.add_parser("search", help="top-k gallery matches of query images",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    search.add_argument("index", help="index folder written by `dnc-keras build-index`")
+    search.add_argument("images", nargs="+", help="query image files")
+    search.add_argument("-k", type=int, default=5, help="matches per query")
+    search.add_argument("--json", action="store_true",
+                        help="print one JSON object per query")
+    search.set_defaults(handler=search_command)
 
 
 def train_command(args):
@@ -161,6 +230,10 @@ def evaluate_command(args):
 
     model = keras.saving.load_model(model_path)
     data = plan.build_plan(config)
+    if model.preprocessing is not None and data.preprocessing != model.preprocessing:
+        raise ValueError(f"{args.run_dir}'s model was trained on images made by "
+                         f"{model.preprocessing.describe()}; this data would be made by "
+                         f"{data.preprocessing.describe()}")
     if not data.evaluations:
         raise ValueError(f"{config.dataset} with train_classes={config.train_classes} has no "
                          "test classes to evaluate on")
@@ -192,13 +265,110 @@ def _report(results, text, as_json):
             print(f"Run folder: {results['run_dir']}")
 
 
+def export_command(args):
+    from dnc_keras.export import export_run
+    from dnc_keras.export.signatures import Bounds
+
+    bounds = Bounds(max_side=args.max_side, max_batch=args.max_batch, max_pixels=args.max_pixels)
+    manifest = export_run(args.run_dir, args.name, version=args.version, out=args.out,
+                          bounds=bounds, quantize=tuple(args.quantize), overwrite=args.overwrite,
+                          data=args.data)
+    if args.json:
+        print(json.dumps(manifest))
+        return
+    root = f"{args.out}/{manifest['name']}"
+    parity = manifest["parity"]
+    print(f"SavedModel: {root}/{manifest['version']}/ (signatures "
+          f"{', '.join(manifest['savedmodel']['signatures'])})")
+    print(f"ONNX:       {root}/{manifest['onnx']['path']}")
+    print(f"Manifest:   {root}/manifest.json")
+    print(f"Preprocessing: {manifest['preprocessing']['size']} "
+          f"{manifest['preprocessing']['fit']} {manifest['preprocessing']['kernel']}")
+    print(f"Parity on {parity['inputs']} real inputs ({len(parity['sizes'])} sizes): max |diff| "
+          f"{max(parity['max_abs_diff'].values()):.1e} (tolerance {parity['tolerance']})")
+    quality = manifest.get("quality", {})
+    if quality.get("checked"):
+        for runtime in ("savedmodel", "onnx"):
+            for name, row in quality[runtime]["agreement"]["evaluations"].items():
+                print(f"Retrieval {runtime:<10s} {name}: MAP@R {row['exported MAP@R']:.4f}, "
+                      f"run {row['run MAP@R']:.4f} (gap {row['gap']:.4f})")
+    else:
+        print(f"Retrieval not checked: {quality.get('judged_on', 'no data')}")
+    for mode, variant in manifest["variants"].items():
+        line = (f"{mode}: {root}/{variant['path']} ({variant['bytes'] / 1e6:.2f} MB, "
+                f"float32 {variant['float32_bytes'] / 1e6:.2f} MB)")
+        if "MAP@R" in variant:
+            line += (f", MAP@R {variant['MAP@R_float32']:.4f} -> {variant['MAP@R']:.4f} on "
+                     f"{variant['MAP@R_images']} images")
+        print(line)
+
+
+def validate_command(args):
+    from dnc_keras.export.validate import format_report, validate_export
+
+    checks = validate_export(args.export_dir, data=args.data)
+    if args.json:
+        print(json.dumps([vars(c) for c in checks]))
+    else:
+        print(format_report(checks))
+    failed = [c.name for c in checks if not c.passed]
+    if failed:
+        raise RuntimeError(f"{len(failed)} check(s) failed: {', '.join(failed)}")
+
+
+def embed_command(args):
+    import numpy as np
+
+    if os.path.exists(os.path.join(args.model, "model.keras")):
+        from dnc_keras import preprocessing
+        from dnc_keras.export import load_run
+
+        run = load_run(args.model)
+        embeddings = run.model.embed(preprocessing.load_files(args.images, run.preprocessing))
+    else:
+        from dnc_keras.export import ExportedModel
+
+        embeddings = ExportedModel(args.model, runtime=args.runtime).embed_files(args.images)
+    for path, row in zip(args.images, np.asarray(embeddings)):
+        print(json.dumps({"image": path, "embedding": [round(float(v), 7) for v in row]}))
+
+
+def build_index_command(args):
+    from dnc_keras.export.index import EmbeddingIndex
+
+    index = EmbeddingIndex.from_folder(args.gallery, args.model, runtime=args.runtime)
+    index.save(args.out)
+    classes = len(set(index.labels.tolist()))
+    print(f"Indexed {len(index)} images of {classes} classes ({index.dim}-d) into {args.out}")
+
+
+def search_command(args):
+    from dnc_keras.export.index import EmbeddingIndex
+
+    index = EmbeddingIndex.load(args.index)
+    found = index.search_files(args.images, k=args.k)
+    for i, query in enumerate(args.images):
+        matches = [{"label": found.labels[i, j], "distance": float(found.distances[i, j]),
+                    "path": found.paths[i, j]} for j in range(found.indices.shape[1])]
+        if args.json:
+            print(json.dumps({"query": query, "matches": matches}))
+            continue
+        print(query)
+        for rank, match in enumerate(matches, 1):
+            print(f"  {rank:2d}. {match['label']:<16s} {match['distance']:.4f}  {match['path']}")
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     handlers = {"train": train_command, "evaluate": evaluate_command}
     handler = handlers.get(args.command) or args.handler
     try:
         handler(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
+    except ModuleNotFoundError as error:
+        print(f"dnc-keras {args.command}: error: {error.name} is not installed; this command "
+              "needs the export extra: pip install 'dnc_keras[export]'", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as error:
         print(f"dnc-keras {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -38,8 +38,9 @@ def build_loss(config):
     return losses.ContrastiveLoss(**margin)
 
 
-def build_model(config, input_shape):
-    """DnCModel for the config: backbone -> embedding -> K subspaces, compiled."""
+def build_model(config, input_shape, preprocessing=None):
+    """DnCModel for the config: backbone -> embedding -> K subspaces, compiled; it carries the
+    run's `Preprocessing` record."""
     weights = None if str(config.weights).lower() == "none" else config.weights
     backbone = backbones.build_backbone(config.backbone, input_shape, weights=weights)
     encoder = backbones.build_encoder(backbone, config.embedding_dim,
@@ -47,7 +48,8 @@ def build_model(config, input_shape):
     initial = 1 if config.progressive else config.learners
     subspaces = SubspaceMasks(config.embedding_dim, max_learners=config.learners,
                               mode=config.subspaces, initial_learners=initial)
-    model = DnCModel(encoder, subspaces, weight_decay=config.weight_decay)
+    model = DnCModel(encoder, subspaces, weight_decay=config.weight_decay,
+                     preprocessing=preprocessing)
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, epsilon=1e-8),
                   loss=build_loss(config))
     return model
@@ -89,11 +91,13 @@ def run(config, verbose=1):
 
     plan = build_plan(config)
     check_learners(config, plan.train_labels)
+    with open(os.path.join(out, "preprocessing.json"), "w") as f:
+        f.write(plan.preprocessing.to_json())
     sampler = ClusterBatchSampler(plan.train_labels, config.classes_per_batch,
                                   config.samples_per_class, seed=config.seed,
                                   steps_per_epoch=config.steps_per_epoch)
     with strategy.scope() if strategy else contextlib.nullcontext():
-        model = build_model(config, plan.input_shape)
+        model = build_model(config, plan.input_shape, plan.preprocessing)
     has_test = bool(plan.evaluations)
     checkpoint = FiniteCheckpoint(os.path.join(out, "checkpoint.weights.h5"), verbose=verbose)
     callbacks = dnc_callbacks(sampler, plan.train_images, config.learners,
@@ -163,8 +167,8 @@ def run(config, verbose=1):
     if has_test and plan.test_pixels is not None:
         results["raw_pixels"] = raw_pixel_baseline(*plan.test_pixels, ks=plan.recall_ks,
                                                    nmi=config.nmi)
-    plot = plan.test_pixels if has_test and not plan.on_disk else None
-    _write_outputs(out, results, history.history, plot, model)
+    plot = plan.test_pixels if has_test and not plan.on_disk and config.plots else None
+    _write_outputs(out, results, history.history, plot, model, curves=config.plots)
     results["run_dir"] = out
     return results
 
@@ -188,14 +192,15 @@ def _augmenter(config):
     return lambda images: layers(images, training=True)
 
 
-def _write_outputs(out, results, history, plot, model):
+def _write_outputs(out, results, history, plot, model, curves=True):
     from dnc_keras import plots
 
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(results, f, indent=2)
     with open(os.path.join(out, "history.json"), "w") as f:
         json.dump({k: [float(v) for v in vs] for k, vs in history.items()}, f, indent=2)
-    plots.training_curves(history, os.path.join(out, "training_curves.png"))
+    if curves:
+        plots.training_curves(history, os.path.join(out, "training_curves.png"))
     # On-disk test sets (up to 60k images) are not embedded a second time just for the plot.
     if plot is not None:
         images, labels = plot

@@ -3,14 +3,18 @@
     python edge_infer.py saved_models/glyphs/glyphs.onnx a.png b.jpg
     python edge_infer.py saved_models/glyphs/glyphs.int8.onnx a.png b.jpg --compare
 
-Copy this file, image_input.py and the .onnx file (and its manifest.json, for the size bound)
-to the device. Prints one JSON line per image {"image", "embedding"}; with --compare, the
-distance matrix of the images instead (euclidean between unit vectors: 0 same, 2 opposite).
-Images are read with Pillow as the training data was, checked against the model's input
-contract, and resized and scaled inside the ONNX graph.
+Copy this file, image_input.py and the .onnx file to the device: the ONNX file carries the
+export's preprocessing record and request bounds in its metadata. Prints one JSON line per
+image {"image", "embedding"}; with --compare, the distance matrix of the images instead
+(euclidean between unit vectors: 0 same, 2 opposite).
+
+Files are decoded with Pillow exactly as the training data was (image_input.decode_image: the
+same pixels as the training pipeline's decoder), checked against the bounds, and resized and
+scaled inside the ONNX graph by the record's own transform: nothing is re-implemented here.
 """
 
 import argparse
+import json
 import os
 import sys
 
@@ -22,45 +26,52 @@ import image_input  # noqa: E402  (beside this script, not a package)
 
 IMAGES_KEY = "images"
 OUTPUT_KEY = "embeddings"
+METADATA_PREFIX = "dnc_keras."
 
 
 class EdgeModel:
-    """An exported ONNX embedding model with its input contract.
+    """An exported ONNX embedding model with its preprocessing record and request bounds.
 
     Args:
         onnx_path: NAME.onnx (or a variant such as NAME.int8.onnx).
-        max_side: largest image side accepted. Defaults to the manifest's beside the file,
-            else `4096`.
         threads: onnxruntime intra-op threads. Defaults to `None` (onnxruntime's choice).
+        providers: onnxruntime execution providers. Defaults to CUDA then CPU, among those
+            the installed onnxruntime offers.
     """
 
-    def __init__(self, onnx_path, max_side=None, threads=None):
+    def __init__(self, onnx_path, threads=None, providers=None):
         if not os.path.exists(onnx_path):
             raise FileNotFoundError(f"{onnx_path} not found")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = int(threads)
         self.session = ort.InferenceSession(onnx_path, options,
-                                            providers=["CPUExecutionProvider"])
+                                            providers=providers or choose_providers())
         declared = self.session.get_inputs()[0]
         if declared.name != IMAGES_KEY or declared.type != "tensor(uint8)":
-            raise ValueError(f"{onnx_path}: expected a uint8 input named {IMAGES_KEY!r}; found "
-                             f"{declared.name!r} {declared.type}")
-        self.channels = int(declared.shape[-1])
-        manifest = image_input.find_manifest(onnx_path)
-        if max_side is None:
-            max_side = (image_input.load_contract(manifest)[1] if manifest
-                        else image_input.DEFAULT_MAX_SIDE)
-        self.max_side = int(max_side)
+            raise image_input.InputError(f"{onnx_path}: expected a uint8 input named "
+                                         f"{IMAGES_KEY!r}; found {declared.name!r} "
+                                         f"{declared.type}")
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        try:
+            self.record = json.loads(metadata[METADATA_PREFIX + "preprocessing"])
+            self.bounds = json.loads(metadata[METADATA_PREFIX + "bounds"])
+        except (KeyError, json.JSONDecodeError) as error:
+            raise image_input.InputError(f"{onnx_path} carries no dnc_keras preprocessing "
+                                         f"record ({error}): export it again") from None
+        self.channels = int(self.record["channels"])
+        self.max_side = int(self.bounds["max_side"])
 
     def embed(self, images):
         """uint8 images [batch, h, w, channels] -> float32 [batch, d], L2-normalised."""
-        images = image_input.check_images(images, self.channels, self.max_side)
+        images = image_input.check_images(images, self.channels, self.max_side,
+                                          self.bounds["max_batch"], self.bounds["max_pixels"])
         return self.session.run([OUTPUT_KEY], {IMAGES_KEY: np.ascontiguousarray(images)})[0]
 
     def embed_files(self, paths):
         """Image files of any sizes -> float32 [len(paths), d]; one run per image size."""
-        images = [image_input.read_image(p, self.channels) for p in paths]
+        images = [image_input.read_image(p, self.channels, self.record["background"],
+                                         self.bounds["max_pixels"]) for p in paths]
         if not images:
             raise image_input.InputError("no images given")
         out = [None] * len(images)
@@ -71,20 +82,25 @@ class EdgeModel:
         return np.stack(out)
 
 
+def choose_providers(available=None):
+    """CUDA, then CPU, among the execution providers the installed onnxruntime offers."""
+    available = ort.get_available_providers() if available is None else available
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available] \
+        or ["CPUExecutionProvider"]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model", help="the exported .onnx file")
     parser.add_argument("images", nargs="+", help="image files")
-    parser.add_argument("--max-side", type=int, default=None,
-                        help="largest image side (default: the manifest's, else 4096)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--compare", action="store_true",
                         help="print the distance matrix of the images")
     args = parser.parse_args(argv)
     try:
-        model = EdgeModel(args.model, args.max_side, args.threads)
+        model = EdgeModel(args.model, args.threads)
         embeddings = model.embed_files(args.images)
-    except (image_input.InputError, ValueError, FileNotFoundError) as error:
+    except (image_input.InputError, FileNotFoundError) as error:
         print(f"edge_infer: error: {error}", file=sys.stderr)
         return 2
     if args.compare:

@@ -74,24 +74,23 @@ class GrpcEmbeddingClient:
     Args:
         target: host:port of TF Serving's gRPC port, e.g. `"localhost:8500"`.
         model_name: the served model's name (`--name` of `dnc-keras export`).
-        channels: the model's channel count. Defaults to `None`: read from the server's
-            signature metadata.
-        max_side: largest image side the export accepts. Defaults to `4096`.
+        contract: the export's `image_input.Contract` (`load_contract(manifest.json)`):
+            decoding and request bounds. Defaults to `Contract()`: the default bounds and the
+            model's channel count read from the server's signature metadata.
         version: model version to ask for. Defaults to `None` (the server's latest).
         timeout: seconds per call. Defaults to `30.0`.
     """
 
-    def __init__(self, target, model_name, channels=None,
-                 max_side=image_input.DEFAULT_MAX_SIDE, version=None, timeout=30.0):
+    def __init__(self, target, model_name, contract=None, version=None, timeout=30.0):
         self.model_name = model_name
         self.version = version
         self.timeout = timeout
-        self.max_side = int(max_side)
+        self.contract = contract or image_input.Contract()
         options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
         self._channel = grpc.insecure_channel(target, options=options)
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
-        self.channels = int(channels) if channels else self._channels_from_metadata()
+        self.channels = self.contract.channels or self._channels_from_metadata()
 
     def close(self):
         self._channel.close()
@@ -140,7 +139,9 @@ class GrpcEmbeddingClient:
 
     def embed(self, images):
         """uint8 images [batch, h, w, channels] -> float32 embeddings [batch, d]."""
-        images = image_input.check_images(images, self.channels, self.max_side)
+        c = self.contract
+        images = image_input.check_images(images, self.channels, c.max_side, c.max_batch,
+                                          c.max_pixels)
         return self.predict(DEFAULT_SIGNATURE, IMAGES_KEY, images)
 
     def embed_bytes(self, encoded):
@@ -148,7 +149,12 @@ class GrpcEmbeddingClient:
         encoded = list(encoded)
         if not encoded:
             raise image_input.InputError("image_bytes is an empty batch")
-        checked = [image_input.check_encoded(data, self.max_side, name=f"image_bytes[{i}]")
+        if len(encoded) > self.contract.max_batch:
+            raise image_input.InputError(f"image_bytes holds more than the bound of "
+                                         f"{self.contract.max_batch} images per request")
+        checked = [image_input.check_encoded(data, self.contract.max_side,
+                                             name=f"image_bytes[{i}]",
+                                             max_pixels=self.contract.max_pixels)
                    for i, data in enumerate(encoded)]
         return self.predict(BYTES_SIGNATURE, BYTES_KEY, checked)
 
@@ -165,8 +171,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     return image_input.run_client(
         "grpc_client", args,
-        lambda channels, max_side: GrpcEmbeddingClient(
-            args.server, args.model, channels, max_side, args.version, args.timeout),
+        lambda contract: GrpcEmbeddingClient(args.server, args.model, contract, args.version,
+                                             args.timeout),
         (image_input.InputError, ServingError))
 
 

@@ -1,4 +1,5 @@
-"""REST client of an exported dnc_keras model on TF Serving (port 8501), standard library only.
+"""REST client of an exported dnc_keras model on TF Serving (port 8501): HTTP with the standard
+library; numpy and Pillow (image_input.py) to read and check images.
 
     python serving/rest_client.py --url http://localhost:8501 --model glyphs a.png b.jpg
     python serving/rest_client.py --url http://localhost:8501 --model glyphs --pixels a.png
@@ -40,21 +41,20 @@ class RestEmbeddingClient:
     Args:
         url: base URL, e.g. `"http://localhost:8501"`.
         model_name: the served model's name.
-        channels: the model's channel count. Defaults to `None`: read from the model's
-            metadata (GET /v1/models/NAME/metadata).
-        max_side: largest image side the export accepts. Defaults to `4096`.
+        contract: the export's `image_input.Contract` (`load_contract(manifest.json)`):
+            decoding and request bounds. Defaults to `Contract()`: the default bounds and the
+            model's channel count read from its metadata (GET /v1/models/NAME/metadata).
         version: model version. Defaults to `None` (the server's latest).
         timeout: seconds per request. Defaults to `30.0`.
     """
 
-    def __init__(self, url, model_name, channels=None, max_side=image_input.DEFAULT_MAX_SIDE,
-                 version=None, timeout=30.0):
+    def __init__(self, url, model_name, contract=None, version=None, timeout=30.0):
         self.model_name = model_name
-        self.max_side = int(max_side)
+        self.contract = contract or image_input.Contract()
         self.timeout = timeout
         base = f"{url.rstrip('/')}/v1/models/{model_name}"
         self._model_url = base if version is None else f"{base}/versions/{int(version)}"
-        self.channels = int(channels) if channels else self._channels_from_metadata()
+        self.channels = self.contract.channels or self._channels_from_metadata()
 
     def _request(self, url, body=None):
         data = None if body is None else json.dumps(body).encode()
@@ -96,7 +96,9 @@ class RestEmbeddingClient:
 
     def embed(self, images):
         """uint8 images [batch, h, w, channels] -> float32 embeddings [batch, d]."""
-        images = image_input.check_images(images, self.channels, self.max_side)
+        c = self.contract
+        images = image_input.check_images(images, self.channels, c.max_side, c.max_batch,
+                                          c.max_pixels)
         return self.predict(DEFAULT_SIGNATURE, images.tolist())
 
     def embed_bytes(self, encoded):
@@ -104,9 +106,13 @@ class RestEmbeddingClient:
         encoded = list(encoded)
         if not encoded:
             raise image_input.InputError("image_bytes is an empty batch")
+        if len(encoded) > self.contract.max_batch:
+            raise image_input.InputError(f"image_bytes holds more than the bound of "
+                                         f"{self.contract.max_batch} images per request")
         instances = [
             {"b64": base64.b64encode(image_input.check_encoded(
-                data, self.max_side, name=f"image_bytes[{i}]")).decode("ascii")}
+                data, self.contract.max_side, name=f"image_bytes[{i}]",
+                max_pixels=self.contract.max_pixels)).decode("ascii")}
             for i, data in enumerate(encoded)]
         return self.predict(BYTES_SIGNATURE, instances)
 
@@ -123,8 +129,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     return image_input.run_client(
         "rest_client", args,
-        lambda channels, max_side: RestEmbeddingClient(
-            args.url, args.model, channels, max_side, args.version, args.timeout),
+        lambda contract: RestEmbeddingClient(args.url, args.model, contract, args.version,
+                                             args.timeout),
         (image_input.InputError, ServingError))
 
 

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from dnc_keras.exported import ExportedModel
+from dnc_keras.export.loading import ExportedModel
 
 INDEX_FILE = "index.faiss"
 META_FILE = "index.json"

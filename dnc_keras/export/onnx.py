@@ -2,33 +2,37 @@
 
 tf2onnx's `from_keras` does not handle Keras 3 models, so the ONNX model is converted from the
 same `tf.function` that serves `serving_default` (uint8 images [batch, height, width, C], any
-batch, height and width, resized and scaled inside), minus the asserts, which ONNX cannot
-express: ONNX Runtime checks dtype, rank and channel count against the declared input, and
-`serving/edge_infer.py` checks the rest before running.
+batch, height and width, the run's `Preprocessing` inside: its resize is two matrix products,
+which convert), minus the asserts and the in-graph batching, which ONNX cannot express: ONNX
+Runtime checks dtype, rank and channel count against the declared input, and `ExportedModel`
+and `serving/edge_infer.py` check the rest before running.
 """
 
+import json
 import os
 
 import numpy as np
 import tensorflow as tf
 
-from dnc_keras import serving_signatures as sig
+from dnc_keras.export import signatures as sig
 
 DEFAULT_OPSET = 17
+METADATA_PREFIX = "dnc_keras."
 QUANTIZE_MODES = ("int8", "float16")
 # Symbolic names shown by Netron and onnxruntime instead of tf2onnx's "unk__N".
 _INPUT_DIMS = ("batch", "height", "width")
 
 
-def export_onnx(model, path, input_shape, invert=False, opset=DEFAULT_OPSET):
+def export_onnx(model, path, record, bounds=sig.DEFAULT_BOUNDS, opset=DEFAULT_OPSET):
     """Converts `model`'s serving graph to ONNX at `path` and checks it with onnx.checker.
 
     Args:
         model: a `DnCModel` (or any callable float32 images in [0, 1] -> embeddings).
         path: the .onnx file to write.
-        input_shape: the encoder's (H, W, C).
-        invert: bake 1 - x into the graph, as `serving_signatures.preprocess`. Defaults to
-            `False`.
+        record: the run's `Preprocessing`, baked into the graph and written, with `bounds`,
+            into the file's metadata (`read_metadata`), so that a runtime holding only the
+            .onnx file decodes and bounds its inputs as the export intends.
+        bounds: `signatures.Bounds` of a request. Defaults to `signatures.DEFAULT_BOUNDS`.
         opset: ONNX opset. Defaults to `17`.
 
     Returns:
@@ -37,15 +41,27 @@ def export_onnx(model, path, input_shape, invert=False, opset=DEFAULT_OPSET):
     import onnx
     import tf2onnx
 
-    serve = tf.function(sig.images_function(model, input_shape, invert=invert, checks=False))
+    serve = tf.function(sig.images_function(model, record, checks=False, batching=False))
     proto, _ = tf2onnx.convert.from_function(
-        serve, input_signature=[sig.images_spec(int(input_shape[-1]))], opset=opset)
+        serve, input_signature=[sig.images_spec(record.channels)], opset=opset)
     _name_dynamic_dims(proto)
     proto.doc_string = ("dnc_keras embedding: uint8 images [batch, height, width, channels] -> "
                         "L2-normalised float32 embeddings [batch, d]")
+    for key, value in (("preprocessing", record.to_dict()), ("bounds", bounds.to_dict())):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = METADATA_PREFIX + key, json.dumps(value)
     onnx.save(proto, path)
     check_onnx(path)
     return proto
+
+
+def read_metadata(path):
+    """{"preprocessing": dict, "bounds": dict} stored in an exported ONNX file."""
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    return {entry.key[len(METADATA_PREFIX):]: json.loads(entry.value)
+            for entry in model.metadata_props if entry.key.startswith(METADATA_PREFIX)}
 
 
 def check_onnx(path):
@@ -68,8 +84,22 @@ def _name_dynamic_dims(proto):
     proto.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "batch"
 
 
+# Execution providers in order of preference, where the installed onnxruntime offers them.
+PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def providers(available=None):
+    """The preferred providers among `available` (default: what onnxruntime offers)."""
+    if available is None:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+    chosen = [p for p in PREFERRED_PROVIDERS if p in available]
+    return chosen or ["CPUExecutionProvider"]
+
+
 def session(path, threads=None):
-    """An onnxruntime CPU InferenceSession of the file.
+    """An onnxruntime InferenceSession of the file, on CUDA when onnxruntime offers it.
 
     Args:
         threads: intra-op threads. Defaults to `None` (onnxruntime's choice).
@@ -79,7 +109,7 @@ def session(path, threads=None):
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = int(threads)
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(path, options, providers=providers())
 
 
 def run(sess, images):
@@ -117,12 +147,14 @@ def quantize(src, dst, mode):
     else:
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
-        # Resize stays in float32: converted, its roi/scales inputs become float16 tensors
-        # that onnxruntime's shape inference rejects. The network runs in float16.
-        model = convert_float_to_float16(onnx.load(src), keep_io_types=True,
-                                         op_block_list=["Resize"])
+        model = convert_float_to_float16(onnx.load(src), keep_io_types=True)
         _toposort(model.graph)
         onnx.save(model, dst)
+    # The variant carries the record and bounds of the model it was made from.
+    variant, source = onnx.load(dst), onnx.load(src, load_external_data=False)
+    del variant.metadata_props[:]
+    variant.metadata_props.extend(source.metadata_props)
+    onnx.save(variant, dst)
     onnx.checker.check_model(dst, full_check=True)
     return dst
 

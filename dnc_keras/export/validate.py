@@ -1,9 +1,11 @@
 """`dnc-keras validate-export`: checks an export folder end to end, the way its users will load it.
 
-Layout and manifest; the SavedModel's signatures as saved_model_cli shows them; the warm-up
-requests TF Serving replays; ONNX's checker; SavedModel vs ONNX Runtime (and the Keras model,
-when the source run is still there) on the run's images at two batch sizes and a resized
-size; the encoded-bytes signature; unit norms; the edge variants.
+The manifest's schema and paths; every artifact against its SHA-256; the bounds the graphs
+enforce against the manifest's copy; the SavedModel's signatures as saved_model_cli shows them;
+the warm-up requests TF Serving replays; ONNX's checker; parity of both signatures and ONNX
+Runtime with the source run's evaluation path (when its model is still there; else SavedModel
+against ONNX Runtime); retrieval on the run's test split against the run's metrics; the edge
+variants.
 """
 
 import dataclasses
@@ -11,10 +13,10 @@ import os
 
 import numpy as np
 
-from dnc_keras import serving_signatures as sig
-from dnc_keras.exported import read_manifest
-
-TOLERANCE = 1e-5
+from dnc_keras.export import parity, quality
+from dnc_keras.export import signatures as sig
+from dnc_keras.export.manifest import inside, read_manifest, sha256
+from dnc_keras.preprocessing import Preprocessing
 
 
 @dataclasses.dataclass
@@ -24,8 +26,12 @@ class Check:
     detail: str = ""
 
 
-def validate_export(export_dir, tolerance=TOLERANCE):
+def validate_export(export_dir, tolerance=parity.PARITY_TOLERANCE, data=None):
     """Runs every check on `export_dir` (DIR/NAME); returns a list of `Check`.
+
+    Args:
+        data: a folder `<class>/<image>` to measure retrieval on instead of the source run's
+            test split. Defaults to `None`.
 
     A check that cannot run because an earlier one failed is reported as failed, naming why.
     """
@@ -40,55 +46,64 @@ def validate_export(export_dir, tolerance=TOLERANCE):
             checks.append(Check(name, False, f"{type(error).__name__}: {error}"))
             return False
 
-    state = {}
-    if not record("manifest", lambda: _check_manifest(export_dir, state)):
+    state = {"dir": export_dir}
+    if not record("manifest", lambda: _check_manifest(state)):
+        return checks
+    if not record("artifact hashes", lambda: _check_hashes(state)):
         return checks
     record("savedmodel signatures", lambda: _check_signatures(state))
+    record("bounds in the graphs", lambda: _check_bounds(state))
     record("warm-up requests", lambda: _check_warmup(state))
     record("onnx checker", lambda: _check_onnx(state))
-    if record("parity images", lambda: _parity_images(state)):
-        record("parity savedmodel vs onnxruntime",
-               lambda: _check_parity(state, tolerance))
-        record("encoded bytes signature", lambda: _check_bytes(state, tolerance))
-        for mode in state["manifest"].get("variants", {}):
-            record(f"variant {mode}", lambda mode=mode: _check_variant(state, mode))
+    if record("parity inputs", lambda: _parity_inputs(state, data)):
+        record("parity", lambda: _check_parity(state, tolerance))
+    record("retrieval against the run", lambda: _check_retrieval(state, data))
+    for mode in state["manifest"].get("variants", {}):
+        record(f"variant {mode}", lambda mode=mode: _check_variant(state, mode))
     return checks
 
 
-def _check_manifest(export_dir, state):
-    manifest = read_manifest(export_dir)
+def _check_manifest(state):
+    manifest = read_manifest(state["dir"])
     state["manifest"] = manifest
-    state["dir"] = export_dir
-    required = {"savedmodel": os.path.join(manifest["savedmodel"]["path"], "saved_model.pb"),
-                "variables": os.path.join(manifest["savedmodel"]["path"], "variables"),
-                "warm-up": manifest["savedmodel"]["warmup"],
-                "onnx": manifest["onnx"]["path"]}
-    missing = [f"{what} ({path})" for what, path in required.items()
-               if not os.path.exists(os.path.join(export_dir, path))]
-    if missing:
-        raise FileNotFoundError(f"missing from {export_dir}: {', '.join(missing)}")
-    for key in ("embedding", "input", "preprocessing", "model", "source_run", "metrics"):
-        if key not in manifest:
-            raise ValueError(f"manifest has no {key!r}")
-    return (f"{manifest['name']} version {manifest['version']}, d={manifest['embedding']['dim']}, "
-            f"input {manifest['input']['model_input_shape']}")
+    state["record"] = Preprocessing.from_dict(manifest["preprocessing"])
+    state["bounds"] = sig.Bounds(**manifest["bounds"])
+    return (f"{manifest['name']} version {manifest['version']}, d={manifest['embedding']['dim']}"
+            f", input {list(state['record'].shape)}, {state['record'].describe()}")
+
+
+def _check_hashes(state):
+    artifacts = state["manifest"].get("artifacts")
+    if not artifacts:
+        raise ValueError("the manifest records no artifact hashes")
+    bad = [rel for rel, digest in artifacts.items()
+           if not os.path.exists(inside(state["dir"], rel))
+           or sha256(inside(state["dir"], rel)) != digest]
+    if bad:
+        raise ValueError(f"{len(bad)} artifact(s) missing or changed since export: "
+                         f"{', '.join(bad[:5])}")
+    return f"{len(artifacts)} files match their SHA-256"
+
+
+def _loaded(state):
+    if "loaded" not in state:
+        import tensorflow as tf
+
+        manifest = state["manifest"]
+        state["loaded"] = tf.saved_model.load(inside(state["dir"], manifest["savedmodel"]["path"]))
+    return state["loaded"]
 
 
 def _check_signatures(state):
-    import tensorflow as tf
-
     manifest = state["manifest"]
-    loaded = tf.saved_model.load(os.path.join(state["dir"], manifest["savedmodel"]["path"]))
-    state["loaded"] = loaded
+    loaded = _loaded(state)
     found = []
     for name, contract in manifest["savedmodel"]["signatures"].items():
         if name not in loaded.signatures:
             raise ValueError(f"signature {name!r} missing; found {sorted(loaded.signatures)}")
         fn = loaded.signatures[name]
-        inputs = fn.structured_input_signature[1]
-        outputs = fn.structured_outputs
-        _compare(name, "inputs", inputs, contract["inputs"])
-        _compare(name, "outputs", outputs, contract["outputs"])
+        _compare(name, "inputs", fn.structured_input_signature[1], contract["inputs"])
+        _compare(name, "outputs", fn.structured_outputs, contract["outputs"])
         found.append(name)
     return ", ".join(found)
 
@@ -105,18 +120,41 @@ def _compare(signature, side, specs, contract):
                              f"manifest says {expected['dtype']} {expected['shape']}")
 
 
+def _check_bounds(state):
+    """The graph's own max side and the ONNX file's metadata agree with the manifest."""
+    import tensorflow as tf
+
+    from dnc_keras.export import onnx
+
+    bounds, channels = state["bounds"], state["record"].channels
+    serve = _loaded(state).signatures[sig.DEFAULT_SIGNATURE]
+    serve(**{sig.IMAGES_KEY: tf.zeros([1, bounds.max_side, 1, channels], tf.uint8)})
+    try:
+        serve(**{sig.IMAGES_KEY: tf.zeros([1, bounds.max_side + 1, 1, channels], tf.uint8)})
+    except tf.errors.InvalidArgumentError:
+        pass
+    else:
+        raise ValueError(f"the SavedModel accepts a side of {bounds.max_side + 1}; the manifest "
+                         f"says {bounds.max_side}")
+    stored = onnx.read_metadata(inside(state["dir"], state["manifest"]["onnx"]["path"]))
+    if stored.get("bounds") != bounds.to_dict() or \
+            Preprocessing.from_dict(stored.get("preprocessing", {"size": 0})) != state["record"]:
+        raise ValueError(f"the ONNX file's metadata ({stored}) differs from the manifest")
+    return f"max side {bounds.max_side} enforced; ONNX metadata agrees"
+
+
 def _check_warmup(state):
     import tensorflow as tf
 
-    from dnc_keras.export import read_warmup
+    from dnc_keras.export.build import read_warmup
 
     manifest = state["manifest"]
-    requests = read_warmup(os.path.join(state["dir"], manifest["savedmodel"]["path"]))
+    requests = read_warmup(inside(state["dir"], manifest["savedmodel"]["path"]))
     if not requests:
         raise ValueError("the warm-up file holds no request")
     for request in requests:
-        fn = state["loaded"].signatures[request.model_spec.signature_name or
-                                        sig.DEFAULT_SIGNATURE]
+        fn = _loaded(state).signatures[request.model_spec.signature_name or
+                                       sig.DEFAULT_SIGNATURE]
         inputs = {k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()}
         out = fn(**inputs)[sig.OUTPUT_KEY].numpy()
         if out.shape[1] != manifest["embedding"]["dim"]:
@@ -126,97 +164,132 @@ def _check_warmup(state):
 
 
 def _check_onnx(state):
-    from dnc_keras import onnx_export
+    from dnc_keras.export import onnx
 
-    path = os.path.join(state["dir"], state["manifest"]["onnx"]["path"])
-    onnx_export.check_onnx(path)
-    state["session"] = onnx_export.session(path)
-    declared = state["session"].get_inputs()[0]
+    path = inside(state["dir"], state["manifest"]["onnx"]["path"])
+    onnx.check_onnx(path)
+    state["onnx_path"] = path
+    declared = onnx.session(path).get_inputs()[0]
     return f"{declared.name}: {declared.type} {declared.shape}"
 
 
-def _parity_images(state):
-    """The source run's images when its dataset loads, else seeded random images."""
-    manifest = state["manifest"]
-    height, width, channels = manifest["input"]["model_input_shape"]
-    config = manifest["source_run"].get("config") or {}
-    images = None
-    if config:
-        from dnc_keras.export import parity_data
+def _source_sets(state, data):
+    if "sets" not in state:
+        from dnc_keras.datasets.sources import folder_sources, run_sources
 
-        images, _, source = parity_data(config)
-    if images is None:
-        rng = np.random.default_rng(0)
-        images = rng.integers(0, 256, (16, height, width, channels), dtype=np.uint8)
-        source = {"source": "random uint8 images"}
-    state["images"] = images[:64]
-    state["model"] = _keras_model(manifest)
-    return f"{len(state['images'])} images from {source['source']}"
+        if data is not None:
+            state["sets"] = [folder_sources(data)]
+        else:
+            config = state["manifest"].get("source_run", {}).get("config") or {}
+            try:
+                state["sets"] = run_sources(
+                    config.get("dataset", "glyphs"), config.get("data_dir"),
+                    config.get("train_classes", "standard"), config.get("seed", 0),
+                    config.get("image_size")) if config else []
+            except (ValueError, FileNotFoundError):
+                state["sets"] = []
+    return state["sets"]
 
 
-def _keras_model(manifest):
-    run_dir = manifest["source_run"].get("path")
+def _parity_inputs(state, data):
+    sets = _source_sets(state, data)
+    if sets:
+        sources, where = sets[0].sources, f"{len(sets[0].query_labels)} sources of {sets[0].name}"
+    else:
+        from dnc_keras.export.build import _synthetic_photos
+
+        sources, where = _synthetic_photos(state["record"]), "synthetic photographs"
+    state["inputs"] = parity.parity_inputs(sources, state["record"])
+    state["model"] = _source_model(state["manifest"])
+    return f"{len(state['inputs'])} inputs from {where}"
+
+
+def _source_model(manifest):
+    run_dir = manifest.get("source_run", {}).get("path")
     if not run_dir or not os.path.exists(os.path.join(run_dir, "model.keras")):
         return None
-    from dnc_keras.export import load_run
+    from dnc_keras.export.build import load_run
 
-    return load_run(run_dir)[0]
+    return load_run(run_dir).model
 
 
 def _check_parity(state, tolerance):
     import tensorflow as tf
 
-    from dnc_keras import onnx_export
-    from dnc_keras.export import keras_reference
+    from dnc_keras import preprocessing as pp
+    from dnc_keras.export import onnx
 
-    images = state["images"]
-    serve = state["loaded"].signatures[sig.DEFAULT_SIGNATURE]
-    resized = np.repeat(np.repeat(images, 3, axis=1), 2, axis=2)  # another shape, not square
-    diffs, norms = {}, []
-    for label, batch in (("batch 1", images[:1]), (f"batch {len(images)}", images),
-                         (f"{resized.shape[1]}x{resized.shape[2]}", resized)):
-        tf_out = serve(**{sig.IMAGES_KEY: tf.constant(batch)})[sig.OUTPUT_KEY].numpy()
-        ort_out = onnx_export.run(state["session"], batch)
-        diffs[f"onnx vs savedmodel, {label}"] = float(np.abs(tf_out - ort_out).max())
-        norms.append(np.abs(np.linalg.norm(tf_out, axis=1) - 1).max())
+    record, inputs = state["record"], state["inputs"]
     if state["model"] is not None:
-        reference = keras_reference(state["model"], images,
-                                    state["manifest"]["preprocessing"]["invert"])
-        tf_out = serve(**{sig.IMAGES_KEY: tf.constant(images)})[sig.OUTPUT_KEY].numpy()
-        diffs["savedmodel vs keras"] = float(np.abs(tf_out - reference).max())
-    worst = max(diffs.values())
-    if worst > tolerance or max(norms) > 1e-5:
-        raise ValueError(f"max |diff| {diffs}, max norm error {max(norms):.2e}; "
-                         f"tolerance {tolerance}")
-    return "; ".join(f"{k}: {v:.1e}" for k, v in diffs.items())
+        report = parity.check_parity(state["model"], record,
+                                     inside(state["dir"], state["manifest"]["savedmodel"]["path"]),
+                                     state["onnx_path"], inputs, tolerance)
+        if not report["passed"]:
+            raise ValueError(f"max |diff| {report['max_abs_diff']}; tolerance {tolerance}")
+        return "against the source run's model: " + "; ".join(
+            f"{k} {v:.1e}" for k, v in report["max_abs_diff"].items())
+    # Without the source run: the SavedModel's two signatures and ONNX Runtime must agree.
+    signatures = _loaded(state).signatures
+    session = onnx.session(state["onnx_path"])
+    worst = 0.0
+    for _, data in inputs:
+        pixels = pp.decode(tf.constant(data), record).numpy()[None]
+        by_pixels = signatures[sig.DEFAULT_SIGNATURE](
+            **{sig.IMAGES_KEY: tf.constant(pixels)})[sig.OUTPUT_KEY].numpy()
+        worst = max(worst, float(np.abs(onnx.run(session, pixels) - by_pixels).max()))
+        if data.startswith((pp.PNG_MAGIC, pp.JPEG_MAGIC)):
+            by_bytes = signatures[sig.BYTES_SIGNATURE](
+                **{sig.BYTES_KEY: tf.constant([data])})[sig.OUTPUT_KEY].numpy()
+            worst = max(worst, float(np.abs(by_bytes - by_pixels).max()))
+    if worst > tolerance:
+        raise ValueError(f"SavedModel and ONNX Runtime differ by {worst:.2e}; tolerance "
+                         f"{tolerance}")
+    return (f"source run not found: SavedModel (both signatures) and ONNX Runtime agree "
+            f"within {worst:.1e} on {len(inputs)} inputs")
 
 
-def _check_bytes(state, tolerance):
-    import tensorflow as tf
+def _check_retrieval(state, data):
+    from dnc_keras.export.build import _keras_metrics, _metrics, load_run
+    from dnc_keras.export.loading import ExportedModel
 
-    from dnc_keras.export import encode_png
-
-    images = state["images"][:8]
-    signatures = state["loaded"].signatures
-    encoded = tf.constant([encode_png(image) for image in images])
-    from_bytes = signatures[sig.BYTES_SIGNATURE](**{sig.BYTES_KEY: encoded})[sig.OUTPUT_KEY]
-    from_pixels = signatures[sig.DEFAULT_SIGNATURE](**{sig.IMAGES_KEY: tf.constant(images)})
-    diff = float(np.abs(from_bytes.numpy() - from_pixels[sig.OUTPUT_KEY].numpy()).max())
-    if diff > tolerance:
-        raise ValueError(f"PNG bytes and pixels disagree by {diff:.2e}")
-    return f"{len(images)} PNG files match the pixel signature within {diff:.1e}"
+    sets = _source_sets(state, data)
+    if not sets:
+        return "no test split to measure on (pass --data DIR)"
+    manifest = state["manifest"]
+    if data is not None:
+        run_dir = manifest.get("source_run", {}).get("path")
+        if not run_dir or not os.path.exists(os.path.join(run_dir, "model.keras")):
+            raise ValueError("--data needs the source run's model to compare with; it is gone")
+        reference = _keras_metrics(load_run(run_dir), sets)
+    else:
+        reference = manifest.get("metrics", {}).get("test", {})
+    lines = []
+    for runtime in ("savedmodel", "onnx"):
+        metrics = _metrics(ExportedModel(state["dir"], runtime=runtime).embed_sources, sets)
+        agreement = quality.compare(metrics, reference)
+        if not agreement["agree"]:
+            raise ValueError(f"{runtime}: {agreement['evaluations']}, tolerance "
+                             f"{quality.AGREEMENT} MAP@R")
+        gaps = ", ".join(f"{name} MAP@R {row['exported MAP@R']:.4f} vs run "
+                         f"{row['run MAP@R']:.4f}" for name, row in
+                         agreement["evaluations"].items())
+        lines.append(f"{runtime}: {gaps}")
+    return "; ".join(lines)
 
 
 def _check_variant(state, mode):
-    from dnc_keras import onnx_export
+    import tensorflow as tf
+
+    from dnc_keras import preprocessing as pp
+    from dnc_keras.export import onnx
 
     variant = state["manifest"]["variants"][mode]
-    path = os.path.join(state["dir"], variant["path"])
-    onnx_export.check_onnx(path)
-    out = onnx_export.run(onnx_export.session(path), state["images"])
-    reference = onnx_export.run(state["session"], state["images"])
-    diff = float(np.abs(out - reference).max())
-    summary = f"max |diff| vs float32 {diff:.1e}"
+    path = inside(state["dir"], variant["path"])
+    onnx.check_onnx(path)
+    pixels = pp.decode(tf.constant(state["inputs"][0][1]), state["record"]).numpy()[None]
+    out = onnx.run(onnx.session(path), pixels)
+    reference = onnx.run(onnx.session(state["onnx_path"]), pixels)
+    summary = f"max |diff| vs float32 {float(np.abs(out - reference).max()):.1e}"
     if "MAP@R" in variant:
         summary += f", MAP@R {variant['MAP@R_float32']:.4f} -> {variant['MAP@R']:.4f}"
     return summary

@@ -48,7 +48,7 @@ def export_dir(export_root):
 
 @pytest.fixture(scope="session")
 def manifest(export_dir):
-    from dnc_keras.exported import read_manifest
+    from dnc_keras.export import read_manifest
 
     return read_manifest(export_dir)
 
@@ -57,7 +57,7 @@ def manifest(export_dir):
 def keras_model(trained_run):
     from dnc_keras.export import load_run
 
-    return load_run(trained_run)[0]
+    return load_run(trained_run).model
 
 
 @pytest.fixture(scope="session")

@@ -1,17 +1,16 @@
-"""The SavedModel export: layout, signatures as saved_model_cli shows them, warm-up, manifest,
-Keras parity, versions, and validate-export."""
+"""The export: layout, signatures as saved_model_cli shows them, warm-up, manifest, parity with
+the run's evaluation path, the retrieval check, versions and refusals."""
 
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from dnc_keras import export
-from dnc_keras import serving_signatures as sig
-from dnc_keras.export_validation import validate_export
+from dnc_keras import preprocessing as pp
+from dnc_keras.export import build, parity, quality
+from dnc_keras.export import signatures as sig
 
 
 def test_layout_is_tf_serving_versioned(export_dir, manifest):
@@ -65,29 +64,36 @@ def test_manifest_describes_the_export(manifest, trained_run, export_dir):
             embedding["dtype"]) == (16, "euclidean", "l2", "float32")
     contract = manifest["input"]
     assert contract["channels"] == 1 and contract["model_input_shape"] == [8, 8, 1]
-    assert contract["max_side"] == sig.DEFAULT_MAX_SIDE
-    pre = manifest["preprocessing"]
-    assert "bilinear" in pre["resize"] and "antialias off" in pre["resize"]
-    assert pre["invert"] is False and pre["inside_graph"] is True
+    assert manifest["bounds"] == sig.DEFAULT_BOUNDS.to_dict()
+    with open(os.path.join(trained_run, "preprocessing.json")) as f:
+        assert manifest["preprocessing"] == json.load(f)  # the run's record, as trained
+    assert pp.Preprocessing.from_dict(manifest["preprocessing"]).kernel == "bilinear"
     assert manifest["model"]["learners"] == 2 and manifest["model"]["subspaces"] == "fixed"
     assert manifest["source_run"]["path"] == os.path.abspath(trained_run)
     assert manifest["source_run"]["config"]["dataset"] == "digits"
     assert manifest["metrics"]["test"]["MAP@R"] == metrics["test"]["MAP@R"]
-    assert manifest["parity"]["passed"]
+    assert manifest["parity"]["passed"] and manifest["parity"]["inputs"] >= 24
+    report = manifest["quality"]
+    assert report["checked"] and "test split" in report["judged_on"]
+    for runtime in ("savedmodel", "onnx"):
+        row = report[runtime]["agreement"]["evaluations"]["test"]
+        assert row["run MAP@R"] == metrics["test"]["MAP@R"] and row["gap"] <= quality.AGREEMENT
+    assert set(manifest["artifacts"]) >= {"1/saved_model.pb", "digits.onnx",
+                                          "digits.int8.onnx"}
     assert set(manifest["software"]) >= {"tensorflow", "keras", "tf2onnx", "onnxruntime"}
     with open(os.path.join(export_dir, "1", "assets.extra", "dnc_keras_manifest.json")) as f:
         assert json.load(f) == manifest  # the version folder carries its own description
 
 
 def test_warmup_file_holds_one_request_per_signature(export_dir, servable):
-    requests = export.read_warmup(os.path.join(export_dir, "1"))
+    requests = build.read_warmup(os.path.join(export_dir, "1"))
     assert [r.model_spec.signature_name for r in requests] == [sig.DEFAULT_SIGNATURE,
                                                                sig.BYTES_SIGNATURE]
     assert all(r.model_spec.name == "digits" for r in requests)
     assert servable.warmup_replayed == 2  # the TF Serving peer replayed them at load
 
 
-def test_savedmodel_matches_keras_at_two_batch_sizes(export_dir, keras_model, digits):
+def test_savedmodel_matches_keras_at_three_batch_sizes(export_dir, keras_model, digits):
     images = digits[0][:64]
     serve = tf.saved_model.load(os.path.join(export_dir, "1")).signatures[sig.DEFAULT_SIGNATURE]
     reference = keras_model.embed(images.astype(np.float32) / 255.0)
@@ -97,74 +103,92 @@ def test_savedmodel_matches_keras_at_two_batch_sizes(export_dir, keras_model, di
         np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
 
 
-def test_any_height_and_width_is_resized_inside(export_dir, keras_model, digits):
-    images = digits[0][:5]
+def test_other_sizes_go_through_the_records_antialiased_resize(export_dir, keras_model,
+                                                                 digits):
+    """105x105 and odd sizes: the graph computes the record's transform, which is not plain
+    bilinear (that differs) - the bug this package once shipped."""
+    from PIL import Image
+
     serve = tf.saved_model.load(os.path.join(export_dir, "1")).signatures[sig.DEFAULT_SIGNATURE]
-    # Pixel-repeated images resize back exactly with plain bilinear (half-pixel centres).
-    upscaled = np.repeat(np.repeat(images, 3, axis=1), 5, axis=2)
-    reference = keras_model.embed(images.astype(np.float32) / 255.0)
-    out = serve(images=tf.constant(upscaled))["embeddings"].numpy()
-    assert np.abs(out - reference).max() < 1e-5
-    odd = serve(images=tf.constant(np.zeros((2, 13, 29, 1), np.uint8) + 128))["embeddings"]
-    assert odd.shape == (2, 16)
+    for size in ((105, 105), (37, 61)):
+        images = np.stack([np.asarray(Image.fromarray(im[..., 0]).resize(size, Image.BICUBIC))
+                           for im in digits[0][:5]])[..., None]
+        reference = keras_model.embed(pp.transform(images, keras_model.preprocessing).numpy())
+        out = serve(images=tf.constant(images))["embeddings"].numpy()
+        assert np.abs(out - reference).max() < 1e-5
+        plain = keras_model.embed(tf.image.resize(images.astype(np.float32), (8, 8),
+                                                  antialias=False).numpy() / 255.0)
+        assert np.abs(out - plain).max() > 1e-2  # the plain bilinear shortcut is caught
 
 
-def test_bytes_signature_matches_pixels(export_dir, digits, encode):
+def test_bytes_signature_decodes_like_the_training_pipeline(export_dir, digits, encode):
     images = digits[0][:6]
     loaded = tf.saved_model.load(os.path.join(export_dir, "1"))
     pixels = loaded.signatures[sig.DEFAULT_SIGNATURE](images=tf.constant(images))["embeddings"]
     files = tf.constant([encode(image) for image in images])
     from_png = loaded.signatures[sig.BYTES_SIGNATURE](image_bytes=files)["embeddings"]
     assert np.abs(from_png.numpy() - pixels.numpy()).max() < 1e-6
-    jpeg = tf.constant([encode(np.repeat(image, 3, axis=-1), "JPEG") for image in images])
-    from_jpeg = loaded.signatures[sig.BYTES_SIGNATURE](image_bytes=jpeg)["embeddings"].numpy()
-    np.testing.assert_allclose(np.linalg.norm(from_jpeg, axis=1), 1.0, atol=1e-5)
-
-
-def test_colour_files_become_grey_like_pillow(encode):
-    """The graph's RGB -> L conversion is Pillow's, so served files match the training data."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    rgb = rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)
-    grey = np.asarray(Image.fromarray(rgb).convert("L"))
-    decoded = sig.decode_image(tf.constant(encode(rgb)), channels=1, max_side=64)
-    np.testing.assert_array_equal(decoded.numpy()[..., 0], grey)
+    jpeg = [encode(np.repeat(image, 3, axis=-1), "JPEG") for image in images]
+    from_jpeg = loaded.signatures[sig.BYTES_SIGNATURE](image_bytes=tf.constant(jpeg))
+    record = pp.Preprocessing(size=8, channels=1)
+    decoded = np.stack([pp.decode(tf.constant(j), record).numpy() for j in jpeg])
+    expected = loaded.signatures[sig.DEFAULT_SIGNATURE](images=tf.constant(decoded))
+    assert np.abs(from_jpeg["embeddings"].numpy() - expected["embeddings"].numpy()).max() < 1e-6
 
 
 def test_existing_version_is_not_overwritten(trained_run, export_root):
     with pytest.raises(ValueError, match="already exists"):
-        export.export_run(trained_run, "digits", version=1, out=export_root)
-    assert export.next_version(os.path.join(export_root, "digits")) == 2
+        build.export_run(trained_run, "digits", version=1, out=export_root)
+    assert build.next_version(os.path.join(export_root, "digits")) == 2
 
 
-def test_failed_parity_writes_nothing(trained_run, tmp_path, monkeypatch):
-    monkeypatch.setattr(export, "PARITY_TOLERANCE", -1.0)
-    with pytest.raises(RuntimeError, match="parity failed"):
-        export.export_run(trained_run, "broken", out=str(tmp_path))
+def test_a_serving_graph_that_resizes_differently_is_refused(trained_run, tmp_path,
+                                                              monkeypatch):
+    """Parity catches a served transform that differs from training's on odd sizes: here the
+    serving signatures resize with plain bilinear, as this package once did."""
+    import types
+
+    def plain_bilinear(images, record):
+        x = tf.image.resize(tf.cast(images, tf.float32), record.size, antialias=False)
+        return tf.clip_by_value(x, 0.0, 255.0) / 255.0
+
+    serving_side = types.SimpleNamespace(**{**vars(pp), "transform": plain_bilinear})
+    monkeypatch.setattr(sig, "pp", serving_side)
+    with pytest.raises(build.ExportRefused, match="parity failed"):
+        build.export_run(trained_run, "broken", out=str(tmp_path))
     assert os.listdir(tmp_path / "broken") == []
+
+
+def test_an_export_whose_retrieval_differs_from_the_run_is_refused(trained_run, tmp_path,
+                                                                    monkeypatch):
+    real = build.evaluation_sets
+
+    def drifted_run_metrics(run, data=None):
+        sets, reference, where = real(run, data)
+        return sets, {**reference, "MAP@R": reference["MAP@R"] + 0.02}, where
+
+    monkeypatch.setattr(build, "evaluation_sets", drifted_run_metrics)
+    with pytest.raises(build.ExportRefused, match="retrieval differs from the run"):
+        build.export_run(trained_run, "drifted", out=str(tmp_path))
+    assert os.listdir(tmp_path / "drifted") == []
+
+
+def test_parity_inputs_are_real_sources_at_sizes_where_resizing_matters(trained_run):
+    run = build.load_run(trained_run)
+    sets, _, _ = build.evaluation_sets(run)
+    inputs = parity.parity_inputs(sets[0].sources, run.preprocessing)
+    sizes = {tuple(pp.decode(tf.constant(data), run.preprocessing).shape[:2])
+             for _, data in inputs}
+    assert (8, 8) in sizes and len(sizes) >= 4  # native, three odd rescales
+    assert any(name.endswith("jpeg") for name, _ in inputs)
+    assert any("rgba" in name for name, _ in inputs)
 
 
 def test_bad_names_and_bounds_are_refused(trained_run, tmp_path):
     with pytest.raises(ValueError, match="name must be"):
-        export.export_run(trained_run, "../up", out=str(tmp_path))
+        build.export_run(trained_run, "../up", out=str(tmp_path))
     with pytest.raises(ValueError, match="max_side"):
-        export.export_run(trained_run, "small", out=str(tmp_path), max_side=4)
+        build.export_run(trained_run, "small", out=str(tmp_path),
+                         bounds=sig.Bounds(max_side=4))
     with pytest.raises(FileNotFoundError, match="run folder"):
-        export.export_run(str(tmp_path / "nope"), "x", out=str(tmp_path))
-
-
-def test_validate_export_passes(export_dir):
-    checks = validate_export(export_dir)
-    assert all(c.passed for c in checks), [vars(c) for c in checks if not c.passed]
-    names = [c.name for c in checks]
-    assert "parity savedmodel vs onnxruntime" in names and "variant int8" in names
-
-
-def test_validate_export_reports_a_broken_onnx_file(export_dir, tmp_path):
-    copy = tmp_path / "digits"
-    shutil.copytree(export_dir, copy)
-    (copy / "digits.onnx").write_bytes(b"not an onnx model")
-    checks = {c.name: c for c in validate_export(str(copy))}
-    assert not checks["onnx checker"].passed
-    assert checks["savedmodel signatures"].passed
+        build.export_run(str(tmp_path / "nope"), "x", out=str(tmp_path))

@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from dnc_keras.exported import ExportedModel
-from dnc_keras.index import EmbeddingIndex, list_gallery
+from dnc_keras.export import ExportedModel
+from dnc_keras.export.index import EmbeddingIndex, list_gallery
 
 
 @pytest.fixture(scope="module")

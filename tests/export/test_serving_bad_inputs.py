@@ -12,6 +12,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 BOUND = 4096
+MAX_BATCH = 256
 BAD_IMAGES = {
     # name: (array, message the graph and the clients give)
     "wrong dtype": (np.zeros((2, 8, 8, 1), np.float32), "uint8"),
@@ -21,6 +22,8 @@ BAD_IMAGES = {
     "empty batch": (np.zeros((0, 8, 8, 1), np.uint8), "empty batch"),
     "zero width": (np.zeros((1, 8, 0, 1), np.uint8), "height and width"),
     "too large": (np.zeros((1, BOUND + 1, 8, 1), np.uint8), f"serving bound of {BOUND}"),
+    "too many": (np.zeros((MAX_BATCH + 1, 8, 8, 1), np.uint8), f"bound of {MAX_BATCH} images"),
+    "too many pixels": (np.zeros((4, 4000, 3000, 1), np.uint8), "bound of 40000000 pixels"),
 }
 
 
@@ -97,7 +100,7 @@ def test_clients_reject_bad_input_before_sending(client_kind, serving_modules, g
         client = serving_modules["rest_client"].RestEmbeddingClient(rest_url, "digits")
     else:
         client = serving_modules["edge_infer"].EdgeModel(os.path.join(export_dir, "digits.onnx"))
-    assert client.max_side == BOUND
+    assert (client.contract.max_side if client_kind != "edge" else client.max_side) == BOUND
     before = servable.requests
     for case, (array, message) in BAD_IMAGES.items():
         with pytest.raises(InputError, match=message):

@@ -95,7 +95,8 @@ def test_rest_wire_format(rest_url, gallery, expected):
 
 def test_rest_server_error_is_reported(serving_modules, rest_url):
     module = serving_modules["rest_client"]
-    client = module.RestEmbeddingClient(rest_url, "digits", channels=1)
+    client = module.RestEmbeddingClient(rest_url, "digits",
+                                        serving_modules["image_input"].Contract(channels=1))
     with pytest.raises(module.ServingError, match="HTTP 400: .*not of expected type: uint8"):
         client.predict("serving_default", [[[[0.5]]]])
 

@@ -164,7 +164,11 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 def start_grpc(servable):
     """A grpc.server on a free localhost port; returns (server, "localhost:PORT")."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    # TF Serving's model server accepts messages up to INT32_MAX bytes (server.cc).
+    limit = 2 ** 31 - 1
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
+                         options=[("grpc.max_receive_message_length", limit),
+                                  ("grpc.max_send_message_length", limit)])
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionServicer(servable), server)
     port = server.add_insecure_port("localhost:0")
@@ -336,3 +340,24 @@ def start_rest(servable):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     return server, f"http://localhost:{server.server_address[1]}"
+
+
+def main(argv=None):
+    """`python tfs_peers.py EXPORT_ROOT NAME`: serve DIR/NAME's latest version on free
+    localhost ports, print {"grpc": target, "rest": url} on one line, serve until stdin closes
+    (the journeys run it as its own process, as TF Serving would be)."""
+    import sys
+
+    export_root, name = (argv or sys.argv[1:])[:2]
+    servable = Servable(export_root, name)
+    grpc_server, target = start_grpc(servable)
+    rest_server, url = start_rest(servable)
+    print(json.dumps({"grpc": target, "rest": url, "warmup": servable.warmup_replayed}),
+          flush=True)
+    sys.stdin.read()
+    grpc_server.stop(grace=None)
+    rest_server.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""The main job's journey: train on glyphs, then in new processes load, evaluate, export, serve,
+run on the edge, index and search what the first process wrote."""
+
+import json
+import sys
+
+import numpy as np
+from PIL import Image
+from steps import check_served_chain, dnc, run, write_files
+
+from dnc_keras import datasets
+
+
+def test_glyphs_train_evaluate_export_serve_search(tmp_path):
+    run_dir = tmp_path / "runs" / "glyphs"
+    results = json.loads(dnc("train", "--epochs", "2", "--steps-per-epoch", "8",
+                             "--learners", "2", "--embedding-dim", "32", "--out", run_dir,
+                             "--no-plots", "--json", cwd=tmp_path))
+    for name in ("config.json", "model.keras", "preprocessing.json", "metrics.json"):
+        assert (run_dir / name).exists(), name
+
+    # A bare `import dnc_keras` registers every class the model uses; safe mode stays on.
+    loaded = run([sys.executable, "-c",
+                  "import dnc_keras, keras; m = keras.saving.load_model("
+                  f"{str(run_dir / 'model.keras')!r}); print(m.preprocessing.to_json())"],
+                 tmp_path)
+    record = json.loads((run_dir / "preprocessing.json").read_text())
+    assert json.loads(loaded) == record
+
+    evaluated = json.loads(dnc("evaluate", run_dir, "--json", cwd=tmp_path))
+    assert abs(evaluated["test"]["MAP@R"] - results["test"]["MAP@R"]) < 1e-6
+
+    # Files a user would send: the test renders as PNG, and upscaled JPEG photos of them.
+    data = datasets.load("glyphs", seed=0)
+    picked = {}
+    for label in range(6):
+        picked[f"class{label}"] = data.test_sources[data.y_test == label][:4]
+    gallery = tmp_path / "gallery"
+    files = write_files(gallery, picked)
+    photos = {k: np.stack([np.asarray(Image.fromarray(im[..., 0]).resize((105, 97),
+                                                                         Image.BICUBIC))
+                           for im in v[:2]])[..., None] for k, v in picked.items()}
+    files += write_files(tmp_path / "photos", photos, "JPEG")
+    manifest = check_served_chain(tmp_path, run_dir, "glyphs", files, gallery, files[0])
+    quality = manifest["quality"]["savedmodel"]["agreement"]["evaluations"]["test"]
+    assert quality["run MAP@R"] == results["test"]["MAP@R"]
