@@ -181,6 +181,32 @@ def wait_for_quiet(threshold=0.25, max_wait=60.0, window=1.0):
             return load
 
 
+def git_state(folder=None):
+    """{"commit", "dirty"} of the repository holding `folder` (this one by default), or None."""
+    folder = folder or os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                cwd=folder, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return {"commit": commit, "dirty": bool(status.strip())}
+
+
+def provenance(argv=None):
+    """Where a result comes from: the exact command, package version, git commit (and whether
+    the tree was dirty), library versions, CPU, threads, other processes' load, the date."""
+    try:
+        version = importlib.metadata.version("dnc_keras")
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    return {"command": " ".join(["python"] + list(sys.argv if argv is None else argv)),
+            "dnc_keras": version, "git": git_state(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
+            "threads": os.cpu_count()}
+
+
 def write_results(name, results, command=None):
     """Writes benchmarks/results/NAME.json with the machine and the command; returns the path."""
     os.makedirs(RESULTS_DIR, exist_ok=True)

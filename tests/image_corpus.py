@@ -78,3 +78,37 @@ def corpus(seed=0, sizes=((37, 53), (120, 83), (61, 200), (300, 224))):
         files[f"exif{orientation}.jpg"] = with_orientation(next_photo(), "JPEG", orientation)
     files["exif6.png"] = with_orientation(next_photo(), "PNG", 6)
     return files
+
+
+def write_photo_folder(root, classes=8, per_class=6, seed=0):
+    """root/<class>/<file>: each class one scene, each file a crop of it in another encoding
+    (JPEG, PNG, RGBA PNG, palette PNG, 16-bit PNG, EXIF-rotated JPEG); returns the paths."""
+    from pathlib import Path
+
+    root = Path(root)
+    encoders = [
+        ("jpg", lambda im: encode(im, "JPEG", quality=90)),
+        ("png", lambda im: encode(im, "PNG")),
+        ("png", lambda im: encode(
+            Image.fromarray(np.dstack([np.asarray(im), np.full(im.size[::-1], 230, np.uint8)]),
+                            "RGBA"), "PNG")),
+        ("png", lambda im: encode(im.convert("P", palette=Image.ADAPTIVE,
+                                                          colors=64), "PNG")),
+        ("png", lambda im: png16(np.asarray(im).astype(np.uint16) * 257)),
+        ("jpg", lambda im: with_orientation(im.transpose(Image.ROTATE_90), "JPEG",
+                                                         6)),
+    ]
+    rng = np.random.default_rng(seed)
+    paths = []
+    for c in range(classes):
+        scene = photo(np.random.default_rng(100 + c), 240, 320)
+        (root / f"scene{c}").mkdir(parents=True)
+        for i in range(per_class):
+            h, w = rng.integers(90, 200), rng.integers(90, 260)
+            y, x = rng.integers(0, 240 - h), rng.integers(0, 320 - w)
+            crop = Image.fromarray(scene[y:y + h, x:x + w])
+            suffix, encode = encoders[(c + i) % len(encoders)]
+            path = root / f"scene{c}" / f"{i}.{suffix}"
+            path.write_bytes(encode(crop))
+            paths.append(str(path))
+    return paths

@@ -131,10 +131,10 @@ def _keras_metrics(run, sets):
 
 
 def _metrics(embed, sets):
+    """{evaluation name: metrics} (MAP@R and R@K; NMI is left to the run)."""
     from dnc_keras.evaluation import evaluate
 
-    results = evaluate(embed, sets, ks=RECALL_KS, nmi=False)
-    return results[sets[0].name] if len(results) == 1 else results
+    return evaluate(embed, sets, ks=RECALL_KS, nmi=False)
 
 
 def export_run(run_dir, name, version=None, out="saved_models", bounds=sig.DEFAULT_BOUNDS,
@@ -358,8 +358,8 @@ def _variant(staging, onnx_path, name, mode, sets):
         subset = SourceSet(ev.name, ev.query[:count], ev.query_labels[:count])
         full = ExportedModel(staging, runtime="onnx")
         small = ExportedModel(staging, runtime="onnx", onnx_file=os.path.basename(path))
-        before = _metrics(full.embed_sources, [subset])["MAP@R"]
-        after = _metrics(small.embed_sources, [subset])["MAP@R"]
+        before = _metrics(full.embed_sources, [subset])[ev.name]["MAP@R"]
+        after = _metrics(small.embed_sources, [subset])[ev.name]["MAP@R"]
         report.update({"MAP@R_float32": before, "MAP@R": after, "MAP@R_images": count})
         if mode == "int8" and before - after > quality.INT8_MAP_LOSS:
             raise ExportRefused(f"the int8 variant loses {before - after:.4f} MAP@R against "

@@ -21,7 +21,8 @@ def exported_metrics(embed_sources, source_sets, ks, nmi=False, seed=0):
 
 
 def flat(metrics):
-    """{"test": {...}} or {"test_800": {...}, ...} or {"R@1": ...} -> {name: {metric: value}}."""
+    """metrics.json's `test` ({"R@1": ...} for one evaluation, {"small": {...}, ...} for
+    several) or `evaluate`'s {name: {...}} -> {name: {metric: value}}."""
     if "MAP@R" in metrics:
         return {"test": metrics}
     return {k: v for k, v in metrics.items() if isinstance(v, dict) and "MAP@R" in v}

@@ -192,3 +192,16 @@ def test_bad_names_and_bounds_are_refused(trained_run, tmp_path):
                          bounds=sig.Bounds(max_side=4))
     with pytest.raises(FileNotFoundError, match="run folder"):
         build.export_run(str(tmp_path / "nope"), "x", out=str(tmp_path))
+
+
+def test_a_folder_given_with_data_is_judged_against_the_keras_model(trained_run, gallery,
+                                                                    tmp_path):
+    """For a run trained on every class: `--data DIR` measures retrieval on DIR with the run's
+    Keras model and with the export, and compares them."""
+    manifest = build.export_run(trained_run, "judged", out=str(tmp_path), data=gallery)
+    report = manifest["quality"]
+    assert report["checked"] and report["judged_on"] == f"folder {gallery}"
+    for runtime in ("savedmodel", "onnx"):
+        row = report[runtime]["agreement"]["evaluations"]["data"]
+        assert row["gap"] <= quality.AGREEMENT
+    assert report["run"]["data"]["MAP@R"] == pytest.approx(row["run MAP@R"])

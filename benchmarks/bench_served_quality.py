@@ -1,0 +1,110 @@
+"""Retrieval of a served Omniglot model on the raw 105x105 drawings, against the run's own
+evaluation: what a deployed model keeps of what was measured in training.
+
+    python benchmarks/bench_served_quality.py --data-dir ../shared/data/omniglot_small1
+    python benchmarks/bench_served_quality.py --data-dir ... --package-dir /tmp/old --label before
+
+Each seed trains with the README's Omniglot command (`dnc-keras train --dataset omniglot
+--epochs 30`, standard split) in a fresh process, then exports in another, whose retrieval check
+embeds the raw test files through the SavedModel and ONNX Runtime. `--package-dir` runs another
+checkout of dnc_keras (PYTHONPATH), e.g. one from before the preprocessing record, which had no
+such check: its rows hold the in-run evaluation only. Rows go into one results file under
+their label, so `before` and `after` sit side by side with their paired differences.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+RESULTS = os.path.join(common.RESULTS_DIR, "served_omniglot.json")
+METRICS = ("R@1", "MAP@R")
+
+
+def cli(package_dir, *args):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    if package_dir:
+        env["PYTHONPATH"] = os.path.abspath(package_dir)
+    # From a neutral folder: `python -m` puts the working directory first on sys.path, which
+    # would shadow --package-dir with a checkout the command is run from.
+    result = subprocess.run([sys.executable, "-m", "dnc_keras.cli", *map(str, args)], env=env,
+                            capture_output=True, text=True, cwd=tempfile.gettempdir())
+    if result.returncode:
+        sys.exit(f"dnc-keras {args[0]} failed:\n{result.stderr[-3000:]}")
+    return result.stdout
+
+
+def one_seed(package_dir, data_dir, epochs, seed, workdir):
+    run = os.path.join(workdir, f"run_{seed}")
+    results = json.loads(cli(package_dir, "train", "--dataset", "omniglot", "--data-dir",
+                             data_dir, "--epochs", epochs, "--seed", seed, "--out", run,
+                             "--json").splitlines()[-1])
+    row = {"seed": seed, "in_run": {k: results["test"][k] for k in METRICS}}
+    if os.path.exists(os.path.join(run, "preprocessing.json")):  # a checkout that can export
+        manifest = json.loads(cli(package_dir, "export", run, "--name", "omniglot", "--out",
+                                  os.path.join(workdir, f"sm_{seed}"), "--json"))
+        for runtime in ("savedmodel", "onnx"):
+            served = manifest["quality"][runtime]["metrics"]["test"]
+            row[f"served_{runtime}"] = {k: served[k] for k in METRICS}
+        row["parity_max_abs_diff"] = max(manifest["parity"]["max_abs_diff"].values())
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def paired(before, after, metric):
+    """Mean paired difference after - before over common seeds, with a 95% t interval."""
+    from scipy import stats
+
+    seeds = sorted(set(before) & set(after))
+    diffs = np.array([after[s] - before[s] for s in seeds])
+    if len(diffs) < 2:
+        return None
+    half = stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / np.sqrt(len(diffs))
+    return {"metric": metric, "seeds": seeds, "mean": float(diffs.mean()),
+            "ci95": [float(diffs.mean() - half), float(diffs.mean() + half)],
+            "per_seed": diffs.round(4).tolist()}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", required=True, help="Omniglot background small 1")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--package-dir", default=None,
+                        help="another dnc_keras checkout to run (default: the installed one)")
+    parser.add_argument("--label", default="after")
+    parser.add_argument("--out", default=RESULTS)
+    args = parser.parse_args(argv)
+    saved = {}
+    if os.path.exists(args.out):
+        with open(args.out) as f:
+            saved = json.load(f)
+    with tempfile.TemporaryDirectory() as workdir:
+        rows = [one_seed(args.package_dir, os.path.abspath(args.data_dir), args.epochs, seed,
+                         workdir) for seed in range(args.seeds)]
+    package = args.package_dir or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    saved.setdefault("runs", {})[args.label] = {
+        "provenance": common.provenance(argv), "package": common.git_state(package),
+        "epochs": args.epochs, "rows": rows}
+    runs = saved["runs"]
+    if "before" in runs and "after" in runs:
+        before = {r["seed"]: r["in_run"] for r in runs["before"]["rows"]}
+        after = {r["seed"]: r["served_savedmodel"] for r in runs["after"]["rows"]}
+        saved["served_after_minus_in_run_before"] = [
+            paired({s: m[k] for s, m in before.items()}, {s: m[k] for s, m in after.items()}, k)
+            for k in METRICS]
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(saved, f, indent=2)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
