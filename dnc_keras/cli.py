@@ -226,6 +226,8 @@ def evaluate_command(args):
             raise FileNotFoundError(f"{path} not found: is {args.run_dir} a dnc-keras run?")
     overrides = {"dataset": args.dataset, "data_dir": args.data_dir}
     config = TrainConfig.from_file(config_path, **overrides)
+    if args.dataset and not args.data_dir:  # another dataset: not the run's folder
+        config = dataclasses.replace(config, data_dir=None)
     import keras
 
     model = keras.saving.load_model(model_path)

@@ -185,11 +185,12 @@ def _select_best(model, selection, best_path):
 
 
 def _augmenter(config):
+    """`--augment`: the in-memory datasets' random rotation and shift (stateless, seeded)."""
     if not config.augment:
         return None
-    layers = keras.Sequential([keras.layers.RandomRotation(0.03, fill_mode="constant"),
-                               keras.layers.RandomTranslation(0.08, 0.08, fill_mode="constant")])
-    return lambda images: layers(images, training=True)
+    from dnc_keras.augmentation import RandomAffine
+
+    return RandomAffine()
 
 
 def _write_outputs(out, results, history, plot, model, curves=True):

@@ -245,14 +245,16 @@ def geometry(record, height, width):
         left = tf.cast(tf.round(tf.cast(rw - out_w, tf.float32) / 2.0), tf.int32)
         return (_axis_matrix(record, h, rh, out_h, top),
                 _axis_matrix(record, w, rw, out_w, left))
-    # pad: the larger scale that fits, the other side rounded (Pillow's ImageOps.pad), centred.
+    # pad: Pillow's ImageOps.pad - the side that fits is kept, the other one rounded (half to
+    # even, as Python's round and tf.round), centred at round((size - resized) / 2).
     wider = w_f * out_h > h_f * out_w
-    rh = tf.where(wider, tf.round(h_f * out_w / w_f), float(out_h))
-    rw = tf.where(wider, float(out_w), tf.round(w_f * out_h / h_f))
+    rh = tf.where(wider, tf.round(h_f / w_f * out_w), float(out_h))
+    rw = tf.where(wider, float(out_w), tf.round(w_f / h_f * out_h))
     rh = tf.maximum(tf.cast(rh, tf.int32), 1)
     rw = tf.maximum(tf.cast(rw, tf.int32), 1)
-    return (_axis_matrix(record, h, rh, out_h, -((out_h - rh) // 2)),
-            _axis_matrix(record, w, rw, out_w, -((out_w - rw) // 2)))
+    top = tf.cast(tf.round(tf.cast(out_h - rh, tf.float32) * 0.5), tf.int32)
+    left = tf.cast(tf.round(tf.cast(out_w - rw, tf.float32) * 0.5), tf.int32)
+    return (_axis_matrix(record, h, rh, out_h, -top), _axis_matrix(record, w, rw, out_w, -left))
 
 
 def apply_geometry(images, rows, cols):

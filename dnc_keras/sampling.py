@@ -13,6 +13,10 @@ import tensorflow as tf
 
 from dnc_keras.clustering import drop_single_image_classes
 
+# Purpose of a random stream, folded into the run's seed: augmentation draws are independent
+# of the batch draws.
+AUGMENT_STREAM = 1
+
 class ClusterBatchSampler:
     """Draws class-balanced P x M batches, each from one cluster, clusters in round-robin.
 
@@ -106,24 +110,33 @@ class ClusterBatchSampler:
 
         Args:
             images: array [N, H, W, C] (float32 in [0, 1]) aligned with `labels`.
-            augment: optional function images -> images applied per batch (training only).
+            augment: optional function (images, seed) -> images applied per batch (training
+                only), e.g. `dnc_keras.augmentation.RandomAffine()`; `seed` is an int64 [2]
+                stateless seed of the sampler's seed and the batch's epoch and step, so
+                augmented batches depend on the seed only, not on tf.data's scheduling.
         """
         images = tf.constant(np.asarray(images, np.float32))
         labels = tf.constant(self.labels.astype(np.int32))
         size = self.batch_size
 
         def generate():
-            for indices, learner in self.epoch_batches():
-                yield indices.astype(np.int32), np.int32(learner)
+            for step, (indices, learner) in enumerate(self.epoch_batches()):
+                # epoch_batches has advanced the epoch counter on its first step.
+                yield indices.astype(np.int32), np.int32(learner), np.int64(self.epoch - 1), \
+                    np.int64(step)
 
-        signature = (tf.TensorSpec([size], tf.int32), tf.TensorSpec([], tf.int32))
+        signature = (tf.TensorSpec([size], tf.int32), tf.TensorSpec([], tf.int32),
+                     tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64))
         dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(self.steps))
+        base_seed = tf.constant([self.seed, AUGMENT_STREAM], tf.int64)
 
-        def gather(indices, learner):
+        def gather(indices, learner, epoch, step):
             batch = tf.gather(images, indices)
             if augment is not None:
-                batch = augment(batch)
+                seed = tf.random.experimental.stateless_fold_in(
+                    tf.random.experimental.stateless_fold_in(base_seed, epoch), step)
+                batch = augment(batch, seed)
             inputs = {"images": batch, "learner": tf.fill([size], learner), "indices": indices}
             return inputs, tf.gather(labels, indices)
 

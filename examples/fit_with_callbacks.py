@@ -35,7 +35,7 @@ def main(epochs=10, learners=4):
     embeddings = model.predict(data.x_test)  # L2-normalised, [N, 128]
     metrics = dnc_keras.retrieval_metrics(embeddings, data.y_test)
     print({name: round(value, 3) for name, value in metrics.items()})
-    return history, metrics
+    return model, sampler, history, metrics
 
 
 if __name__ == "__main__":

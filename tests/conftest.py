@@ -10,24 +10,16 @@ import os
 from pathlib import Path
 
 import pytest
+from needs import satisfied
 
 REPO = Path(__file__).resolve().parents[1]
 OMNIGLOT_DIR = Path(os.environ.get("DNC_OMNIGLOT_DIR",
                                    REPO / ".." / "shared" / "data" / "omniglot_small1"))
 
 
-def require(condition, message):
-    """Skip with `message`, or fail under CI, when `condition` is false."""
-    if condition:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"{message} (CI is set, so this is a failure, not a skip)")
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="session")
 def omniglot_dir():
     """The Omniglot background small 1 folder (136 characters x 20 drawings)."""
-    require(OMNIGLOT_DIR.is_dir(), f"Omniglot background small 1 not found at {OMNIGLOT_DIR}; "
+    satisfied(OMNIGLOT_DIR.is_dir(), f"Omniglot background small 1 not found at {OMNIGLOT_DIR}; "
             "set DNC_OMNIGLOT_DIR to run this")
     return OMNIGLOT_DIR.resolve()

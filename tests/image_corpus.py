@@ -107,8 +107,8 @@ def write_photo_folder(root, classes=8, per_class=6, seed=0):
             h, w = rng.integers(90, 200), rng.integers(90, 260)
             y, x = rng.integers(0, 240 - h), rng.integers(0, 320 - w)
             crop = Image.fromarray(scene[y:y + h, x:x + w])
-            suffix, encode = encoders[(c + i) % len(encoders)]
+            suffix, encoder = encoders[(c + i) % len(encoders)]
             path = root / f"scene{c}" / f"{i}.{suffix}"
-            path.write_bytes(encode(crop))
+            path.write_bytes(encoder(crop))
             paths.append(str(path))
     return paths

@@ -125,23 +125,27 @@ def build_inshop(root, eval_folder=False, img_folder=False, extra_train_items=0)
 def build_vehicleid(root):
     """train_test_split/{train_list,test_list_800,1600,2400}.txt and image/<name>.jpg.
 
-    Train vehicles 10, 11, 12 (3 images each); test lists nested as in the archive: the 800
-    list holds vehicle 20, the 1600 list 20-21, the 2400 list 20-22.
+    Train vehicles 10, 11, 12 (3 images each); test lists nested as in the archive, the same
+    image lines repeated: the 800 list holds vehicle 20, the 1600 list 20-21, the 2400 list
+    20-22 (2 images each, 6 distinct test images in all).
     """
     split_dir = root / "train_test_split"
     split_dir.mkdir(parents=True)
     counter = 0
+    lines = {}
+
+    def line(vehicle, k):
+        nonlocal counter
+        if (vehicle, k) not in lines:
+            counter += 1
+            image = f"{counter:07d}"
+            write_jpeg(root / "image" / f"{image}.jpg", vehicle)
+            lines[(vehicle, k)] = f"{image} {vehicle}"
+        return lines[(vehicle, k)]
 
     def write_list(name, vehicles, per_vehicle):
-        nonlocal counter
-        lines = []
-        for v in vehicles:
-            for _ in range(per_vehicle):
-                counter += 1
-                image = f"{counter:07d}"
-                write_jpeg(root / "image" / f"{image}.jpg", v)
-                lines.append(f"{image} {v}")
-        (split_dir / name).write_text("\n".join(lines) + "\n")
+        text = [line(v, k) for v in vehicles for k in range(per_vehicle)]
+        (split_dir / name).write_text("\n".join(text) + "\n")
 
     write_list("train_list.txt", [10, 11, 12], 3)
     write_list("test_list_800.txt", [20], 2)

@@ -3,6 +3,7 @@ import os
 import keras
 import numpy as np
 import pytest
+from events import scalars
 
 from dnc_keras.backbones import build_encoder
 from dnc_keras.callbacks import (ConquerCallback, FiniteCheckpoint, ReclusterCallback,
@@ -76,7 +77,10 @@ def test_retrieval_evaluation_logs_metrics_into_history(tmp_path):
     assert len(history.history["val_R@1"]) == 2
     expected = retrieval_metrics(model.embed(x), y, ks=(1, 2))
     assert history.history["val_MAP@R"][-1] == pytest.approx(expected["MAP@R"])
-    assert os.listdir(tmp_path / "retrieval")
+    logged = scalars(tmp_path / "retrieval")  # what TensorBoard shows, epoch by epoch
+    assert sorted(logged["MAP@R"]) == [(1, pytest.approx(history.history["val_MAP@R"][0])),
+                                       (2, pytest.approx(expected["MAP@R"]))]
+    assert [v for _, v in sorted(logged["R@2"])] == pytest.approx(history.history["val_R@2"])
 
 
 class _PoisonableLoss(keras.losses.Loss):

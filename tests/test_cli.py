@@ -1,7 +1,8 @@
 import json
-import os
 
 import pytest
+from events import scalars
+from PIL import Image
 
 from dnc_keras import cli
 from dnc_keras.config import TrainConfig
@@ -30,11 +31,21 @@ def test_train_json_run_folder_and_evaluate(tmp_path, capsys):
     assert set(results["test"]) >= {"R@1", "R@2", "R@4", "R@8", "MAP@R", "NMI"}
     assert results["test_classes"] == 5 and results["learners"] == 2
     for name in ("config.json", "metrics.json", "history.json", "model.keras",
-                 "checkpoint.weights.h5", "training_curves.png", "test_embeddings.png"):
+                 "checkpoint.weights.h5", "preprocessing.json"):
         assert (out / name).exists(), name
-    assert os.listdir(out / "logs")
     saved = json.loads((out / "config.json").read_text())
     assert saved["embedding_dim"] == 16 and saved["dataset"] == "digits"
+    assert json.loads((out / "metrics.json").read_text())["test"] == results["test"]
+    history = json.loads((out / "history.json").read_text())
+    assert set(history) == {"loss", "overlap"} and len(history["loss"]) == 2
+    # The plots: one panel per logged quantity (2 x 320 x 300 px), the t-SNE 600 x 600 px.
+    with Image.open(out / "training_curves.png") as curves:
+        assert curves.size == (640, 300)
+    with Image.open(out / "test_embeddings.png") as tsne:
+        assert tsne.size == (600, 600)
+    # TensorBoard shows the same per-epoch loss as history.json.
+    logged = scalars(out / "logs")
+    assert [v for _, v in sorted(logged["epoch_loss"])] == pytest.approx(history["loss"])
 
     assert cli.main(["evaluate", str(out), "--json"]) == 0
     evaluated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -67,3 +78,49 @@ def test_evaluate_names_a_missing_run(tmp_path, capsys):
     assert cli.main(["evaluate", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "config.json not found" in err and str(tmp_path) in err
+
+
+def test_augment_changes_training_and_is_recorded(tmp_path, capsys):
+    plain, augmented = tmp_path / "plain", tmp_path / "augmented"
+    assert cli.main(["train", *TINY, "--no-plots", "--out", str(plain), "--json"]) == 0
+    assert cli.main(["train", *TINY, "--no-plots", "--augment", "--out", str(augmented),
+                     "--json"]) == 0
+    capsys.readouterr()
+    assert json.loads((augmented / "config.json").read_text())["augment"] is True
+    losses = [json.loads((run / "history.json").read_text())["loss"]
+              for run in (plain, augmented)]
+    # Same seed, same batches: only the augmentation differs, so the losses do.
+    assert losses[0] != pytest.approx(losses[1], abs=1e-4)
+
+
+def test_evaluate_on_another_folder_equals_the_models_own_embeddings(tmp_path, capsys):
+    import image_corpus
+    import keras
+    import numpy as np
+
+    from dnc_keras.evaluation import retrieval_metrics
+    from dnc_keras.preprocessing import load_files
+
+    trained_on, evaluated_on = tmp_path / "a", tmp_path / "b"
+    image_corpus.write_photo_folder(trained_on, classes=6, per_class=4, seed=0)
+    files = image_corpus.write_photo_folder(evaluated_on, classes=6, per_class=4, seed=1)
+    run = tmp_path / "run"
+    small = ["--image-size", "24", "--epochs", "1", "--learners", "1", "--embedding-dim", "8",
+             "--classes-per-batch", "3", "--samples-per-class", "2", "--steps-per-epoch", "3",
+             "--no-plots"]
+    assert cli.main(["train", "--dataset", "folder", "--data-dir", str(trained_on), *small,
+                     "--out", str(run), "--json"]) == 0
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(run), "--data-dir", str(evaluated_on), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["test"]
+    # The oracle: the saved model on the record's images of b's test classes (the last 3).
+    model = keras.saving.load_model(run / "model.keras")
+    test_files = [f for f in files if int(f.split("scene")[1].split("/")[0]) >= 3]
+    labels = np.array([int(f.split("scene")[1].split("/")[0]) for f in test_files])
+    expected = retrieval_metrics(model.embed(load_files(test_files, model.preprocessing)),
+                                 labels)
+    for name in ("R@1", "MAP@R", "NMI"):
+        assert got[name] == pytest.approx(expected[name], abs=1e-6)
+    # Another dataset makes other images than the model was trained on: refused, named.
+    assert cli.main(["evaluate", str(run), "--dataset", "digits"]) == 2
+    assert "trained on images made by RGB" in capsys.readouterr().err

@@ -209,13 +209,24 @@ def test_degenerate_batches_are_finite(make_loss, case):
 
 
 @pytest.mark.parametrize("make_loss", ALL_LOSSES, ids=LOSS_IDS)
-def test_no_positive_pair_gives_zero_for_pair_losses(make_loss):
+def test_no_positive_pair_follows_each_losss_definition(make_loss):
+    """Four classes of one image each, close enough that negatives cost something: the
+    triplet losses that need a positive pair give exactly 0 (tensorflow-addons' semi-hard loss
+    gives NaN here); batch-hard (hardest positive 0, as in tensorflow-addons) and contrastive
+    (negative pairs only) give their oracles' non-zero values."""
+    labels = [0, 1, 2, 3]
+    x = np.array([[1.0, 0.0, 0.0], [0.9, 0.3, 0.0], [0.8, 0.0, 0.6], [0.95, 0.2, 0.2]])
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
     loss = make_loss()
-    value = float(loss([0, 1, 2, 3], np.eye(4, 3)))
+    value = float(loss(labels, x))
     if isinstance(loss, (MarginLoss, TripletSemiHardLoss)):
-        assert value == 0.0  # tensorflow-addons' semi-hard loss is NaN here
+        assert value == 0.0
+    elif isinstance(loss, TripletHardLoss):
+        expected = hard_oracle(labels, x, soft=loss.soft)
+        assert expected > 0.1 and value == pytest.approx(expected, abs=1e-5)
     else:
-        assert np.isfinite(value)
+        expected = contrastive_oracle(labels, x)
+        assert expected > 0.1 and value == pytest.approx(expected, abs=1e-5)
 
 
 def test_degenerate_values_follow_tfa():

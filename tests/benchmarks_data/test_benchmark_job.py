@@ -66,31 +66,53 @@ def test_sop_preset_reaches_32_learners_at_epoch_10():
                                                 (10, 32), (80, 32)]
 
 
-class _MeanColour:
-    """A stand-in model whose embedding is an image's normalised mean colour."""
+class _ByPath:
+    """A stand-in model that places each image at a point chosen by hand from its file name,
+    so every protocol has a hand-computed answer (and a wrong protocol another one)."""
+
+    def __init__(self, position):
+        self.position = position
 
     def embed(self, images, batch_size=256):
-        x = np.asarray(images).mean(axis=(1, 2))
-        return x / np.linalg.norm(x, axis=1, keepdims=True)
+        x = np.array([self.position(str(p)) for p in images.paths], np.float32)
+        return np.stack([x, np.zeros_like(x)], axis=1)
 
 
 def test_vehicleid_is_evaluated_per_test_list(tmp_path, replicas):
     root = replicas.vehicleid(tmp_path / "VehicleID_V1.0")
     config = TrainConfig(dataset="vehicleid", data_dir=str(root), image_size=16)
     data = plan.build_plan(config)
-    results = plan.evaluate(_MeanColour(), data.evaluations, data.recall_ks, nmi=False)
+    # Test images 10-15 are vehicles 20, 20, 21, 21, 22, 22 (tests/replicas.py), placed at:
+    spots = {10: 0.0, 11: 1.0, 12: 1.2, 13: 3.0, 14: 3.1, 15: 6.0}
+    model = _ByPath(lambda path: spots[int(path.rsplit("/", 1)[1][:7])])
+    results = plan.evaluate(model, data.evaluations, data.recall_ks, nmi=False)
     assert list(results) == ["small", "medium", "large"]
     assert set(results["large"]) == {"R@1", "R@5", "MAP@R", "R-precision"}
-    # each vehicle's images share a colour: retrieval by colour is perfect
-    assert all(m["R@1"] == 1.0 for m in results.values())
+    # Leave-one-out within each list. small {0, 1}: both hit. medium {0, 1 | 1.2, 3}: 0 -> 1
+    # hit, 1 -> 1.2 miss, 1.2 -> 1 miss, 3 -> 1.2 hit. large adds {3.1, 6}: 3 -> 3.1 and
+    # 3.1 -> 3 miss, 6 -> 3.1 hit.
+    assert [results[k]["R@1"] for k in ("small", "medium", "large")] == pytest.approx(
+        [1.0, 0.5, 2 / 6])
+    assert [results[k]["MAP@R"] for k in ("small", "medium", "large")] == pytest.approx(
+        [1.0, 0.5, 2 / 6])
 
 
 def test_inshop_queries_search_the_gallery(tmp_path, replicas):
     root = replicas.inshop(tmp_path / "inshop")
     data = plan.build_plan(TrainConfig(dataset="inshop", data_dir=str(root), image_size=16))
-    results = plan.evaluate(_MeanColour(), data.evaluations, data.recall_ks, nmi=True)
-    assert list(results) == ["test"] and results["test"]["R@1"] == 1.0
-    assert results["test"]["MAP@R"] == 1.0 and "NMI" in results["test"]
+    # Items 4, 5, 6: files 01, 02, 03 (tests/replicas.py); queries 4/01, 4/02, 5/01, 6/01,
+    # 6/02, gallery 4/03, 5/02, 5/03, 6/03.
+    spots = {(4, 1): 0.0, (4, 2): 10.0, (4, 3): 9.0, (5, 1): 5.0, (5, 2): 4.8, (5, 3): 30.0,
+             (6, 1): 20.0, (6, 2): 21.0, (6, 3): 40.0}
+    model = _ByPath(lambda path: spots[(int(path.split("id_")[1][:8]),
+                                        int(path.rsplit("/", 1)[1][:2]))])
+    results = plan.evaluate(model, data.evaluations, data.recall_ks, nmi=True)
+    assert list(results) == ["test"] and "NMI" in results["test"]
+    # Queries against the gallery only: 0 -> 4.8 (item 5) miss, 10 -> 9 hit, 5 -> 4.8 hit,
+    # 20 -> 30 (item 5) miss, 21 -> 30 miss. MAP@R: R = 1, 1, 2, 1, 1 gallery items of the
+    # query's item; 5 ranks 4.8 then 9: (1/2) * 1.
+    assert results["test"]["R@1"] == pytest.approx(0.4)
+    assert results["test"]["MAP@R"] == pytest.approx((0 + 1 + 0.5 + 0 + 0) / 5)
 
 
 def test_short_training_on_disk_in_fair_comparison_mode(tmp_path, replicas, capsys):

@@ -21,7 +21,11 @@ def test_train_and_three_test_lists(vehicleid_root):
 
 def test_all_deduplicates_nested_lists(vehicleid_root):
     ds = load_paths("vehicleid", vehicleid_root, train_classes="all")
-    assert len(ds.train) == 9 + 2 + 4 + 6 and ds.train.num_classes == 6
+    # The nested test lists repeat their images: 6 distinct ones, each once.
+    assert len(ds.train) == 9 + 6 and ds.train.num_classes == 6
+    assert len(set(ds.train.paths.tolist())) == len(ds.train)
+    small = load_paths("vehicleid", vehicleid_root).splits["test_800"].paths.tolist()
+    assert set(small) <= set(ds.train.paths.tolist())
 
 
 def test_missing_test_list(vehicleid_root):

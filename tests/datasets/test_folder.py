@@ -32,12 +32,48 @@ def test_rgb_split_and_values(tmp_path):
     np.testing.assert_allclose(ds.x_test[ds.y_test == 1], 1.0, atol=0.02)
 
 
+def _pattern(height, width, seed):
+    """A non-square RGB image with structure everywhere: a wrong geometry cannot hide in it."""
+    yy, xx = np.mgrid[:height, :width]
+    rng = np.random.default_rng(seed)
+    return np.stack([(xx * 7 + yy * 3) % 256, (yy * 11) % 256,
+                     rng.integers(0, 256, (height, width))], -1).astype(np.uint8)
+
+
+def _oracle(grey, fit, size):
+    """Pillow's float ("F") Lanczos resize with each fit's geometry, [0, 1]: an independent
+    reference of the loader's record (Pillow resamples "F" images without rounding)."""
+    from PIL import ImageOps
+
+    h, w = size
+    image = Image.fromarray(grey.astype(np.float32), "F")
+    lanczos = Image.Resampling.LANCZOS
+    if fit == "stretch":
+        out = image.resize((w, h), lanczos)
+    elif fit == "pad":
+        out = ImageOps.pad(image, (w, h), lanczos, color=0)
+    else:  # torchvision's Resize(max(size)) of the shorter side, then CenterCrop(size)
+        side = max(size)
+        iw, ih = image.size
+        rw, rh = (side, int(side * ih / iw)) if iw <= ih else (int(side * iw / ih), side)
+        top, left = int(round((rh - h) / 2.0)), int(round((rw - w) / 2.0))
+        out = image.resize((rw, rh), lanczos).crop((left, top, left + w, top + h))
+    return np.clip(np.asarray(out), 0, 255) / 255.0
+
+
 @pytest.mark.parametrize("fit", ["stretch", "crop", "pad"])
-def test_grayscale_fits_and_all(tmp_path, fit):
-    ds = load_folder(_replica(tmp_path), image_size=(12, 20), color_mode="grayscale", fit=fit,
+@pytest.mark.parametrize("source", [(30, 40), (50, 20), (12, 20), (7, 33)])
+def test_grayscale_fit_modes_match_pillow(tmp_path, fit, source):
+    for c in range(2):  # two classes of two copies of a patterned, non-square image
+        (tmp_path / f"c{c}").mkdir()
+        for i in range(2):
+            Image.fromarray(_pattern(*source, seed=c)).save(tmp_path / f"c{c}" / f"{i}.png")
+    ds = load_folder(tmp_path, image_size=(12, 20), color_mode="grayscale", fit=fit,
                      train_classes="all")
-    assert ds.x_train.shape == (12, 12, 20, 1) and ds.num_classes_train == 4
-    assert 0.0 <= ds.x_train.min() and ds.x_train.max() <= 1.0
+    assert ds.x_train.shape == (4, 12, 20, 1) and ds.num_classes_train == 2
+    grey = np.asarray(Image.fromarray(_pattern(*source, seed=1)).convert("L"))
+    np.testing.assert_allclose(ds.x_train[ds.y_train == 1][0, ..., 0],
+                               _oracle(grey, fit, (12, 20)), atol=1e-4)
 
 
 def test_single_image_class_raises_or_warns(tmp_path):

@@ -1,17 +1,9 @@
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
 from dnc_keras.datasets import load, load_omniglot
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-# The real data stays outside the repository (its README forbids copying it in).
-REAL_DIR = Path(
-    os.environ.get("DNC_OMNIGLOT_DIR", REPO_ROOT / ".." / "shared" / "data" / "omniglot_small1")
-)
 
 
 def _drawing(path, seed):
@@ -115,12 +107,8 @@ def test_bad_on_error(tmp_path):
         load_omniglot(_replica(tmp_path), on_error="ignore")
 
 
-@pytest.mark.skipif(
-    not REAL_DIR.is_dir(),
-    reason=f"Omniglot background small 1 not found at {REAL_DIR}; set DNC_OMNIGLOT_DIR to run this",
-)
-def test_real_small1(monkeypatch):
-    monkeypatch.setenv("DNC_OMNIGLOT_DIR", str(REAL_DIR))
+def test_real_small1(monkeypatch, omniglot_dir):
+    monkeypatch.setenv("DNC_OMNIGLOT_DIR", str(omniglot_dir))
     ds = load("omniglot")
     assert ds.num_classes_train == 68 and ds.num_classes_test == 68
     assert ds.x_train.shape == (1360, 28, 28, 1) and ds.x_test.shape == (1360, 28, 28, 1)

@@ -5,12 +5,12 @@ import io
 import os
 
 import numpy as np
+import needs
 import pytest
 from PIL import Image
 
-pytest.importorskip("tf2onnx")
-pytest.importorskip("onnxruntime")
-pytest.importorskip("tensorflow_serving")
+for _name in ("tf2onnx", "onnxruntime", "tensorflow_serving"):
+    needs.module(_name)
 
 SERVING_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "serving")
 MODEL_NAME = "digits"

@@ -101,17 +101,30 @@ def test_rest_server_error_is_reported(serving_modules, rest_url):
         client.predict("serving_default", [[[[0.5]]]])
 
 
-def test_grpc_cli(serving_modules, grpc_target, gallery, capsys):
-    files = gallery_files(gallery, 2)
+def _run_embeddings(keras_model, files):
+    """The run's own embeddings of files: its record's decode and transform, then the model."""
+    from dnc_keras.preprocessing import load_files
+
+    return keras_model.embed(load_files(files, keras_model.preprocessing))
+
+
+def test_grpc_cli(serving_modules, grpc_target, gallery, keras_model, capsys):
+    files = gallery_files(gallery, 3)
     assert serving_modules["grpc_client"].main(
         ["--server", grpc_target, "--model", "digits", *files]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [line["image"] for line in lines] == files and len(lines[0]["embedding"]) == 16
+    assert [line["image"] for line in lines] == files
+    printed = np.asarray([line["embedding"] for line in lines])
+    assert np.abs(printed - _run_embeddings(keras_model, files)).max() < 1e-5
 
 
-def test_rest_cli_with_manifest(serving_modules, rest_url, export_dir, gallery, capsys):
-    files = gallery_files(gallery, 2)
+def test_rest_cli_with_manifest(serving_modules, rest_url, export_dir, gallery, keras_model,
+                                capsys):
+    files = gallery_files(gallery, 3)
     assert serving_modules["rest_client"].main(
         ["--url", rest_url, "--model", "digits", "--pixels",
          "--manifest", os.path.join(export_dir, "manifest.json"), *files]) == 0
-    assert len(capsys.readouterr().out.splitlines()) == 2
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["image"] for line in lines] == files
+    printed = np.asarray([line["embedding"] for line in lines])
+    assert np.abs(printed - _run_embeddings(keras_model, files)).max() < 1e-5

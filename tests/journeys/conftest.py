@@ -1,7 +1,7 @@
 """Journeys need the export extra (tf2onnx, onnxruntime, tensorflow-serving-api)."""
 
+import needs
 import pytest
 
-pytest.importorskip("tf2onnx")
-pytest.importorskip("onnxruntime")
-pytest.importorskip("tensorflow_serving")
+for _name in ("tf2onnx", "onnxruntime", "tensorflow_serving"):
+    needs.module(_name)
