@@ -11,23 +11,24 @@ import importlib
 __version__ = "0.1.0"
 
 # Registration: these modules define Keras-serializable classes.
-from dnc_keras import backbones, layers, losses, model  # noqa: E402,F401
+from dnc_keras import backbones, layers, losses, model  # noqa: E402, F401
 
 _EXPORTS = {
     "DnCModel": "dnc_keras.model",
     "SubspaceMasks": "dnc_keras.layers",
     "Preprocessing": "dnc_keras.preprocessing",
     "ClusterBatchSampler": "dnc_keras.sampling",
-    "ReclusterCallback": "dnc_keras.callbacks",
-    "DivideCallback": "dnc_keras.callbacks",
-    "ConquerCallback": "dnc_keras.callbacks",
+    "DnCSchedule": "dnc_keras.schedule",
+    "DnCScheduleCallback": "dnc_keras.callbacks",
     "RetrievalEvaluation": "dnc_keras.callbacks",
     "FiniteCheckpoint": "dnc_keras.callbacks",
     "dnc_callbacks": "dnc_keras.callbacks",
     "build_encoder": "dnc_keras.backbones",
     "retrieval_metrics": "dnc_keras.evaluation",
     "query_gallery_metrics": "dnc_keras.evaluation",
-    "TrainConfig": "dnc_keras.config",
+    "TrainConfig": "dnc_keras.training.config",
+    "ArraySource": "dnc_keras.batches",
+    "FileSource": "dnc_keras.batches",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -8,7 +8,6 @@ included, feeds the same thing.
 import keras
 import tensorflow as tf
 
-BACKBONES = ("conv4", "resnet50")
 
 
 @keras.saving.register_keras_serializable(package="dnc_keras")
@@ -45,8 +44,14 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         return outputs
 
 
-def conv4(input_shape, width=64, name="conv4"):
-    """The Conv-4 of the few-shot literature: 4 x (conv 3x3, BatchNorm, ReLU, max-pool 2)."""
+def conv4(input_shape, weights=None, width=64, name="conv4"):
+    """The Conv-4 of the few-shot literature: 4 x (conv 3x3, BatchNorm, ReLU, max-pool 2).
+
+    It trains from scratch: `weights` must be None.
+    """
+    if weights is not None:
+        raise ValueError(f"conv4 has no pretrained weights; it trains from scratch. Received: "
+                         f"weights={weights!r}")
     inputs = keras.Input(shape=input_shape)
     x = inputs
     for i in range(4):
@@ -86,12 +91,11 @@ class CaffePreprocess(keras.layers.Layer):
 
 
 def build_backbone(name, input_shape, weights=None):
-    """Builds a backbone by name (`"conv4"` or `"resnet50"`)."""
-    if name == "conv4":
-        return conv4(input_shape)
-    if name == "resnet50":
-        return resnet50(input_shape, weights=weights)
-    raise ValueError(f"Unknown backbone {name!r}; expected one of {BACKBONES}")
+    """Builds a backbone by its name in the registry (`dnc_keras_cli.options.BACKBONES`)."""
+    from dnc_keras_cli.options import BACKBONES as REGISTRY
+    from dnc_keras_cli.options import resolve
+
+    return resolve(REGISTRY, name, "backbone")(input_shape, weights=weights)
 
 
 @keras.saving.register_keras_serializable(package="dnc_keras")

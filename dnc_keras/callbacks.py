@@ -1,12 +1,16 @@
-"""DnC callbacks for model.fit (and the distributed loop): re-cluster, divide, conquer, evaluate.
+"""Callbacks for model.fit and the distributed loop: the DnC schedule, evaluation, checkpoints.
 
-The callbacks read embeddings from the model and write cluster assignments to the sampler;
-they act in `on_epoch_begin`, before the epoch's batches are drawn.
+`DnCScheduleCallback` executes a `dnc_keras.schedule.DnCSchedule` at the start of each epoch,
+before the epoch's batches are drawn: it reads embeddings from the model and writes cluster
+assignments to the sampler, and nothing else does. Each planned action's outcome is recorded:
+done, or the previous clusters kept and why (a clustering that finds no acceptable split never
+ends a run).
 """
 
 import math
 import os
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -15,64 +19,167 @@ import tensorflow as tf
 from dnc_keras import clustering
 from dnc_keras.evaluation import retrieval_metrics
 from dnc_keras.feature_bank import FeatureBank
+from dnc_keras.schedule import DnCSchedule
 
 CLUSTER_ON = ("features", "embedding")
 FEATURE_SOURCES = ("pass", "training")
 
 
-class _ClusterCallback(keras.callbacks.Callback):
-    """Shared state of the callbacks that cluster the training set."""
+class DnCScheduleCallback(keras.callbacks.Callback):
+    """Executes the divide-and-conquer schedule: cluster, divide, re-cluster, conquer.
 
-    def __init__(self, sampler, images, period=2, cluster_on="features", seed=0,
-                 backend="auto", batch_size=256, feature_source="pass", verbose=1):
+    Args:
+        sampler: the `ClusterBatchSampler` whose assignment the actions set.
+        images: the sampler's training images (array or `dnc_keras.images.ImageFiles`), embedded
+            to cluster.
+        schedule: a `DnCSchedule`. Defaults to `None`: built at the start of training from the
+            model's `SubspaceMasks` (K now and at the end), `fit`'s epochs and the arguments
+            below.
+        period: T, epochs between re-clusterings. Defaults to `2` (both papers).
+        conquer_epoch: first epoch of the conquer phase. Defaults to `None` (none).
+        conquer_mode: `"tpami"` or `"cvpr"` (see `DnCSchedule`). Defaults to `"tpami"`.
+        cluster_on: `"features"` (L2-normalised backbone features, both official codes) or
+            `"embedding"`. Defaults to `"features"`.
+        seed: seed of the k-means runs; epoch e clusters with a seed derived from (seed, e).
+            Defaults to `0`.
+        backend: k-means backend (`dnc_keras.clustering.kmeans`). Defaults to `"auto"`.
+        batch_size: images per embedding batch. Defaults to `256`.
+        feature_source: `"pass"` embeds every training image in a separate inference pass
+            (both official codes); `"training"` re-uses the features the train steps computed
+            since the last clustering and embeds only the images no step drew
+            (`FeatureBank`: faster, but training-mode, augmented and up to T epochs old).
+            Defaults to `"pass"`.
+        verbose: print one line per action. Defaults to `1`.
+
+    Attributes:
+        outcomes: one dict per executed action: epoch, action, K planned and reached, status
+            (`"done"` or `"kept the previous clusters: <reason>"`), seconds, images embedded.
+    """
+
+    def __init__(self, sampler, images, schedule=None, period=2, conquer_epoch=None,
+                 conquer_mode="tpami", cluster_on="features", seed=0, backend="auto",
+                 batch_size=256, feature_source="pass", verbose=1):
         super().__init__()
         if cluster_on not in CLUSTER_ON:
-            raise ValueError(f"cluster_on must be one of {CLUSTER_ON}; got {cluster_on!r}")
+            raise ValueError(f"cluster_on must be one of {CLUSTER_ON}. Received: {cluster_on!r}")
         if feature_source not in FEATURE_SOURCES:
-            raise ValueError(f"feature_source must be one of {FEATURE_SOURCES}; "
-                             f"got {feature_source!r}")
+            raise ValueError(f"feature_source must be one of {FEATURE_SOURCES}. Received: "
+                             f"{feature_source!r}")
         if feature_source == "training" and cluster_on != "features":
             raise ValueError("feature_source='training' keeps backbone features; it needs "
-                             f"cluster_on='features', got {cluster_on!r}")
+                             f"cluster_on='features'. Received: cluster_on={cluster_on!r}")
         if period < 1:
-            raise ValueError(f"period must be >= 1; got {period}")
+            raise ValueError(f"period must be >= 1. Received: period={period}")
         self.sampler = sampler
         self.images = images
+        self.schedule = schedule
         self.period = int(period)
+        self.conquer_epoch = conquer_epoch
+        self.conquer_mode = conquer_mode
         self.cluster_on = cluster_on
         self.seed = int(seed)
         self.backend = backend
         self.batch_size = int(batch_size)
         self.feature_source = feature_source
         self.verbose = verbose
-        self.seconds = []
-        self.embedded = []  # images embedded by a forward pass, per (re-)clustering
+        self.outcomes = []
 
+    # -- the schedule --------------------------------------------------------------------
     def on_train_begin(self, logs=None):
+        if self.schedule is None:
+            epochs = (self.params or {}).get("epochs")
+            if not epochs:
+                raise ValueError("DnCScheduleCallback needs a schedule, or fit's epochs")
+            # A resumed model may already hold more learners: plan from K at the start.
+            start = self.model.subspaces.initial_learners
+            self.schedule = DnCSchedule(int(epochs), int(self.model.subspaces.max_learners),
+                                        int(start), self.period, self.conquer_epoch,
+                                        self.conquer_mode)
+        if self.schedule.final_learners != self.model.subspaces.max_learners:
+            raise ValueError(f"The schedule ends with {self.schedule.final_learners} learners "
+                             f"but the model's SubspaceMasks hold "
+                             f"{self.model.subspaces.max_learners}")
         if self.feature_source == "training":
-            self._attach_bank()
+            bank = self.model.feature_bank
+            if bank is None or bank.num_images != len(self.images):
+                dim = self.model.embed(self.images[:1], output="features").shape[1]
+                self.model.attach_feature_bank(FeatureBank(len(self.images), dim))
 
-    def _attach_bank(self):
-        """One bank per model and training set, shared by the divide and re-cluster callbacks."""
-        bank = self.model.feature_bank
-        if bank is None or bank.num_images != len(self.images):
-            dim = self.model.embed(self.images[:1], output="features").shape[1]
-            self.model.attach_feature_bank(FeatureBank(len(self.images), dim))
+    def on_epoch_begin(self, epoch, logs=None):
+        for action in self.schedule.at(epoch):
+            if self._done(action):
+                continue
+            start = time.perf_counter()
+            self._embedded = 0
+            status, reached = getattr(self, f"_{action.kind}")(action)
+            outcome = {"epoch": epoch, "action": action.kind, "planned_learners":
+                       action.learners, "learners": reached, "status": status,
+                       "seconds": round(time.perf_counter() - start, 3),
+                       "embedded": self._embedded,
+                       "cluster_sizes": [n for n, _ in self.sampler.cluster_sizes()]}
+            self.outcomes.append(outcome)
+            self._log(outcome)
 
-    def _due(self, epoch):
-        return (epoch > 0 and epoch % self.period == 0 and self.sampler.updated_at_epoch != epoch
-                and not self.sampler.single_cluster)
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learners"] = float(self.model.active_learners)
 
-    def _features(self):
-        bank = self.model.feature_bank if self.feature_source == "training" else None
-        if bank is None:
-            self.embedded.append(len(self.images))
-            return self._embed(np.arange(len(self.images)))
-        features, fresh = bank.read(self._embed)
-        self.embedded.append(fresh)
-        return features
+    def _done(self, action):
+        """On a resumed epoch the sampler and model already hold its actions' results."""
+        if action.kind == "conquer":
+            return self.model.is_conquered
+        return self.sampler.updated_at_epoch == action.epoch
 
-    def _cluster(self, fn):
+    # -- the actions ---------------------------------------------------------------------
+    def _cluster(self, action):
+        return self._kmeans(action, match=False)
+
+    def _recluster(self, action):
+        return self._kmeans(action, match=True)
+
+    def _kmeans(self, action, match):
+        k = action.learners
+        try:
+            new = self._clustered(lambda features: clustering.cluster(
+                features, self.sampler.labels, k, seed=self._seed(action), backend=self.backend))
+        except clustering.ClusteringError as error:
+            return self._kept(error), self.sampler.num_clusters
+        if match and self.sampler.num_clusters == k:
+            new = clustering.match_clusters(new, self.sampler.assignment, k)
+        self.sampler.set_clusters(new, k, action.epoch)
+        return "done", k
+
+    def _divide(self, action):
+        k = self.model.active_learners
+        try:
+            new = self._clustered(lambda features: clustering.divide_clusters(
+                features, self.sampler.labels, self.sampler.assignment,
+                seed=self._seed(action), backend=self.backend))
+        except clustering.ClusteringError as error:
+            return self._kept(error), k
+        self.model.divide()
+        self.sampler.set_clusters(new, 2 * k, action.epoch)
+        return "done", 2 * k
+
+    def _conquer(self, action):
+        self.model.conquer()
+        if self.schedule.conquer_mode == "cvpr":
+            self.sampler.set_clusters(np.zeros(len(self.sampler.labels), np.int64), 1,
+                                      action.epoch)
+        return "done", action.learners
+
+    def _kept(self, error):
+        message = f"kept the previous clusters: {error}"
+        warnings.warn(f"[dnc] {message}", stacklevel=3)
+        return message
+
+    def _seed(self, action):
+        """A k-means seed of its own per (run seed, epoch): seeds s and s + 1 share none."""
+        return int(np.random.SeedSequence([self.seed, action.epoch, KMEANS_STREAM])
+                   .generate_state(1)[0] % (2 ** 31))
+
+    # -- embeddings ----------------------------------------------------------------------
+    def _clustered(self, fn):
         """fn(features) -> assignment. Where the bank's features (training-mode, mixed with
         fresh inference-mode ones) admit no acceptable clustering, retries on a full pass."""
         try:
@@ -80,117 +187,37 @@ class _ClusterCallback(keras.callbacks.Callback):
         except clustering.ClusteringError as error:
             if self.feature_source != "training" or self.model.feature_bank is None:
                 raise
-            self._log(f"{error} on the train steps' features; clustering a full pass instead")
-            self.embedded[-1] += len(self.images)
+            self._log_text(f"{error} on the train steps' features; clustering a full pass "
+                           "instead")
             return fn(self._embed(np.arange(len(self.images))))
 
+    def _features(self):
+        bank = self.model.feature_bank if self.feature_source == "training" else None
+        if bank is None:
+            return self._embed(np.arange(len(self.images)))
+        features, _ = bank.read(self._embed)
+        return features
+
     def _embed(self, indices):
+        self._embedded += len(indices)
         images = self.images if len(indices) == len(self.images) else self.images[indices]
         return self.model.embed(images, output=self.cluster_on, batch_size=self.batch_size)
 
-    def _log(self, message):
+    def _log(self, outcome):
+        if not self.verbose:
+            return
+        sizes = outcome["cluster_sizes"]
+        self._log_text(f"epoch {outcome['epoch']}: {outcome['action']} -> K="
+                       f"{outcome['learners']} in {outcome['seconds']:.1f}s ({outcome['status']}"
+                       f"); {outcome['embedded']} images embedded; cluster sizes {sizes}")
+
+    def _log_text(self, message):
         if self.verbose:
             print(f"\n[dnc] {message}", flush=True)
 
 
-class ReclusterCallback(_ClusterCallback):
-    """Every `period` epochs: k-means with the current K, matched to the old clusters.
-
-    At the start of training, clusters the data once if the model has more than one learner.
-    Args are those of the sampler's training images; `cluster_on="features"` clusters the
-    L2-normalised backbone features (both official codes), `"embedding"` the embedding.
-    `feature_source="pass"` embeds every training image in a separate inference pass (both
-    official codes); `"training"` re-uses the features the train steps computed since the
-    last re-clustering and embeds only the images no step drew (`FeatureBank`: faster, but
-    training-mode, augmented and up to `period` epochs old).
-    Defaults: `period=2` (T = 2 in both papers), `cluster_on="features"`,
-    `feature_source="pass"`.
-    """
-
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        if self.model.active_learners > 1 and self.sampler.num_clusters != \
-                self.model.active_learners:
-            self.recluster(epoch=0)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if self._due(epoch):
-            self.recluster(epoch)
-
-    def recluster(self, epoch):
-        start = time.perf_counter()
-        k = self.model.active_learners
-        labels = self.sampler.labels
-        new = self._cluster(lambda features: clustering.cluster(
-            features, labels, k, seed=self.seed + epoch, backend=self.backend))
-        old = self.sampler.assignment
-        if self.sampler.num_clusters == k:
-            new = clustering.match_clusters(new, old, k)
-        self.sampler.set_clusters(new, k, epoch)
-        self.seconds.append(time.perf_counter() - start)
-        changed = float(np.mean(new != old))
-        self._log(f"epoch {epoch}: re-clustered into {k} clusters in {self.seconds[-1]:.1f}s "
-                  f"({changed:.0%} of images moved); sizes {self.sampler.cluster_sizes()}")
-
-
-class DivideCallback(_ClusterCallback):
-    """Progressive division (TPAMI): every `period` epochs while K < `final_learners`,
-    splits every cluster in two by 2-means (children 2c, 2c+1) and doubles the learners.
-
-    Put it before `ReclusterCallback`, which then skips the epochs this callback divided.
-    """
-
-    def __init__(self, sampler, images, final_learners, **kwargs):
-        super().__init__(sampler, images, **kwargs)
-        self.final_learners = int(final_learners)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if self._due(epoch) and self.model.active_learners < self.final_learners \
-                and not self.model.is_conquered:
-            self.divide(epoch)
-
-    def divide(self, epoch):
-        start = time.perf_counter()
-        k = self.model.active_learners
-        new = self._cluster(lambda features: clustering.divide_clusters(
-            features, self.sampler.labels, self.sampler.assignment, seed=self.seed + epoch,
-            backend=self.backend))
-        self.model.divide()
-        self.sampler.set_clusters(new, 2 * k, epoch)
-        self.seconds.append(time.perf_counter() - start)
-        self._log(f"epoch {epoch}: divided {k} -> {2 * k} learners in {self.seconds[-1]:.1f}s; "
-                  f"sizes {self.sampler.cluster_sizes()}")
-
-
-class ConquerCallback(keras.callbacks.Callback):
-    """From `start_epoch` on, the loss sees the full embedding; masks freeze.
-
-    `mode="tpami"` keeps per-cluster batches and re-clustering to the end; `mode="cvpr"`
-    switches to K = 1 batches over all data (the sampler's single cluster) and stops
-    re-clustering. Defaults to `"tpami"`.
-    """
-
-    def __init__(self, start_epoch, sampler=None, mode="tpami", verbose=1):
-        super().__init__()
-        if mode not in ("tpami", "cvpr"):
-            raise ValueError(f"mode must be 'tpami' or 'cvpr'; got {mode!r}")
-        if mode == "cvpr" and sampler is None:
-            raise ValueError("mode='cvpr' needs the sampler, to merge its clusters")
-        self.start_epoch = int(start_epoch)
-        self.sampler = sampler
-        self.mode = mode
-        self.verbose = verbose
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch < self.start_epoch or self.model.is_conquered:
-            return
-        self.model.conquer()
-        if self.mode == "cvpr":
-            self.sampler.set_clusters(np.zeros(len(self.sampler.labels), np.int64), 1, epoch)
-            self.sampler.single_cluster = True
-        if self.verbose:
-            print(f"\n[dnc] epoch {epoch}: conquer ({self.mode}): loss on the full embedding",
-                  flush=True)
+# Purpose of the k-means stream among a run's random streams (see dnc_keras.sampling).
+KMEANS_STREAM = 2
 
 
 class RetrievalEvaluation(keras.callbacks.Callback):
@@ -271,17 +298,12 @@ class FiniteCheckpoint(keras.callbacks.Callback):
         self.saved_epoch = epoch + 1
 
 
-def dnc_callbacks(sampler, images, final_learners, progressive=True, period=2,
-                  conquer_epoch=None, conquer_mode="tpami", cluster_on="features", seed=0,
-                  backend="auto", feature_source="pass", verbose=1):
-    """The DnC schedule as a callback list in the right order: divide, re-cluster, conquer."""
-    common = dict(period=period, cluster_on=cluster_on, seed=seed, backend=backend,
-                  feature_source=feature_source, verbose=verbose)
-    callbacks = []
-    if progressive and final_learners > 1:
-        callbacks.append(DivideCallback(sampler, images, final_learners, **common))
-    if final_learners > 1:
-        callbacks.append(ReclusterCallback(sampler, images, **common))
-    if conquer_epoch is not None:
-        callbacks.append(ConquerCallback(conquer_epoch, sampler, conquer_mode, verbose))
-    return callbacks
+def dnc_callbacks(sampler, images, period=2, conquer_epoch=None, conquer_mode="tpami",
+                  cluster_on="features", seed=0, backend="auto", feature_source="pass",
+                  verbose=1, schedule=None):
+    """The DnC schedule's callback, as a list to extend with others. K comes from the model's
+    `SubspaceMasks` (learners now and `max_learners` at the end); see `DnCScheduleCallback`."""
+    return [DnCScheduleCallback(sampler, images, schedule=schedule, period=period,
+                                conquer_epoch=conquer_epoch, conquer_mode=conquer_mode,
+                                cluster_on=cluster_on, seed=seed, backend=backend,
+                                feature_source=feature_source, verbose=verbose)]

@@ -1,204 +1,26 @@
-"""`dnc-keras`: argument parsing; every command calls one function of the package.
+"""The commands of `dnc-keras`, one function each; `dnc_keras_cli` parses their arguments.
 
-train, evaluate; with the export extra: export, validate-export, build-index, search.
+`run(args)` dispatches and turns every user error into one line on stderr and exit code 2.
 """
 
-import argparse
 import contextlib
 import dataclasses
 import json
 import os
 import sys
 
-from dnc_keras.config import LOSSES, TrainConfig
-
-# TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notes) buries the progress bar.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-# Flags of `train`: (flag, config field, argparse options). Every default is None so that
-# only what is given on the command line overrides a --config file.
-TRAIN_FLAGS = [
-    ("--preset", "preset", dict(help="the papers' settings for a benchmark: cub, cars, sop, "
-                                "inshop, vehicleid (flags override its values)")),
-    ("--dataset", "dataset", dict(help="glyphs (default, embedded), digits, omniglot, folder; "
-                                  "on disk: cub, cars, sop, inshop, vehicleid")),
-    ("--data-dir", "data_dir", dict(help="the dataset's folder as its archive unpacks")),
-    ("--train-classes", "train_classes", dict(
-        choices=["standard", "all"], help="standard: the dataset's usual split (first half of "
-        "the classes for omniglot); all: train on every class, for a model to deploy")),
-    ("--image-size", "image_size", dict(type=int, help="side of the square input images "
-                                        "(on-disk datasets: the crop, default 224)")),
-    ("--resize-size", "resize_size", dict(type=int, help="on-disk datasets: shorter side before "
-                                          "the eval centre crop (default 256 for 224)")),
-    ("--color-mode", "color_mode", dict(choices=["rgb", "grayscale"])),
-    ("--cache-images", "cache_images", dict(action="store_const", const=True,
-                                            help="keep the training files' bytes in memory")),
-    ("--no-check-images", "check_images", dict(action="store_const", const=False,
-                                               help="skip decoding every image once before "
-                                               "training (unreadable files are then fatal)")),
-    ("--backbone", "backbone", dict(choices=["conv4", "resnet50"])),
-    ("--weights", "weights", dict(help="backbone weights: imagenet, a local file, or none")),
-    ("--embedding-dim", "embedding_dim", dict(type=int, help="d (default 128)")),
-    ("--learners", "learners", dict(type=int, help="final number of learners K; 1 is the "
-                                    "single-learner baseline (default 4)")),
-    ("--subspaces", "subspaces", dict(choices=["fixed", "learned"])),
-    ("--no-progressive", "progressive", dict(action="store_const", const=False,
-                                             help="start with K learners instead of doubling "
-                                             "from 1")),
-    ("--recluster-period", "recluster_period", dict(type=int, help="T epochs (default 2)")),
-    ("--cluster-on", "cluster_on", dict(choices=["features", "embedding"])),
-    ("--recluster-features", "recluster_features", dict(
-        choices=["pass", "training"],
-        help="'pass' embeds all training images at each re-clustering (the papers); 'training' "
-             "re-uses the features of the train steps since the last one (faster, "
-             "docs/performance.md)")),
-    ("--kmeans-backend", "kmeans_backend", dict(choices=["auto", "faiss", "sklearn"])),
-    ("--conquer-fraction", "conquer_fraction", dict(type=float, help="last fraction of the "
-                                                    "epochs trained on the full embedding")),
-    ("--conquer-mode", "conquer_mode", dict(choices=["tpami", "cvpr"])),
-    ("--loss", "loss", dict(choices=list(LOSSES))),
-    ("--margin", "margin", dict(type=float, help="margin of the loss (alpha for margin)")),
-    ("--epochs", "epochs", dict(type=int)),
-    ("--classes-per-batch", "classes_per_batch", dict(type=int, help="P (default 20)")),
-    ("--samples-per-class", "samples_per_class", dict(type=int, help="M (default 4)")),
-    ("--steps-per-epoch", "steps_per_epoch", dict(type=int, help="fixed steps per epoch "
-                                                  "(equal gradient steps across K)")),
-    ("--learning-rate", "learning_rate", dict(type=float)),
-    ("--weight-decay", "weight_decay", dict(type=float, help="coupled L2 (official: 1e-4)")),
-    ("--augment", "augment", dict(action="store_const", const=True,
-                                  help="random rotation and shift of training images")),
-    ("--eval-every", "eval_every", dict(type=int, help="evaluate on the test classes every N "
-                                        "epochs (monitoring only; 0: at the end)")),
-    ("--validation-classes", "validation_classes", dict(
-        type=float, help="fair-comparison mode: hold out this fraction of the training classes "
-        "and keep the epoch with the best validation MAP@R (never the test classes)")),
-    ("--no-nmi", "nmi", dict(action="store_const", const=False,
-                             help="skip NMI (k-means with one cluster per test class)")),
-    ("--no-plots", "plots", dict(action="store_const", const=False,
-                                 help="skip the training-curve and t-SNE plots")),
-    ("--seed", "seed", dict(type=int)),
-    ("--seeds", "seeds", dict(type=int, help="repeat with seeds seed..seed+N-1 and report the "
-                              "mean and 95%% interval")),
-    ("--out", "out", dict(help="run folder (default runs/<timestamp>)")),
-    ("--strategy", "strategy", dict(
-        choices=["mirrored", "multi-worker"], help="train with the tf.distribute loop: "
-        "mirrored (all GPUs of this machine) or multi-worker (a cluster described by TF_CONFIG; "
-        "run the same command on every worker with the same shared --out); resumes from "
-        "<out>/checkpoints (docs/distributed.md)")),
-    ("--checkpoint-every", "checkpoint_every", dict(
-        type=int, help="with --strategy: also checkpoint every N steps inside an epoch")),
-]
-
-
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="dnc-keras", description="Divide-and-conquer deep metric learning in Keras 3.")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    train = commands.add_parser("train", help="train a model; with no arguments, on the "
-                                "embedded glyphs dataset",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for flag, field, options in TRAIN_FLAGS:
-        train.add_argument(flag, dest=field, default=None, **options)
-    train.add_argument("--config", help="JSON or YAML file of settings (flags override it)")
-    train.add_argument("--json", action="store_true",
-                       help="print the final metrics as one JSON line on stdout")
-    train.add_argument("--dry-run", action="store_true",
-                       help="print the resolved plan (images, classes, steps per epoch, K "
-                       "schedule, evaluation) and exit without training")
-
-    evaluate = commands.add_parser("evaluate", help="retrieval metrics of a trained run")
-    evaluate.add_argument("run_dir", help="run folder written by `dnc-keras train`")
-    evaluate.add_argument("--dataset", help="override the run's dataset")
-    evaluate.add_argument("--data-dir", help="override the run's data folder")
-    evaluate.add_argument("--json", action="store_true")
-
-    _add_extra_commands(commands)
-    return parser
-
-
-def _add_extra_commands(commands):
-    """export, validate-export, build-index and search (the export extra)."""
-    from dnc_keras.export.onnx import QUANTIZE_MODES
-    from dnc_keras.export.signatures import DEFAULT_BOUNDS
-
-    export = commands.add_parser(
-        "export", help="export a trained run for TF Serving (SavedModel) and ONNX Runtime",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Writes OUT/NAME/VERSION/ (SavedModel, TF Serving layout, with warm-up "
-                    "requests), OUT/NAME/NAME.onnx and OUT/NAME/manifest.json, after checking "
-                    "that the SavedModel and ONNX Runtime compute the run's own embeddings of "
-                    "real files and its retrieval metrics.")
-    export.add_argument("run_dir", help="run folder written by `dnc-keras train`")
-    export.add_argument("--name", required=True, help="model name (TF Serving's model name)")
-    export.add_argument("--version", type=int, default=None,
-                        help="version folder (default: one more than the highest present)")
-    export.add_argument("--out", default="saved_models", help="export root folder")
-    export.add_argument("--max-side", type=int, default=DEFAULT_BOUNDS.max_side,
-                        help="largest image height/width a request may send")
-    export.add_argument("--max-batch", type=int, default=DEFAULT_BOUNDS.max_batch,
-                        help="most images per request")
-    export.add_argument("--max-pixels", type=int, default=DEFAULT_BOUNDS.max_pixels,
-                        help="most pixels per request, over all its images")
-    export.add_argument("--quantize", action="append", choices=QUANTIZE_MODES, default=[],
-                        help="also write an edge variant NAME.<mode>.onnx and report its "
-                             "MAP@R against float32 (repeatable)")
-    export.add_argument("--data", default=None,
-                        help="folder <class>/<image> to check retrieval on instead of the "
-                             "run's test split (runs trained on every class)")
-    export.add_argument("--overwrite", action="store_true",
-                        help="replace an existing version folder")
-    export.add_argument("--json", action="store_true", help="print the manifest as JSON")
-    export.set_defaults(handler=export_command)
-
-    validate = commands.add_parser(
-        "validate-export", help="check an export folder end to end (hashes, signatures, "
-        "bounds, warm-up, ONNX checker, parity, retrieval, variants)")
-    validate.add_argument("export_dir", help="export folder, e.g. saved_models/NAME")
-    validate.add_argument("--data", default=None,
-                          help="folder <class>/<image> to measure retrieval on")
-    validate.add_argument("--json", action="store_true")
-    validate.set_defaults(handler=validate_command)
-
-    build = commands.add_parser(
-        "build-index", help="embed a gallery folder (one subfolder per class) into a faiss "
-        "index", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    build.add_argument("gallery", help="folder of <label>/<image> files")
-    build.add_argument("--model", required=True, help="export folder, e.g. saved_models/NAME")
-    build.add_argument("--out", required=True, help="index folder to write")
-    build.add_argument("--runtime", choices=("onnx", "savedmodel"), default="onnx")
-    build.set_defaults(handler=build_index_command)
-
-    embed = commands.add_parser(
-        "embed", help="embeddings of image files from a run folder (the run's evaluation "
-        "path) or an export folder (SavedModel or ONNX Runtime), one JSON line per file",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    embed.add_argument("model", help="run folder (dnc-keras train) or export folder "
-                       "(dnc-keras export, e.g. saved_models/NAME)")
-    embed.add_argument("images", nargs="+", help="image files")
-    embed.add_argument("--runtime", choices=("savedmodel", "onnx"), default="savedmodel",
-                       help="for an export folder: which artifact computes the embeddings")
-    embed.set_defaults(handler=embed_command)
-
-    search = commands.add_parser("search", help="top-k gallery matches of query images",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    search.add_argument("index", help="index folder written by `dnc-keras build-index`")
-    search.add_argument("images", nargs="+", help="query image files")
-    search.add_argument("-k", type=int, default=5, help="matches per query")
-    search.add_argument("--json", action="store_true",
-                        help="print one JSON object per query")
-    search.set_defaults(handler=search_command)
+from dnc_keras.training.config import TrainConfig
 
 
 def train_command(args):
-    from dnc_keras import job
+    from dnc_keras.training import job
 
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                  if getattr(args, f.name, None) is not None}
     preset = overrides.pop("preset", None)
     config = TrainConfig.resolve(preset=preset, path=args.config, **overrides)
     if args.dry_run:
-        from dnc_keras import plan
+        from dnc_keras.training import plan
 
         data = plan.build_plan(config, scan=False)
         _report(plan.plan_facts(config, data), plan.describe(config, data), args.json)
@@ -206,7 +28,7 @@ def train_command(args):
         return
     with _progress_to_stderr(args.json):
         if config.seeds > 1:
-            from dnc_keras import repeats
+            from dnc_keras.training import repeats
 
             results = repeats.run_seeds(config)
             text = repeats.format_report(results)
@@ -217,7 +39,7 @@ def train_command(args):
 
 
 def evaluate_command(args):
-    from dnc_keras import job, plan
+    from dnc_keras.training import job, plan
 
     config_path = os.path.join(args.run_dir, "config.json")
     model_path = os.path.join(args.run_dir, "model.keras")
@@ -360,12 +182,13 @@ def search_command(args):
             print(f"  {rank:2d}. {match['label']:<16s} {match['distance']:.4f}  {match['path']}")
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    handlers = {"train": train_command, "evaluate": evaluate_command}
-    handler = handlers.get(args.command) or args.handler
+def run(args):
+    """Runs the parsed command; returns the exit code."""
+    handlers = {"train": train_command, "evaluate": evaluate_command, "embed": embed_command,
+                "export": export_command, "validate-export": validate_command,
+                "build-index": build_index_command, "search": search_command}
     try:
-        handler(args)
+        handlers[args.command](args)
     except ModuleNotFoundError as error:
         print(f"dnc-keras {args.command}: error: {error.name} is not installed; this command "
               "needs the export extra: pip install 'dnc_keras[export]'", file=sys.stderr)
@@ -374,6 +197,13 @@ def main(argv=None):
         print(f"dnc-keras {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv=None):
+    """`python -m dnc_keras.cli ...`, as `dnc-keras ...`."""
+    from dnc_keras_cli import main as cli_main
+
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

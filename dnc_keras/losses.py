@@ -213,6 +213,8 @@ class MarginLoss(_BatchLoss):
     >>> value = loss([0, 0, 1, 1, 2, 2, 3, 3], x)
     """
 
+    MARGIN_ARGUMENT = "alpha"  # what `dnc-keras train --margin` sets
+
     def __init__(
         self,
         alpha=0.2,
@@ -275,6 +277,8 @@ class TripletSemiHardLoss(_BatchLoss):
     >>> value = loss([0, 0, 1], [[0.0, 1.0], [0.0, 0.5], [1.0, 0.0]])
     """
 
+    MARGIN_ARGUMENT = "margin"  # what `dnc-keras train --margin` sets
+
     def __init__(
         self, margin=1.0, name="triplet_semihard_loss", reduction="sum_over_batch_size", dtype=None
     ):
@@ -306,6 +310,8 @@ class TripletHardLoss(_BatchLoss):
     >>> loss = TripletHardLoss(margin=0.5)
     >>> value = loss([0, 0, 1], [[0.0, 1.0], [0.0, 0.5], [1.0, 0.0]])
     """
+
+    MARGIN_ARGUMENT = "margin"  # what `dnc-keras train --margin` sets
 
     def __init__(
         self,
@@ -344,6 +350,8 @@ class ContrastiveLoss(_BatchLoss):
     >>> loss = ContrastiveLoss(margin=1.0)
     >>> value = loss([0, 0, 1], [[0.0, 1.0], [0.0, 0.5], [1.0, 0.0]])
     """
+
+    MARGIN_ARGUMENT = "margin"  # what `dnc-keras train --margin` sets
 
     def __init__(
         self, margin=1.0, name="contrastive_loss", reduction="sum_over_batch_size", dtype=None

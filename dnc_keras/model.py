@@ -35,7 +35,7 @@ class DnCModel(keras.Model):
     encoder = build_encoder(conv4((28, 28, 1)), embedding_dim=128, freeze_bn_stats=False)
     model = DnCModel(encoder, SubspaceMasks(128, max_learners=4))
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=TripletHardLoss())
-    model.fit(sampler.as_dataset(x_train), epochs=10, callbacks=dnc_callbacks(...))
+    model.fit(sampler.as_dataset(x_train), epochs=10, callbacks=dnc_callbacks(sampler, x_train))
     ```
     """
 

@@ -1,9 +1,8 @@
 """Cluster-aware batches: one cluster per batch, round-robin over clusters, P x M inside.
 
-The sampler holds the current cluster assignment; callbacks write a new one after each
-re-clustering or division, and the next epoch's batches follow it. `as_dataset` wraps it in a
-`tf.data.Dataset` whose generator is re-run every epoch, so `model.fit` sees the new clusters
-without rebuilding anything.
+The sampler holds the current cluster assignment; the schedule's callback writes a new one at
+each clustering and division, and the next epoch's batches follow it. It yields indices,
+learner, epoch and step, nothing about images: `dnc_keras.batches` turns them into images.
 """
 
 import warnings
@@ -13,9 +12,9 @@ import tensorflow as tf
 
 from dnc_keras.clustering import drop_single_image_classes
 
-# Purpose of a random stream, folded into the run's seed: augmentation draws are independent
-# of the batch draws.
-AUGMENT_STREAM = 1
+# Purpose of the batch-draw stream among a run's random streams (see dnc_keras.batches).
+BATCH_STREAM = 0
+
 
 class ClusterBatchSampler:
     """Draws class-balanced P x M batches, each from one cluster, clusters in round-robin.
@@ -24,7 +23,9 @@ class ClusterBatchSampler:
     class with fewer than M images); a cluster with fewer than P classes uses all of them with
     more images each, so every batch has exactly P * M images and traced functions never see
     a new shape. A cluster that cannot form a batch with at least 2 classes is skipped with a
-    warning.
+    warning. The round-robin continues across epochs (its position is part of the sampler's
+    state), so over a run every cluster gets the same number of batches, to within one, even
+    when an epoch has fewer steps than there are clusters.
 
     An epoch has a fixed number of steps, by default N // (P * M) (one pass over the training
     images in expectation), whatever K and the cluster sizes are. The papers' epoch is K x the
@@ -36,7 +37,8 @@ class ClusterBatchSampler:
         labels: int class labels of the training images, shape [N].
         classes_per_batch: P. Defaults to `20` (CVPR; TPAMI uses 40).
         samples_per_class: M. Defaults to `4` (CVPR; TPAMI uses 2).
-        seed: seed of the batch draws; epoch e uses seed + e.
+        seed: the run's seed; epoch e draws from `default_rng([seed, e, BATCH_STREAM])`, so
+            seeds share no batches.
         steps_per_epoch: steps per epoch. Defaults to `None`: N // (P * M), at least 1.
     """
 
@@ -55,8 +57,8 @@ class ClusterBatchSampler:
         if self.steps < 1:
             raise ValueError(f"steps_per_epoch must be >= 1. Received: {steps_per_epoch}")
         self.epoch = 0
+        self.turn = 0  # the round-robin's position, across epochs
         self.updated_at_epoch = None
-        self.single_cluster = False
         self.set_clusters(np.zeros(len(self.labels), np.int64), 1)
 
     @property
@@ -81,8 +83,9 @@ class ClusterBatchSampler:
         return [(sum(len(v) for v in m.values()), len(m)) for m in self._members]
 
     def epoch_batches(self):
-        """One epoch of (indices [P*M], learner id) pairs; advances the epoch counter."""
-        rng = np.random.default_rng(self.seed + self.epoch)
+        """One epoch of (indices [P*M], learner id) pairs; advances the epoch counter and the
+        round-robin."""
+        rng = np.random.default_rng([self.seed, self.epoch, BATCH_STREAM])
         self.epoch += 1
         clusters = [c for c, (_, k) in enumerate(self.cluster_sizes()) if k >= 2]
         for c, (_, k) in enumerate(self.cluster_sizes()):
@@ -90,9 +93,23 @@ class ClusterBatchSampler:
                 warnings.warn(f"Cluster {c} has {k} usable class(es); it is skipped this epoch")
         if not clusters:
             raise ValueError("No cluster has 2 classes with 2 images each: cannot form a batch")
-        for step in range(self.steps):
-            c = clusters[step % len(clusters)]
+        for _ in range(self.steps):
+            c = clusters[self.turn % len(clusters)]
+            self.turn += 1
             yield self._draw(self._members[c], rng), c
+
+    def index_batches(self):
+        """tf.data of (indices [P*M] int64, learner int32, epoch int64, step int64), one element
+        per step of an epoch; re-run every epoch (`dnc_keras.batches.training_batches`)."""
+        def generate():
+            for step, (indices, learner) in enumerate(self.epoch_batches()):
+                # epoch_batches has advanced the epoch counter on its first step.
+                yield indices.astype(np.int64), np.int32(learner), np.int64(self.epoch - 1), \
+                    np.int64(step)
+
+        signature = (tf.TensorSpec([self.batch_size], tf.int64), tf.TensorSpec([], tf.int32),
+                     tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64))
+        return tf.data.Dataset.from_generator(generate, output_signature=signature)
 
     def _draw(self, members, rng):
         classes = np.array(sorted(members))
@@ -105,69 +122,34 @@ class ClusterBatchSampler:
         return np.concatenate(picks)
 
     def as_dataset(self, images, augment=None, prefetch=2):
-        """A tf.data pipeline of ({"images", "learner", "indices"}, labels) batches over
-        `images`; "indices" are the images' rows, for `dnc_keras.feature_bank.FeatureBank`.
+        """`dnc_keras.batches.training_batches` of this sampler: ({"images", "learner",
+        "indices"}, labels) per step.
 
         Args:
-            images: array [N, H, W, C] (float32 in [0, 1]) aligned with `labels`.
-            augment: optional function (images, seed) -> images applied per batch (training
-                only), e.g. `dnc_keras.augmentation.RandomAffine()`; `seed` is an int64 [2]
-                stateless seed of the sampler's seed and the batch's epoch and step, so
-                augmented batches depend on the seed only, not on tf.data's scheduling.
+            images: the training images: an array [N, H, W, C] (float32 in [0, 1]) aligned
+                with the labels, or an image source (`dnc_keras.batches.FileSource`).
+            augment: for an array, an optional callable (images, seed) -> images applied per
+                batch, e.g. `dnc_keras.augmentation.RandomAffine()`. Defaults to `None`.
         """
-        images = tf.constant(np.asarray(images, np.float32))
-        labels = tf.constant(self.labels.astype(np.int32))
-        size = self.batch_size
+        from dnc_keras import batches
 
-        def generate():
-            for step, (indices, learner) in enumerate(self.epoch_batches()):
-                # epoch_batches has advanced the epoch counter on its first step.
-                yield indices.astype(np.int32), np.int32(learner), np.int64(self.epoch - 1), \
-                    np.int64(step)
-
-        signature = (tf.TensorSpec([size], tf.int32), tf.TensorSpec([], tf.int32),
-                     tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64))
-        dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
-        dataset = dataset.apply(tf.data.experimental.assert_cardinality(self.steps))
-        base_seed = tf.constant([self.seed, AUGMENT_STREAM], tf.int64)
-
-        def gather(indices, learner, epoch, step):
-            batch = tf.gather(images, indices)
-            if augment is not None:
-                seed = tf.random.experimental.stateless_fold_in(
-                    tf.random.experimental.stateless_fold_in(base_seed, epoch), step)
-                batch = augment(batch, seed)
-            inputs = {"images": batch, "learner": tf.fill([size], learner), "indices": indices}
-            return inputs, tf.gather(labels, indices)
-
-        # Autotuning off: tf.data joins its tuning thread whenever an iterator is destroyed,
-        # which stalled every epoch boundary by 0.1 to 1 s (docs/performance.md), and a gather
-        # and a prefetch have nothing to tune.
-        options = tf.data.Options()
-        options.autotune.enabled = False
-        return (dataset.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(prefetch)
-                .with_options(options))
-
-    def as_path_dataset(self, paths, preprocessing=None, contents=None, seed=0, prefetch=2,
-                        augmentation=None):
-        """`as_dataset` for images on disk: the same batches, decoded by the run's
-        `Preprocessing` record and augmented by `dnc_keras.images.sampler_dataset` (random
-        resized crop and flip, float32 in [0, 1])."""
-        from dnc_keras.images import sampler_dataset
-
-        return sampler_dataset(self, paths, preprocessing=preprocessing, contents=contents,
-                               seed=seed, prefetch=prefetch, augmentation=augmentation)
+        if not hasattr(images, "batches"):
+            images = batches.ArraySource(images, augment)
+        elif augment is not None:
+            raise ValueError("augment applies to images in memory; a FileSource augments "
+                             "with its own RandomResizedCrop")
+        return batches.training_batches(self, images, prefetch)
 
     def get_state(self):
-        """What a checkpoint needs to resume the same batches: epoch, K and assignment."""
-        return {"epoch": self.epoch, "num_clusters": self.num_clusters,
-                "assignment": self.assignment.copy(), "updated_at_epoch": self.updated_at_epoch,
-                "single_cluster": self.single_cluster}
+        """What a checkpoint needs to resume the same batches: epoch, round-robin position,
+        K and assignment (the random draws follow from the seed and the epoch)."""
+        return {"epoch": self.epoch, "turn": self.turn, "num_clusters": self.num_clusters,
+                "assignment": self.assignment.copy(), "updated_at_epoch": self.updated_at_epoch}
 
     def set_state(self, state):
         self.set_clusters(state["assignment"], state["num_clusters"], state["updated_at_epoch"])
         self.epoch = int(state["epoch"])
-        self.single_cluster = bool(state.get("single_cluster", False))
+        self.turn = int(state.get("turn", 0))
 
 
 def _class_members(indices, labels):

@@ -27,8 +27,10 @@ def main(epochs=10, learners=4):
 
     sampler = dnc_keras.ClusterBatchSampler(data.y_train, classes_per_batch=20,
                                             samples_per_class=4)
-    callbacks = dnc_keras.dnc_callbacks(sampler, data.x_train, final_learners=learners,
-                                        period=2, conquer_epoch=epochs - max(1, epochs // 5))
+    # The schedule: K from the masks (1 now, `learners` at the end), divide every 2 epochs,
+    # conquer the last fifth; one callback executes it.
+    callbacks = dnc_keras.dnc_callbacks(sampler, data.x_train, period=2,
+                                        conquer_epoch=epochs - max(1, epochs // 5))
     callbacks.append(dnc_keras.RetrievalEvaluation(data.x_test, data.y_test, every=epochs))
     history = model.fit(sampler.as_dataset(data.x_train), epochs=epochs, callbacks=callbacks)
 

@@ -6,13 +6,13 @@ import pytest
 from events import scalars
 
 from dnc_keras.backbones import build_encoder
-from dnc_keras.callbacks import (ConquerCallback, FiniteCheckpoint, ReclusterCallback,
-                                 RetrievalEvaluation)
+from dnc_keras.callbacks import DnCScheduleCallback, FiniteCheckpoint, RetrievalEvaluation
 from dnc_keras.evaluation import retrieval_metrics
 from dnc_keras.layers import SubspaceMasks
 from dnc_keras.losses import TripletHardLoss
 from dnc_keras.model import DnCModel
 from dnc_keras.sampling import ClusterBatchSampler
+from dnc_keras.schedule import DnCSchedule
 
 
 def _data(classes=12, per_class=6, seed=0):
@@ -40,32 +40,69 @@ def test_recluster_matches_new_clusters_to_old_learners():
     x = x.reshape(72, 10, 1, 1).astype(np.float32)
     model = _model(k=4)
     sampler = ClusterBatchSampler(y, 3, 2)
-    recluster = ReclusterCallback(sampler, x, period=1, verbose=0)
-    recluster.set_model(model)
-    recluster.on_train_begin()
+    callback = DnCScheduleCallback(sampler, x, DnCSchedule(6, 4, 4, period=1), verbose=0)
+    callback.set_model(model)
+    callback.on_train_begin()
+    callback.on_epoch_begin(0)
     first = sampler.assignment.copy()
     assert sampler.num_clusters == 4 and len(set(first)) == 4
     for epoch in range(1, 6):  # other k-means seeds, same partition: ids must not move
-        recluster.on_epoch_begin(epoch)
+        callback.on_epoch_begin(epoch)
         np.testing.assert_array_equal(sampler.assignment, first)
         assert sampler.updated_at_epoch == epoch
+    assert [o["action"] for o in callback.outcomes] == ["cluster"] + ["recluster"] * 5
 
 
 def test_cvpr_conquer_merges_clusters_and_stops_reclustering():
     x, y = _data()
     model = _model(k=2)
     sampler = ClusterBatchSampler(y, 3, 2)
-    sampler.set_clusters(y % 2, 2)
-    recluster = ReclusterCallback(sampler, x, period=1, verbose=0)
-    conquer = ConquerCallback(1, sampler, mode="cvpr", verbose=0)
-    for cb in (conquer, recluster):
-        cb.set_model(model)
-    conquer.on_epoch_begin(0)
-    assert not model.is_conquered
-    conquer.on_epoch_begin(1)
-    recluster.on_epoch_begin(2)
+    callback = DnCScheduleCallback(
+        sampler, x, DnCSchedule(4, 2, 2, period=1, conquer_epoch=2, conquer_mode="cvpr"),
+        verbose=0)
+    callback.set_model(model)
+    callback.on_train_begin()
+    for epoch in range(2):
+        callback.on_epoch_begin(epoch)
+    assert not model.is_conquered and sampler.num_clusters == 2
+    callback.on_epoch_begin(2)
+    callback.on_epoch_begin(3)
     assert model.is_conquered and sampler.num_clusters == 1
-    assert np.all(sampler.assignment == 0) and not recluster.seconds
+    assert np.all(sampler.assignment == 0)
+    assert [(o["epoch"], o["action"]) for o in callback.outcomes] == [
+        (0, "cluster"), (1, "recluster"), (2, "conquer")]  # no re-clustering after a merge
+
+
+def test_a_failed_clustering_keeps_the_previous_clusters_and_says_so():
+    """Two learners need two clusters of 2 classes each with 2 images: 3 classes cannot."""
+    rng = np.random.default_rng(2)
+    y = np.repeat(np.arange(3), 4)
+    x = rng.normal(size=(12, 10, 1, 1)).astype(np.float32)
+    model = _model(k=2, initial=1)
+    sampler = ClusterBatchSampler(y, 2, 2)
+    callback = DnCScheduleCallback(sampler, x, DnCSchedule(4, 2, 1, period=2), verbose=0)
+    callback.set_model(model)
+    callback.on_train_begin()
+    with pytest.warns(UserWarning, match="kept the previous clusters"):
+        callback.on_epoch_begin(2)
+    (outcome,) = callback.outcomes
+    assert outcome["action"] == "divide" and outcome["learners"] == 1
+    assert outcome["status"].startswith("kept the previous clusters")
+    assert model.active_learners == 1 and sampler.num_clusters == 1
+
+
+def test_every_executed_action_is_one_the_schedule_planned():
+    x, y = _data()
+    model = _model(k=4, initial=1)
+    sampler = ClusterBatchSampler(y, 3, 2, steps_per_epoch=2)
+    schedule = DnCSchedule(7, 4, 1, period=2, conquer_epoch=6)
+    callback = DnCScheduleCallback(sampler, x, schedule, verbose=0)
+    history = model.fit(sampler.as_dataset(x), epochs=7, callbacks=[callback], verbose=0)
+    executed = [(o["epoch"], o["action"], o["planned_learners"]) for o in callback.outcomes]
+    planned = [(a.epoch, a.kind, a.learners) for a in schedule.actions()]
+    assert executed == planned == [(2, "divide", 2), (4, "divide", 4), (6, "recluster", 4),
+                                   (6, "conquer", 4)]
+    assert history.history["learners"] == [1, 1, 2, 2, 4, 4, 4]
 
 
 def test_retrieval_evaluation_logs_metrics_into_history(tmp_path):

@@ -5,7 +5,7 @@ from events import scalars
 from PIL import Image
 
 from dnc_keras import cli
-from dnc_keras.config import TrainConfig
+from dnc_keras.training.config import TrainConfig
 
 TINY = ["--dataset", "digits", "--epochs", "2", "--learners", "2", "--embedding-dim", "16",
         "--classes-per-batch", "4", "--samples-per-class", "4", "--steps-per-epoch", "6"]
@@ -37,10 +37,14 @@ def test_train_json_run_folder_and_evaluate(tmp_path, capsys):
     assert saved["embedding_dim"] == 16 and saved["dataset"] == "digits"
     assert json.loads((out / "metrics.json").read_text())["test"] == results["test"]
     history = json.loads((out / "history.json").read_text())
-    assert set(history) == {"loss", "overlap"} and len(history["loss"]) == 2
-    # The plots: one panel per logged quantity (2 x 320 x 300 px), the t-SNE 600 x 600 px.
+    assert set(history) == {"loss", "overlap", "learners", "dnc_actions"}
+    assert len(history["loss"]) == 2 and history["learners"] == [1.0, 1.0]
+    # Epoch 1 is the conquer (the last 20% of 2 epochs); division would come at epoch 2.
+    assert [(a["epoch"], a["action"], a["status"]) for a in history["dnc_actions"]] == [
+        (1, "conquer", "done")]
+    # The plots: one panel per logged quantity (3 x 320 x 300 px), the t-SNE 600 x 600 px.
     with Image.open(out / "training_curves.png") as curves:
-        assert curves.size == (640, 300)
+        assert curves.size == (960, 300)
     with Image.open(out / "test_embeddings.png") as tsne:
         assert tsne.size == (600, 600)
     # TensorBoard shows the same per-epoch loss as history.json.

@@ -4,13 +4,13 @@ import pytest
 
 from dnc_keras import clustering
 from dnc_keras.backbones import build_encoder
-from dnc_keras.callbacks import ReclusterCallback, dnc_callbacks
-from dnc_keras.config import TrainConfig
+from dnc_keras.callbacks import DnCScheduleCallback
 from dnc_keras.feature_bank import FeatureBank
 from dnc_keras.layers import SubspaceMasks
 from dnc_keras.losses import TripletHardLoss
 from dnc_keras.model import DnCModel
 from dnc_keras.sampling import ClusterBatchSampler
+from dnc_keras.schedule import DnCSchedule
 
 
 def _data(classes=12, per_class=6, seed=0):
@@ -48,7 +48,8 @@ def _fit(source, lr=0.0, epochs=3):
     x, y = _data()
     model = _model(lr)
     sampler = _RecordingSampler(y, 3, 2, steps_per_epoch=5)
-    recluster = ReclusterCallback(sampler, x, period=1, feature_source=source, verbose=0)
+    recluster = DnCScheduleCallback(sampler, x, DnCSchedule(epochs, 2, 2, period=1),
+                                    feature_source=source, verbose=0)
     model.fit(sampler.as_dataset(x), epochs=epochs, callbacks=[recluster], verbose=0)
     return x, model, sampler, recluster
 
@@ -84,15 +85,16 @@ def test_train_steps_fill_the_bank_with_the_encoders_features():
     np.testing.assert_allclose(bank.features.numpy()[last],
                                model.embed(x[last], output="features"), atol=1e-5)
     # First clustering: all images; at epoch 1, only those epoch 0 did not draw.
-    assert recluster.embedded == [len(x), len(x) - len(sampler.drawn[0])]
-    assert 0 < recluster.embedded[1] < len(x)
+    embedded = [o["embedded"] for o in recluster.outcomes]
+    assert embedded == [len(x), len(x) - len(sampler.drawn[0])]
+    assert 0 < embedded[1] < len(x)
 
 
 def test_training_features_give_the_clusters_of_a_full_pass_when_the_model_is_fixed():
     *_, pass_sampler, _ = _fit("pass")
     *_, bank_sampler, recluster = _fit("training")
     np.testing.assert_array_equal(bank_sampler.assignment, pass_sampler.assignment)
-    assert sum(recluster.embedded) < 3 * len(bank_sampler.labels)
+    assert sum(o["embedded"] for o in recluster.outcomes) < 3 * len(bank_sampler.labels)
 
 
 def test_bank_stays_out_of_the_model_weights():
@@ -106,9 +108,11 @@ def test_training_features_need_backbone_features():
     x, y = _data()
     sampler = ClusterBatchSampler(y, 3, 2)
     with pytest.raises(ValueError, match="cluster_on='features'"):
-        ReclusterCallback(sampler, x, cluster_on="embedding", feature_source="training")
+        DnCScheduleCallback(sampler, x, cluster_on="embedding", feature_source="training")
     with pytest.raises(ValueError, match="feature_source must be one of"):
-        dnc_callbacks(sampler, x, 2, feature_source="cache")
+        DnCScheduleCallback(sampler, x, feature_source="cache")
+    from dnc_keras.training.config import TrainConfig
+
     with pytest.raises(ValueError, match="cluster_on='features'"):
         TrainConfig(cluster_on="embedding", recluster_features="training")
 
@@ -117,15 +121,18 @@ def test_recluster_falls_back_to_a_full_pass_where_bank_features_admit_no_cluste
     x, y = _data()
     model = _model(0.0)
     sampler = ClusterBatchSampler(y, 3, 2)
-    recluster = ReclusterCallback(sampler, x, period=1, feature_source="training", verbose=0)
+    recluster = DnCScheduleCallback(sampler, x, DnCSchedule(3, 2, 2, period=1),
+                                    feature_source="training", verbose=0)
     recluster.set_model(model)
-    recluster.on_train_begin()  # empty bank: the first clustering embeds every image
+    recluster.on_train_begin()
+    recluster.on_epoch_begin(0)  # empty bank: the first clustering embeds every image
     first = sampler.assignment.copy()
     # Every image "seen" with the same feature: k-means cannot split them into 2 clusters.
     model.feature_bank.write(np.arange(len(x)), np.ones((len(x), 16), np.float32))
     recluster.on_epoch_begin(1)
-    assert recluster.embedded == [len(x), len(x)]  # 0 unseen, then the full pass
+    assert [o["embedded"] for o in recluster.outcomes] == [len(x), len(x)]  # a full pass
     # What a full-pass re-clustering at epoch 1 gives.
+    seed = recluster._seed(recluster.schedule.at(1)[0])
     expected = clustering.match_clusters(
-        clustering.cluster(model.embed(x, output="features"), y, 2, seed=1), first, 2)
+        clustering.cluster(model.embed(x, output="features"), y, 2, seed=seed), first, 2)
     np.testing.assert_array_equal(sampler.assignment, expected)

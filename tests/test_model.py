@@ -77,13 +77,13 @@ def test_short_fit_lowers_loss_divides_and_reclusters():
     x, y = _blobs()
     model = _model(d=8, k=2, initial=1)
     sampler = ClusterBatchSampler(y, classes_per_batch=4, samples_per_class=4, seed=0)
-    callbacks = dnc_callbacks(sampler, x, final_learners=2, period=2, conquer_epoch=5,
-                              verbose=0)
+    callbacks = dnc_callbacks(sampler, x, period=2, conquer_epoch=5, verbose=0)
     history = model.fit(sampler.as_dataset(x), epochs=6, callbacks=callbacks, verbose=0)
     losses = history.history["loss"]
     assert losses[-1] < losses[0]
-    divide, recluster, conquer = callbacks
-    assert len(divide.seconds) == 1 and len(recluster.seconds) == 1  # epochs 2 and 4
+    (schedule,) = callbacks
+    assert [(o["epoch"], o["action"]) for o in schedule.outcomes] == [
+        (2, "divide"), (4, "recluster"), (5, "conquer")]
     assert model.active_learners == 2 and sampler.num_clusters == 2
     assert sampler.updated_at_epoch == 4 and model.is_conquered
     assert set(np.unique(sampler.assignment)) == {0, 1}

@@ -87,3 +87,31 @@ def test_bad_labels_are_named():
         ClusterBatchSampler(np.array([0, 0, 1, 1, 2]))
     with pytest.raises(ValueError, match="at least 2 training classes"):
         ClusterBatchSampler(np.array([0, 0, 0]))
+
+
+def test_round_robin_continues_across_epochs_so_every_cluster_gets_its_share():
+    """5 clusters, 2 steps an epoch: restarting at cluster 0 each epoch would never train
+    clusters 2-4; continuing, 5 epochs give every cluster exactly 2 batches."""
+    labels = _labels(20, 4)
+    sampler = ClusterBatchSampler(labels, 2, 2, steps_per_epoch=2)
+    sampler.set_clusters(labels % 5, 5)
+    counts = np.zeros(5, int)
+    for _ in range(5):
+        for _, cluster in sampler.epoch_batches():
+            counts[cluster] += 1
+    assert counts.tolist() == [2, 2, 2, 2, 2]
+    state = sampler.get_state()
+    assert state["turn"] == 10
+    resumed = ClusterBatchSampler(labels, 2, 2, steps_per_epoch=2)
+    resumed.set_state(state)
+    assert [c for _, c in resumed.epoch_batches()] == [c for _, c in sampler.epoch_batches()]
+
+
+def test_two_seeds_share_no_epochs_batches():
+    """Seeding epoch e with seed + e made seed 1's epoch e seed 0's epoch e + 1."""
+    labels = _labels(30, 4)
+    runs = []
+    for seed in (0, 1):
+        sampler = ClusterBatchSampler(labels, 3, 2, seed=seed)
+        runs.append([tuple(tuple(i) for i, _ in sampler.epoch_batches()) for _ in range(6)])
+    assert not set(runs[0]) & set(runs[1])

@@ -13,8 +13,8 @@ import numpy as np
 from dnc_keras.export import signatures as sig
 from dnc_keras.export.manifest import inside, read_manifest
 from dnc_keras.preprocessing import Preprocessing
+from dnc_keras_cli.options import RUNTIMES
 
-RUNTIMES = ("savedmodel", "onnx")
 
 
 def check_images(images, channels, bounds):

@@ -15,10 +15,10 @@ import numpy as np
 import tensorflow as tf
 
 from dnc_keras.export import signatures as sig
+from dnc_keras_cli.options import QUANTIZE_MODES
 
 DEFAULT_OPSET = 17
 METADATA_PREFIX = "dnc_keras."
-QUANTIZE_MODES = ("int8", "float16")
 # Symbolic names shown by Netron and onnxruntime instead of tf2onnx's "unk__N".
 _INPUT_DIMS = ("batch", "height", "width")
 

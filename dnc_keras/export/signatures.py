@@ -26,6 +26,7 @@ import dataclasses
 import tensorflow as tf
 
 from dnc_keras import preprocessing as pp
+from dnc_keras_cli.options import BOUNDS_DEFAULTS
 
 DEFAULT_SIGNATURE = "serving_default"
 BYTES_SIGNATURE = "serving_bytes"
@@ -50,9 +51,9 @@ class Bounds:
             (docs/reliability.md).
     """
 
-    max_side: int = 4096
-    max_batch: int = 256
-    max_pixels: int = 40_000_000
+    max_side: int = BOUNDS_DEFAULTS["max_side"]
+    max_batch: int = BOUNDS_DEFAULTS["max_batch"]
+    max_pixels: int = BOUNDS_DEFAULTS["max_pixels"]
 
     def __post_init__(self):
         for name in ("max_side", "max_batch", "max_pixels"):

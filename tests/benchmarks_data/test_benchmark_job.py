@@ -6,8 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from dnc_keras import cli, plan
-from dnc_keras.config import TrainConfig
+from dnc_keras import cli
+from dnc_keras.training import plan
+from dnc_keras.training.config import TrainConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore::dnc_keras.datasets.NonStandardDatasetWarning")
 
@@ -23,7 +24,8 @@ def test_dry_run_of_the_cub_preset(tmp_path, replicas, capsys):
     assert "train            32 images       8 classes" in text
     assert "test             32 images       8 classes" in text
     assert "40 classes x 2 images = 80; 1 steps per epoch x 100 epochs" in text
-    assert "epoch 2: K=2" in text and "epoch 4: K=4" in text and "epoch 44: K=4 conquer" in text
+    assert "epoch 2: divide every cluster in two -> 2 learners" in text
+    assert "epoch 44: conquer" in text
     assert "shorter side 256, centre crop 224" in text and "R@1,2,4,8, MAP@R, NMI" in text
     assert not (tmp_path / "runs").exists()
 
@@ -39,7 +41,7 @@ def test_dry_run_json_with_overrides_and_validation(tmp_path, replicas, capsys):
     assert facts["evaluations"] == [{"name": "test", "protocol": "query vs gallery",
                                      "queries": 5, "gallery": 4}]
     assert facts["recall_ks"] == [1, 10, 20, 30, 40, 50]
-    assert facts["k_schedule"][0] == {"epoch": 0, "K": 2, "event": "k-means into 2 clusters"}
+    assert facts["schedule"]["actions"][0] == {"epoch": 0, "kind": "cluster", "learners": 2}
     assert facts["model_selection"].startswith("best validation MAP@R")
     assert facts["seeds"] == [0, 1, 2]
 
@@ -58,12 +60,6 @@ def test_missing_dataset_folder_is_a_clear_error(tmp_path, capsys):
     assert cli.main(["train", "--preset", "sop", "--data-dir", str(tmp_path / "nope"),
                      "--dry-run"]) == 2
     assert "does not exist" in capsys.readouterr().err
-
-
-def test_sop_preset_reaches_32_learners_at_epoch_10():
-    schedule = plan.k_schedule(TrainConfig.resolve(preset="sop"))
-    assert [(e, k) for e, k, _ in schedule] == [(0, 1), (2, 2), (4, 4), (6, 8), (8, 16),
-                                                (10, 32), (80, 32)]
 
 
 class _ByPath:

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from dnc_keras import repeats
-from dnc_keras.config import TrainConfig
-from dnc_keras.plan import holdout_classes
+from dnc_keras.training import repeats
+from dnc_keras.training.config import TrainConfig
+from dnc_keras.training.plan import holdout_classes
 
 
 def test_holdout_takes_whole_classes_and_is_fixed():
@@ -34,7 +34,7 @@ def test_interval95_is_the_student_t_interval():
 
 
 def test_run_seeds_writes_the_report(tmp_path, monkeypatch):
-    from dnc_keras import job
+    from dnc_keras.training import job
 
     calls = []
 

@@ -6,6 +6,7 @@ import tensorflow as tf
 from PIL import Image
 
 from dnc_keras import images
+from dnc_keras.batches import FileSource
 from dnc_keras.datasets import ImageSplit
 from dnc_keras.sampling import ClusterBatchSampler
 
@@ -166,8 +167,8 @@ def test_sampler_dataset_batches_follow_the_sampler(tmp_path):
     pre = images.benchmark_preprocessing(image_size=16)
 
     def batches(seed, contents=None):
-        sampler = ClusterBatchSampler(labels, 2, 2, seed=0, steps_per_epoch=3)
-        dataset = sampler.as_path_dataset(paths, pre, contents=contents, seed=seed)
+        sampler = ClusterBatchSampler(labels, 2, 2, seed=seed, steps_per_epoch=3)
+        dataset = sampler.as_dataset(FileSource(paths, pre, contents=contents))
         assert dataset.cardinality().numpy() == 3
         return [(x["images"].numpy(), x["learner"].numpy(), y.numpy())
                 for epoch in range(2) for x, y in dataset]
@@ -182,12 +183,14 @@ def test_sampler_dataset_batches_follow_the_sampler(tmp_path):
     for (x1, _, y1), (x2, _, y2) in zip(run, again):
         np.testing.assert_array_equal(y1, y2)
         np.testing.assert_array_equal(x1, x2)
+    other = batches(seed=6)  # another seed: other batches and other crops
+    assert any(not np.array_equal(a[0], b[0]) for a, b in zip(run, other))
 
 
 def test_sampler_dataset_checks_alignment(tmp_path):
     sampler = ClusterBatchSampler(np.repeat(np.arange(3), 2), 2, 2)
-    with pytest.raises(ValueError, match="paths must align with the sampler's labels"):
-        images.sampler_dataset(sampler, ["a.jpg"] * 5)
+    with pytest.raises(ValueError, match="image source must align with the sampler's labels"):
+        sampler.as_dataset(FileSource(["a.jpg"] * 5))
 
 
 def test_crop_ratio_range_is_log_uniform():

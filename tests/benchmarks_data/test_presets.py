@@ -2,8 +2,8 @@ import re
 
 import pytest
 
-from dnc_keras.config import TrainConfig
-from dnc_keras.presets import PRESET_NAMES, load_preset, preset_text
+from dnc_keras.training.config import TrainConfig
+from dnc_keras.training.presets import PRESET_NAMES, load_preset, preset_text
 
 
 @pytest.mark.parametrize("name", PRESET_NAMES)
@@ -54,7 +54,7 @@ def test_fair_comparison_fields_are_checked():
     with pytest.raises(ValueError, match=r"validation_classes .* in \[0, 1\). Received: "
                                          r"validation_classes=1.5"):
         TrainConfig(validation_classes=1.5)
-    with pytest.raises(ValueError, match="seeds must be >= 1"):
+    with pytest.raises(ValueError, match="seeds=0: expected an integer >= 1"):
         TrainConfig(seeds=0)
     with pytest.raises(ValueError, match="resnet50 takes RGB images"):
         TrainConfig.resolve(preset="cub", color_mode="grayscale")

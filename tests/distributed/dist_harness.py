@@ -19,8 +19,7 @@ import numpy as np
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dist_worker.py")
 TIMEOUT = 150  # seconds for one training process on 2 busy cores (about 15 s when idle)
-REFERENCE_RUNS = ("one:custom,mirrored:custom,mirrored:dataset,one:fit,mirrored:fit,"
-                  "mirrored-local:custom")
+REFERENCE_RUNS = "one:custom,mirrored:custom,one:fit,mirrored:fit,mirrored-local:custom"
 _reference = {}
 
 

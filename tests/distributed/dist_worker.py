@@ -7,7 +7,7 @@ TF_CONFIG for a multi-worker cluster) runs in a process of its own:
 
 `--runs` trains one model per entry (strategy:loop) and saves, per run, its weights, cluster
 assignment and losses under `<run>/...`. Strategies: one, mirrored, mirrored-local (each replica
-mines its shard alone), multi-worker; loops: custom (DistributedTrainer over images in memory),
+mines its shard alone), multi-worker; loops: custom (DistributedTrainer over the sampler's pipeline),
 dataset (over the sampler's tf.data pipeline), fit (model.fit).
 `--pause-at N` prints PAUSED after N steps and sleeps, for a test to kill the process there.
 """
@@ -71,15 +71,15 @@ class Pause(keras.callbacks.Callback):
 
 
 def train(strategy, loop, args):
-    from dnc_keras import distributed
+    from dnc_keras.training import distributed
     from dnc_keras.callbacks import dnc_callbacks
     from dnc_keras.sampling import ClusterBatchSampler
 
     x, y = blobs()
     model = build_model(strategy)
     sampler = ClusterBatchSampler(y, 4, 4, seed=0, steps_per_epoch=STEPS)
-    callbacks = dnc_callbacks(sampler, x, final_learners=2, period=2, conquer_epoch=4,
-                              backend="sklearn", verbose=0)
+    callbacks = dnc_callbacks(sampler, x, period=2, conquer_epoch=4, backend="sklearn",
+                              verbose=0)
     if args.pause_at:
         callbacks.append(Pause(args.pause_at))
     if loop == "fit":
@@ -88,13 +88,11 @@ def train(strategy, loop, args):
                                 verbose=0)
         restored = ""
     else:
-        # custom: each worker gathers its replicas' slices from the images in memory;
-        # dataset: the sampler's tf.data pipeline, split by experimental_distribute_dataset.
-        data = dict(images=x) if loop == "custom" else dict(dataset=sampler.as_dataset(x))
+        # custom: the sampler's tf.data pipeline, split by experimental_distribute_dataset.
         checkpoints = args.checkpoint_dir and os.path.join(args.checkpoint_dir, loop)
         trainer = distributed.DistributedTrainer(
-            model, sampler, strategy=strategy, checkpoint_dir=checkpoints,
-            checkpoint_every=args.checkpoint_every, **data)
+            model, sampler, sampler.as_dataset(x), strategy=strategy, checkpoint_dir=checkpoints,
+            checkpoint_every=args.checkpoint_every)
         history = trainer.fit(EPOCHS, callbacks=callbacks, verbose=0)
         restored = trainer.restored_from or ""
     return {"weights": np.concatenate([w.reshape(-1) for w in model.get_weights()]),
@@ -129,7 +127,7 @@ def main():
 
     runs = [r.split(":") for r in args.runs.split(",")]
     if any(s == "multi-worker" for s, _ in runs):
-        from dnc_keras.distributed import make_strategy
+        from dnc_keras.training.distributed import make_strategy
 
         multi_worker = make_strategy("multi-worker")  # before TensorFlow runs anything
     cpu = tf.config.list_physical_devices("CPU")[0]

@@ -13,9 +13,9 @@ def runs():
     return dist_harness.reference()
 
 
-@pytest.mark.parametrize("loop", ["custom", "dataset", "fit"])
+@pytest.mark.parametrize("loop", ["custom", "fit"])
 def test_two_replicas_train_like_one_device_on_the_global_batch(runs, loop):
-    # custom and dataset: DistributedTrainer fed from images in memory or a tf.data pipeline.
+    # custom: DistributedTrainer on the sampler's tf.data pipeline; fit: Keras's model.fit.
     one, two = runs["one:fit" if loop == "fit" else "one:custom"], runs[f"mirrored:{loop}"]
     # 20 Adam steps through a division, a re-clustering and the conquer phase.
     np.testing.assert_allclose(two["weights"], one["weights"], rtol=0, atol=1e-5)

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dnc_keras import cli, distributed
+from dnc_keras import cli
+from dnc_keras.training import distributed
 from dnc_keras.callbacks import dnc_callbacks
-from dnc_keras.config import TrainConfig
+from dnc_keras.training.config import TrainConfig
 from dnc_keras.layers import SubspaceMasks
 from dnc_keras.model import DnCModel
 from dnc_keras.sampling import ClusterBatchSampler
@@ -20,11 +21,11 @@ def _setup(tmp_path=None, **kwargs):
     x, y = dist_worker.blobs()
     model = dist_worker.build_model(tf.distribute.get_strategy())
     sampler = ClusterBatchSampler(y, 4, 4, seed=0, steps_per_epoch=dist_worker.STEPS)
-    callbacks = dnc_callbacks(sampler, x, final_learners=2, period=2, conquer_epoch=4,
-                              backend="sklearn", verbose=0)
+    callbacks = dnc_callbacks(sampler, x, period=2, conquer_epoch=4, backend="sklearn",
+                              verbose=0)
     checkpoints = None if tmp_path is None else str(tmp_path / "checkpoints")
-    trainer = distributed.DistributedTrainer(model, sampler, x, checkpoint_dir=checkpoints,
-                                             **kwargs)
+    trainer = distributed.DistributedTrainer(model, sampler, sampler.as_dataset(x),
+                                             checkpoint_dir=checkpoints, **kwargs)
     return trainer, callbacks
 
 
@@ -65,28 +66,29 @@ def test_bad_arguments_get_clear_errors():
     x, y = dist_worker.blobs()
     model = dist_worker.build_model(tf.distribute.get_strategy())
     sampler = ClusterBatchSampler(y, 4, 4)
-    with pytest.raises(ValueError, match="not both or neither"):
-        distributed.DistributedTrainer(model, sampler)
-    with pytest.raises(ValueError, match="has 3 entries"):
-        distributed.DistributedTrainer(model, sampler, x[:3])
+    dataset = sampler.as_dataset(x)
+    with pytest.raises(ValueError, match="dataset must be a tf.data.Dataset"):
+        distributed.DistributedTrainer(model, sampler, x)
+    with pytest.raises(ValueError, match="image source must align"):
+        sampler.as_dataset(x[:3])
     with pytest.raises(ValueError, match="checkpoint_every must be >= 1"):
-        distributed.DistributedTrainer(model, sampler, x, checkpoint_every=0)
+        distributed.DistributedTrainer(model, sampler, dataset, checkpoint_every=0)
     with pytest.raises(ValueError, match="strategy.scope"):
-        distributed.DistributedTrainer(model, sampler, x,
+        distributed.DistributedTrainer(model, sampler, dataset,
                                        strategy=tf.distribute.OneDeviceStrategy("/cpu:0"))
     uncompiled = DnCModel(model.encoder, SubspaceMasks(8, 2))
     with pytest.raises(ValueError, match="not compiled"):
-        distributed.DistributedTrainer(uncompiled, sampler, x)
+        distributed.DistributedTrainer(uncompiled, sampler, dataset)
     with pytest.raises(ValueError, match="strategy must be one of"):
         distributed.make_strategy("tpu")
 
 
 @pytest.mark.parametrize("settings, message", [
-    (dict(strategy="horovod"), "strategy must be"),
+    (dict(strategy="horovod"), "strategy=.horovod.: expected one of mirrored, multi-worker"),
     (dict(checkpoint_every=10), "checkpoint_every applies to the distributed loop"),
     (dict(strategy="multi-worker"), "needs out"),
     (dict(strategy="mirrored", seeds=3), "one process per seed"),
-    (dict(strategy="mirrored", checkpoint_every=0), "checkpoint_every must be >= 1"),
+    (dict(strategy="mirrored", checkpoint_every=0), "checkpoint_every=0: expected an integer >= 1"),
 ])
 def test_config_rejects_bad_strategy_settings(settings, message):
     with pytest.raises(ValueError, match=message):

@@ -18,8 +18,8 @@ MODEL_NAME = "digits"
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
-    from dnc_keras import job, plots
-    from dnc_keras.config import TrainConfig
+    from dnc_keras.training import job, plots
+    from dnc_keras.training.config import TrainConfig
 
     out = tmp_path_factory.mktemp("export_run") / "run"
     with pytest.MonkeyPatch.context() as patch:

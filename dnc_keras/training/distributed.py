@@ -14,7 +14,7 @@ that is not bitwise reproducible (threads, GPU) cannot split the workers.
 
 Fault tolerance: a `tf.train.Checkpoint` holds the weights (masks, K and the conquer flag are
 model weights), both optimizers' state, the epoch and the step within it, and the sampler's
-state (its epoch counter, K and cluster assignment). `fit` resumes from the latest checkpoint in
+state (its epoch counter, round-robin position, K and cluster assignment). `fit` resumes from the latest checkpoint in
 `checkpoint_dir` and replays the interrupted epoch's remaining batches, so a run killed at any
 point ends with the same model as an uninterrupted one (up to floating-point noise; random
 augmentation and dropout draw afresh after a restart).
@@ -76,9 +76,10 @@ class DistributedTrainer:
         model: a compiled `DnCModel`, built inside `strategy.scope()`.
         sampler: the `ClusterBatchSampler` over the training labels; its batch size (P x M) is the
             global batch and must be divisible by the number of replicas.
-        images: the training images [N, ...] in memory, aligned with the sampler's labels.
-            Each worker gathers its replicas' slices of every global batch from them. Pass
-            `None` with `dataset`.
+        dataset: the sampler's global batches, `dnc_keras.batches.training_batches(sampler,
+            source)` (or `sampler.as_dataset(images)`), re-run every epoch.
+            `strategy.experimental_distribute_dataset` splits each batch across the replicas;
+            on several workers every worker reads the whole batch and keeps its share.
         strategy: the strategy. Defaults to `None`: the model's (`model.distribute_strategy`).
         checkpoint_dir: where checkpoints go (the chief's; other workers write scratch copies in
             sub-folders and delete them). Must be shared by all workers. Defaults to `None`: no
@@ -86,28 +87,22 @@ class DistributedTrainer:
         checkpoint_every: also checkpoint every this many steps inside an epoch. Defaults to
             `None`: at the end of each epoch only.
         max_to_keep: checkpoints kept. Defaults to `2`.
-        augment: optional function images -> images applied to each replica's slice.
         embed_batch_size: global batch of the sharded embedding extraction. Defaults to `256`.
-        dataset: instead of `images`, a `tf.data.Dataset` of the sampler's global batches
-            (`sampler.as_dataset(...)`, `sampler.as_path_dataset(...)`), re-run every epoch.
-            `strategy.experimental_distribute_dataset` splits each batch across the replicas;
-            on several workers every worker reads the whole batch and keeps its share.
-            Defaults to `None`.
 
     Example:
     ```python
     strategy = make_strategy("mirrored")
     with strategy.scope():
         model = build_model(...)
-    callbacks = dnc_callbacks(sampler, x_train, final_learners=4)
-    trainer = DistributedTrainer(model, sampler, x_train, checkpoint_dir="run/checkpoints")
+    callbacks = dnc_callbacks(sampler, x_train, conquer_epoch=8)
+    trainer = DistributedTrainer(model, sampler, sampler.as_dataset(x_train),
+                                 checkpoint_dir="run/checkpoints")
     history = trainer.fit(epochs=10, callbacks=callbacks)
     ```
     """
 
-    def __init__(self, model, sampler, images=None, strategy=None, checkpoint_dir=None,
-                 checkpoint_every=None, max_to_keep=2, augment=None, embed_batch_size=256,
-                 dataset=None):
+    def __init__(self, model, sampler, dataset, strategy=None, checkpoint_dir=None,
+                 checkpoint_every=None, max_to_keep=2, embed_batch_size=256):
         self.strategy = strategy or model.distribute_strategy
         if model.distribute_strategy is not self.strategy:
             raise ValueError("The model was not built under this strategy: build and compile "
@@ -121,37 +116,26 @@ class DistributedTrainer:
                              f"by the number of replicas ({self.replicas}). Received: "
                              f"classes_per_batch={sampler.classes_per_batch}, "
                              f"samples_per_class={sampler.samples_per_class}")
-        if (images is None) == (dataset is None):
-            raise ValueError("Pass the training images (in memory) or a dataset of the "
-                             "sampler's batches, not both or neither")
-        if dataset is not None and augment is not None:
-            raise ValueError("augment applies to in-memory images; augment inside the dataset")
-        if images is not None and len(images) != len(sampler.labels):
-            raise ValueError(f"images has {len(images)} entries for the sampler's "
-                             f"{len(sampler.labels)} labels")
+        if not isinstance(dataset, tf.data.Dataset):
+            raise ValueError("dataset must be a tf.data.Dataset of the sampler's batches "
+                             "(sampler.as_dataset(images)). Received: "
+                             f"{type(dataset).__name__}")
         if checkpoint_every is not None and checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1. Received: {checkpoint_every}")
         self.model = model
         self.sampler = sampler
-        self.images = None if images is None else np.asarray(images, np.float32)
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_every = checkpoint_every
         self.max_to_keep = int(max_to_keep)
-        self.augment = augment
         self.embed_batch_size = int(embed_batch_size)
         self.is_chief = is_chief(self.strategy)
         self.multi_worker = isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
         self.restored_from = None
         self.nan_at = None
-        self._plan = []
         self._build_optimizers()
         self._build_state()
-        self._from_images = dataset is None
-        if dataset is None:
-            self._dataset = self.strategy.distribute_datasets_from_function(self._input_fn)
-        else:
-            self._dataset = self.strategy.experimental_distribute_dataset(
-                _shard_by_batch_split(dataset))
+        self._dataset = self.strategy.experimental_distribute_dataset(
+            _shard_by_batch_split(dataset))
         self._train_fn = None
         self._embed_fns = {}
         self._gather_fn = None
@@ -170,10 +154,10 @@ class DistributedTrainer:
         self._step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         sampler_state = dict(
             epoch=tf.Variable(0, dtype=tf.int64, trainable=False),
+            turn=tf.Variable(0, dtype=tf.int64, trainable=False),
             num_clusters=tf.Variable(1, dtype=tf.int64, trainable=False),
             assignment=tf.Variable(np.zeros(n, np.int64), trainable=False),
-            updated_at_epoch=tf.Variable(-1, dtype=tf.int64, trainable=False),
-            single_cluster=tf.Variable(False, trainable=False))
+            updated_at_epoch=tf.Variable(-1, dtype=tf.int64, trainable=False))
         self._sampler_vars = sampler_state
         trackables = dict(model=self.model, optimizer=self.model.optimizer,
                           progress=tf.train.Checkpoint(epoch=self._epoch, step=self._step),
@@ -188,33 +172,6 @@ class DistributedTrainer:
                 self.checkpoint_dir, f".worker{task_id(self.strategy)}")
             self.manager = tf.train.CheckpointManager(self.checkpoint, write_dir,
                                                       max_to_keep=self.max_to_keep)
-
-    # -- data -------------------------------------------------------------------------------
-    def _input_fn(self, context):
-        """This worker's pipeline: its replicas' slices of every global batch, in order."""
-        local = self.replicas // context.num_input_pipelines
-        first = context.input_pipeline_id * local
-        size = self.sampler.batch_size // self.replicas
-        images = tf.constant(self.images)
-        labels = tf.constant(self.sampler.labels.astype(np.int32))
-
-        def generate():
-            for indices, learner in self._plan:
-                for replica in range(first, first + local):
-                    yield indices[replica * size:(replica + 1) * size].astype(np.int32), \
-                        np.int32(learner)
-
-        signature = (tf.TensorSpec([size], tf.int32), tf.TensorSpec([], tf.int32))
-        dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
-
-        def gather(indices, learner):
-            batch = tf.gather(images, indices)
-            if self.augment is not None:
-                batch = self.augment(batch)
-            return {"images": batch, "learner": tf.fill([size], learner)}, tf.gather(labels,
-                                                                                     indices)
-
-        return dataset.map(gather).prefetch(2)
 
     # -- steps ------------------------------------------------------------------------------
     def _train_step(self):
@@ -304,11 +261,11 @@ class DistributedTrainer:
         self._step.assign(step)
         v = self._sampler_vars
         v["epoch"].assign(sampler_state["epoch"])
+        v["turn"].assign(sampler_state["turn"])
         v["num_clusters"].assign(sampler_state["num_clusters"])
         v["assignment"].assign(sampler_state["assignment"])
         updated = sampler_state["updated_at_epoch"]
         v["updated_at_epoch"].assign(-1 if updated is None else updated)
-        v["single_cluster"].assign(bool(sampler_state["single_cluster"]))
         self.manager.save(checkpoint_number=self.model.optimizer.iterations.numpy())
         if not self.is_chief:
             tf.io.gfile.rmtree(self.manager.directory)
@@ -322,10 +279,9 @@ class DistributedTrainer:
         v = self._sampler_vars
         updated = int(v["updated_at_epoch"].numpy())
         self.sampler.set_state({
-            "epoch": int(v["epoch"].numpy()), "num_clusters": int(v["num_clusters"].numpy()),
-            "assignment": v["assignment"].numpy(),
-            "updated_at_epoch": None if updated < 0 else updated,
-            "single_cluster": bool(v["single_cluster"].numpy())})
+            "epoch": int(v["epoch"].numpy()), "turn": int(v["turn"].numpy()),
+            "num_clusters": int(v["num_clusters"].numpy()), "assignment": v["assignment"].numpy(),
+            "updated_at_epoch": None if updated < 0 else updated})
         self.restored_from = path
         return int(self._epoch.numpy()), int(self._step.numpy())
 
@@ -357,12 +313,9 @@ class DistributedTrainer:
                 self._broadcast_clusters()
                 epoch_state = sampler.get_state()
                 skip = start_step if epoch == start_epoch else 0
-                if self._from_images:
-                    self._plan = list(sampler.epoch_batches())[skip:]
                 iterator = iter(self._dataset)
-                if not self._from_images:
-                    for _ in range(skip):  # the dataset replays the whole epoch: fast-forward
-                        next(iterator)
+                for _ in range(skip):  # the dataset replays the whole epoch: fast-forward
+                    next(iterator)
                 stopped = False
                 for step in range(skip, sampler.steps):
                     callbacks.on_train_batch_begin(step)
@@ -410,9 +363,3 @@ def _shard_by_batch_split(dataset):
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.with_options(options)
-
-
-def fit(model, sampler, images, epochs, callbacks=None, verbose=1, **kwargs):
-    """`DistributedTrainer(model, sampler, images, **kwargs).fit(epochs, callbacks, verbose)`."""
-    trainer = DistributedTrainer(model, sampler, images, **kwargs)
-    return trainer.fit(epochs, callbacks=callbacks, verbose=verbose)

@@ -8,12 +8,12 @@ defaults, or, where neither says, the reason for the choice. `dnc-keras train --
 
 from __future__ import annotations
 
-import dataclasses
 from importlib import resources
 
 import yaml
 
-PRESET_NAMES = ("cub", "cars", "sop", "inshop", "vehicleid")
+from dnc_keras_cli.options import PRESETS as PRESET_NAMES
+from dnc_keras_cli.options import check_settings
 
 
 def preset_text(name) -> str:
@@ -30,14 +30,4 @@ def load_preset(name) -> dict:
     Raises:
         ValueError: unknown name, or a preset file with a setting TrainConfig does not have.
     """
-    from dnc_keras.config import TrainConfig
-
-    values = yaml.safe_load(preset_text(name))
-    if not isinstance(values, dict):
-        raise ValueError(f"Preset {name!r} must be a mapping of settings. Received: "
-                         f"{type(values).__name__}")
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"Preset {name!r} has unknown setting(s) {unknown}")
-    return values
+    return check_settings(yaml.safe_load(preset_text(name)), f"preset {name!r}")

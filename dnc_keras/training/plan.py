@@ -85,13 +85,15 @@ class DataPlan:
     def on_disk(self) -> bool:
         return self.train_paths is not None
 
-    def train_dataset(self, sampler, seed=0, augment=None):
-        """The sampler's batches: augmented crops from disk, or gathered from memory."""
+    def image_source(self, augment=None):
+        """The training images as an image source of `dnc_keras.batches`: files decoded by the
+        record and cropped at random, or arrays in memory (augmented by `augment`)."""
+        from dnc_keras import batches
+
         if self.on_disk:
-            return sampler.as_path_dataset(self.train_paths, self.preprocessing,
-                                           contents=self.contents, seed=seed,
-                                           augmentation=self.augmentation)
-        return sampler.as_dataset(self.train_images, augment=augment)
+            return batches.FileSource(self.train_paths, self.preprocessing,
+                                      augmentation=self.augmentation, contents=self.contents)
+        return batches.ArraySource(self.train_images, augment)
 
 
 def holdout_classes(labels, fraction, seed=VALIDATION_SEED):
@@ -230,22 +232,14 @@ def evaluate(model, evaluations, ks, nmi=True, seed=0, batch_size=256):
 
 # -- the dry run ---------------------------------------------------------------------------
 
-def k_schedule(config):
-    """[(first epoch, K, what happens)] of the divide-and-conquer schedule of a config."""
-    conquer = config.conquer_epoch
-    k = 1 if config.progressive else config.learners
-    events = [(0, k, "start" if k == 1 else f"k-means into {k} clusters")]
-    if config.progressive and config.learners > 1:
-        epoch = config.recluster_period
-        while k < config.learners and epoch < config.epochs and \
-                (conquer is None or epoch <= conquer):
-            k *= 2
-            events.append((epoch, k, f"divide every cluster in two -> {k} learners"))
-            epoch += config.recluster_period
-    if conquer is not None:
-        events.append((conquer, k, f"conquer ({config.conquer_mode}): loss on the full "
-                                   "embedding"))
-    return events
+def build_schedule(config):
+    """The run's `DnCSchedule`: what divide and conquer does at each epoch. The job's callback
+    executes this object and `--dry-run` prints it."""
+    from dnc_keras.schedule import DnCSchedule
+
+    return DnCSchedule(config.epochs, config.learners,
+                       1 if config.progressive else config.learners, config.recluster_period,
+                       config.conquer_epoch, config.conquer_mode)
 
 
 def plan_facts(config, plan) -> dict:
@@ -263,9 +257,7 @@ def plan_facts(config, plan) -> dict:
         "batch": {"classes": config.classes_per_batch, "images_per_class":
                   config.samples_per_class, "size": batch},
         "steps_per_epoch": steps, "epochs": config.epochs, "total_steps": steps * config.epochs,
-        "k_schedule": [{"epoch": e, "K": k, "event": what}
-                       for e, k, what in k_schedule(config)],
-        "recluster_every": config.recluster_period if config.learners > 1 else None,
+        "schedule": build_schedule(config).to_dict(),
         "evaluations": [{"name": ev.name, "protocol": ev.protocol,
                          "queries": len(ev.query_labels),
                          "gallery": None if ev.gallery is None else len(ev.gallery_labels)}
@@ -316,11 +308,7 @@ def describe(config, plan) -> str:
                  f"epoch x {config.epochs} epochs = {facts['total_steps']:,d} steps")
     lines.append(f"Optimiser: Adam, learning rate {config.learning_rate:g}, coupled weight "
                  f"decay {config.weight_decay:g}")
-    schedule = "; ".join(f"epoch {e['epoch']}: K={e['K']} {e['event']}"
-                         for e in facts["k_schedule"])
-    every = facts["recluster_every"]
-    lines.append(f"K schedule: {schedule}" + (f"; re-cluster every {every} epochs"
-                                              if every else ""))
+    lines.append(f"DnC schedule: {build_schedule(config).describe()}")
     metrics = "R@" + ",".join(map(str, facts["recall_ks"])) + ", MAP@R" + \
         (", NMI" if config.nmi else "")
     for ev in facts["evaluations"]:

@@ -10,14 +10,17 @@ import time
 import keras
 import numpy as np
 
-from dnc_keras import backbones, datasets, distributed, losses
-from dnc_keras.callbacks import FiniteCheckpoint, RetrievalEvaluation, dnc_callbacks
+from dnc_keras import backbones, datasets
+from dnc_keras.batches import training_batches
+from dnc_keras.callbacks import DnCScheduleCallback, FiniteCheckpoint, RetrievalEvaluation
 from dnc_keras.clustering import max_learners
 from dnc_keras.evaluation import raw_pixel_baseline
 from dnc_keras.layers import SubspaceMasks
 from dnc_keras.model import DnCModel
-from dnc_keras.plan import build_plan, evaluate
 from dnc_keras.sampling import ClusterBatchSampler
+from dnc_keras.training import distributed
+from dnc_keras.training.plan import build_plan, build_schedule, evaluate
+from dnc_keras_cli.options import LOSSES, resolve
 
 RECALL_KS = (1, 2, 4, 8)
 
@@ -27,15 +30,13 @@ class TrainingDiverged(RuntimeError):
 
 
 def build_loss(config):
-    """The learner loss named in the config, with its own default margin unless one is set."""
-    margin = {} if config.margin is None else {"margin": config.margin}
-    if config.loss == "margin":
-        return losses.MarginLoss(**({} if config.margin is None else {"alpha": config.margin}))
-    if config.loss == "triplet_hard":
-        return losses.TripletHardLoss(**margin)
-    if config.loss == "triplet_semihard":
-        return losses.TripletSemiHardLoss(**margin)
-    return losses.ContrastiveLoss(**margin)
+    """The learner loss the config names (`dnc_keras_cli.options.LOSSES`), with its own default
+    margin unless one is set."""
+    loss = resolve(LOSSES, config.loss, "loss")
+    if config.margin is None:
+        return loss()
+    return loss(**{loss.MARGIN_ARGUMENT: config.margin})
+
 
 
 def build_model(config, input_shape, preprocessing=None):
@@ -74,7 +75,7 @@ def check_learners(config, y_train):
 def run(config, verbose=1):
     """Trains, evaluates on the unseen classes and writes the run folder; returns the metrics.
 
-    With `config.strategy`, trains with `dnc_keras.distributed.DistributedTrainer` and resumes
+    With `config.strategy`, trains with `dnc_keras.training.distributed.DistributedTrainer` and resumes
     from `<out>/checkpoints`; on several workers only the chief writes the run folder.
     """
     # MultiWorkerMirroredStrategy must exist before TensorFlow runs anything.
@@ -100,12 +101,11 @@ def run(config, verbose=1):
         model = build_model(config, plan.input_shape, plan.preprocessing)
     has_test = bool(plan.evaluations)
     checkpoint = FiniteCheckpoint(os.path.join(out, "checkpoint.weights.h5"), verbose=verbose)
-    callbacks = dnc_callbacks(sampler, plan.train_images, config.learners,
-                              progressive=config.progressive, period=config.recluster_period,
-                              conquer_epoch=config.conquer_epoch, conquer_mode=config.conquer_mode,
-                              cluster_on=config.cluster_on, seed=config.seed,
-                              backend=config.kmeans_backend,
-                              feature_source=config.recluster_features, verbose=verbose)
+    schedule_callback = DnCScheduleCallback(
+        sampler, plan.train_images, schedule=build_schedule(config),
+        cluster_on=config.cluster_on, seed=config.seed, backend=config.kmeans_backend,
+        feature_source=config.recluster_features, verbose=verbose)
+    callbacks = [schedule_callback]
     selection = None
     if plan.validation is not None:
         # Fair-comparison mode: the model is chosen on held-out training classes, so the test
@@ -125,7 +125,7 @@ def run(config, verbose=1):
     callbacks += [checkpoint, keras.callbacks.TensorBoard(os.path.join(out, "logs"))]
 
     start = time.perf_counter()
-    dataset = plan.train_dataset(sampler, seed=config.seed, augment=_augmenter(config))
+    dataset = training_batches(sampler, plan.image_source(_augmenter(config)))
     if strategy is None:
         history = model.fit(dataset, epochs=config.epochs, callbacks=callbacks,
                             verbose=verbose, shuffle=False)
@@ -168,7 +168,8 @@ def run(config, verbose=1):
         results["raw_pixels"] = raw_pixel_baseline(*plan.test_pixels, ks=plan.recall_ks,
                                                    nmi=config.nmi)
     plot = plan.test_pixels if has_test and not plan.on_disk and config.plots else None
-    _write_outputs(out, results, history.history, plot, model, curves=config.plots)
+    _write_outputs(out, results, {**history.history, "dnc_actions": schedule_callback.outcomes},
+                   plot, model, curves=config.plots)
     results["run_dir"] = out
     return results
 
@@ -194,14 +195,15 @@ def _augmenter(config):
 
 
 def _write_outputs(out, results, history, plot, model, curves=True):
-    from dnc_keras import plots
+    from dnc_keras.training import plots
 
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(results, f, indent=2)
+    curves_of = {k: [float(v) for v in vs] for k, vs in history.items() if k != "dnc_actions"}
     with open(os.path.join(out, "history.json"), "w") as f:
-        json.dump({k: [float(v) for v in vs] for k, vs in history.items()}, f, indent=2)
+        json.dump({**curves_of, "dnc_actions": history.get("dnc_actions", [])}, f, indent=2)
     if curves:
-        plots.training_curves(history, os.path.join(out, "training_curves.png"))
+        plots.training_curves(curves_of, os.path.join(out, "training_curves.png"))
     # On-disk test sets (up to 60k images) are not embedded a second time just for the plot.
     if plot is not None:
         images, labels = plot

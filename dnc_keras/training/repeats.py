@@ -57,7 +57,7 @@ def run_seeds(config, verbose=1):
         dict with `"dataset"`, `"seeds"`, `"runs"` (each run's results), `"summary"` (see
         `summarise`) and `"run_dir"`.
     """
-    from dnc_keras import job
+    from dnc_keras.training import job
 
     out = config.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
     seeds = list(range(config.seed, config.seed + config.seeds))

@@ -1,0 +1,113 @@
+"""TrainConfig: every setting of a training run, loadable from JSON or YAML.
+
+Its fields, types, defaults and choices are `dnc_keras_cli.options.TRAIN_OPTIONS`, the one
+definition the CLI's flags and `--help` are generated from too. Defaults are tuned for the
+Conv-4 on small images and a few CPU minutes (the glyphs job); the papers' ResNet-50 settings are
+the presets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import yaml
+
+from dnc_keras_cli.options import BY_NAME, LOSSES, TRAIN_OPTIONS, check_settings
+
+
+def _checks(config):
+    """The rules that tie settings together (each setting alone was checked by its option)."""
+    if config.recluster_features == "training" and config.cluster_on != "features":
+        raise ValueError("recluster_features='training' keeps backbone features; it needs "
+                         f"cluster_on='features'. Received: cluster_on={config.cluster_on!r}")
+    if config.progressive and config.learners & (config.learners - 1):
+        raise ValueError("Progressive division doubles K, so learners must be a power of 2. "
+                         f"Received: learners={config.learners}")
+    if not config.conquer_fraction < 1.0:
+        raise ValueError(f"conquer_fraction must be in [0, 1). Received: "
+                         f"conquer_fraction={config.conquer_fraction}")
+    if not config.validation_classes < 1.0:
+        raise ValueError("validation_classes is the fraction of the training classes held out "
+                         "for model selection, in [0, 1). Received: "
+                         f"validation_classes={config.validation_classes}")
+    if config.checkpoint_every is not None and config.strategy is None:
+        raise ValueError("checkpoint_every applies to the distributed loop: set strategy "
+                         "('mirrored' for one machine)")
+    if config.strategy is not None and config.seeds > 1:
+        raise ValueError("A strategy is created once per process: run one process per seed "
+                         f"(seeds=1). Received: seeds={config.seeds}, "
+                         f"strategy={config.strategy!r}")
+    if config.strategy == "multi-worker" and not config.out:
+        raise ValueError("strategy='multi-worker' needs out: a run folder that every worker can "
+                         "reach (shared storage), the same on all of them")
+    if config.backbone == "resnet50" and config.color_mode == "grayscale":
+        raise ValueError("resnet50 takes RGB images (its ImageNet weights have 3 input "
+                         "channels). Received: color_mode='grayscale'")
+
+
+def _post_init(self):
+    for option in TRAIN_OPTIONS:
+        setattr(self, option.name, option.parse(getattr(self, option.name), "setting"))
+    _checks(self)
+
+
+def _conquer_epoch(self):
+    """First epoch of the conquer phase, or None when there is none."""
+    if self.learners == 1 or self.conquer_fraction == 0:
+        return None
+    return self.epochs - max(1, round(self.conquer_fraction * self.epochs))
+
+
+def _to_dict(self):
+    return dataclasses.asdict(self)
+
+
+def _from_file(cls, path, **overrides):
+    """Reads a JSON or YAML file of settings; `overrides` (not None) win over the file."""
+    values = read_settings(path)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return cls(**values)
+
+
+def _resolve(cls, preset=None, path=None, **overrides):
+    """Settings from a preset, then a file, then `overrides` (not None), each winning over the
+    one before: `dnc-keras train --preset cub --config x.yaml --epochs 5`."""
+    values = {}
+    if preset is not None:
+        from dnc_keras.training.presets import load_preset
+
+        values.update(load_preset(preset))
+        values["preset"] = str(preset)
+    if path is not None:
+        values.update(read_settings(path))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return cls(**values)
+
+
+TrainConfig = dataclasses.make_dataclass(
+    "TrainConfig",
+    [(o.name, o.kind if not o.nullable else o.kind | None,
+      dataclasses.field(default=o.default, metadata={"option": o})) for o in TRAIN_OPTIONS],
+    namespace={"__post_init__": _post_init, "conquer_epoch": property(_conquer_epoch),
+               "to_dict": _to_dict, "from_file": classmethod(_from_file),
+               "resolve": classmethod(_resolve),
+               "__doc__": "Settings of `dnc-keras train` (see dnc_keras_cli.options)."})
+TrainConfig.__module__ = __name__  # pickling and repr name the module that defines it
+
+
+def read_settings(path):
+    """The settings of a JSON or YAML file, each checked against its option."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Config file not found: {path}")
+    with open(path) as f:
+        try:
+            values = json.load(f) if str(path).endswith(".json") else yaml.safe_load(f)
+        except (json.JSONDecodeError, yaml.YAMLError) as error:
+            raise ValueError(f"{path}: not valid JSON or YAML ({error})".replace("\n", " ")) \
+                from None
+    return check_settings(values, str(path))
+
+
+__all__ = ["TrainConfig", "read_settings", "LOSSES", "BY_NAME"]

@@ -1,0 +1,143 @@
+"""`dnc-keras`: the command line. Parses arguments before importing the package, so `--help`
+and `--version` answer at once and without TensorFlow's start-up chatter; each command then
+calls one function of `dnc_keras.cli`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import sys
+
+from dnc_keras_cli.options import (BOUNDS_DEFAULTS, QUANTIZE_MODES, RUNTIMES, TRAIN_OPTIONS)
+
+
+def _version():
+    try:
+        return importlib.metadata.version("dnc_keras")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _add_train_flags(parser):
+    for option in TRAIN_OPTIONS:
+        default = option.unset if option.default is None else option.default
+        help_text = f"{option.help} (default: {default})".replace("%", "%%")
+        if option.kind is bool:
+            const = option.negative is None
+            parser.add_argument(option.cli_flag, dest=option.name, default=None,
+                                action="store_const", const=const, help=help_text)
+            continue
+        kwargs = {"choices": option.choices} if option.choices else {}
+        parser.add_argument(option.cli_flag, dest=option.name, default=None,
+                            type=option.kind if option.kind is not str else None,
+                            metavar=None if option.choices else option.name.upper(),
+                            help=help_text, **kwargs)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="dnc-keras", description="Divide-and-conquer deep metric learning in Keras 3.")
+    parser.add_argument("--version", action="version", version=f"dnc-keras {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train", help="train a model; with no arguments, on the embedded glyphs dataset",
+        description="Flags override a --config file, which overrides a --preset; every flag's "
+                    "default is shown.")
+    _add_train_flags(train)
+    train.add_argument("--config", help="JSON or YAML file of settings (flags override it)")
+    _add_output_flags(train, "the final metrics as one JSON line on stdout")
+    train.add_argument("--dry-run", action="store_true",
+                       help="print the resolved plan (data, batches, the DnC schedule, "
+                       "evaluation) and exit without training")
+
+    evaluate = commands.add_parser("evaluate", help="retrieval metrics of a trained run")
+    evaluate.add_argument("run_dir", help="run folder written by `dnc-keras train`")
+    evaluate.add_argument("--dataset", help="another dataset than the run's")
+    evaluate.add_argument("--data-dir", help="another data folder than the run's")
+    _add_output_flags(evaluate, "the metrics as one JSON line")
+
+    embed = commands.add_parser(
+        "embed", help="embeddings of image files from a run folder (the run's evaluation "
+        "path) or an export folder, one JSON line per file",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    embed.add_argument("model", help="run folder (dnc-keras train) or export folder "
+                       "(dnc-keras export, e.g. saved_models/NAME)")
+    embed.add_argument("images", nargs="+", help="image files")
+    embed.add_argument("--runtime", choices=RUNTIMES, default="savedmodel",
+                       help="for an export folder: which artifact computes the embeddings")
+
+    export = commands.add_parser(
+        "export", help="export a trained run for TF Serving (SavedModel) and ONNX Runtime",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Writes OUT/NAME/VERSION/ (SavedModel, TF Serving layout, with warm-up "
+                    "requests), OUT/NAME/NAME.onnx and OUT/NAME/manifest.json, after checking "
+                    "that the SavedModel and ONNX Runtime compute the run's own embeddings of "
+                    "real files and its retrieval metrics.")
+    export.add_argument("run_dir", help="run folder written by `dnc-keras train`")
+    export.add_argument("--name", required=True, help="model name (TF Serving's model name)")
+    export.add_argument("--version", type=int, default=None,
+                        help="version folder (default: one more than the highest present)")
+    export.add_argument("--out", default="saved_models", help="export root folder")
+    export.add_argument("--max-side", type=int, default=BOUNDS_DEFAULTS["max_side"],
+                        help="largest image height/width a request may send")
+    export.add_argument("--max-batch", type=int, default=BOUNDS_DEFAULTS["max_batch"],
+                        help="most images per request")
+    export.add_argument("--max-pixels", type=int, default=BOUNDS_DEFAULTS["max_pixels"],
+                        help="most pixels per request, over all its images")
+    export.add_argument("--quantize", action="append", choices=QUANTIZE_MODES, default=[],
+                        help="also write an edge variant NAME.<mode>.onnx and report its "
+                             "MAP@R against float32 (repeatable)")
+    export.add_argument("--data", default=None,
+                        help="folder <class>/<image> to check retrieval on instead of the "
+                             "run's test split (runs trained on every class)")
+    export.add_argument("--overwrite", action="store_true",
+                        help="replace an existing version folder")
+    _add_output_flags(export, "the manifest as JSON")
+
+    validate = commands.add_parser(
+        "validate-export", help="check an export folder end to end (hashes, signatures, "
+        "bounds, warm-up, ONNX checker, parity, retrieval, variants)")
+    validate.add_argument("export_dir", help="export folder, e.g. saved_models/NAME")
+    validate.add_argument("--data", default=None,
+                          help="folder <class>/<image> to measure retrieval on")
+    _add_output_flags(validate, "the checks as JSON")
+
+    build = commands.add_parser(
+        "build-index", help="embed a gallery folder (one subfolder per class) into a faiss "
+        "index", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    build.add_argument("gallery", help="folder of <label>/<image> files")
+    build.add_argument("--model", required=True, help="export folder, e.g. saved_models/NAME")
+    build.add_argument("--out", required=True, help="index folder to write")
+    build.add_argument("--runtime", choices=RUNTIMES, default="onnx")
+    _add_output_flags(build, "a summary as one JSON line")
+
+    search = commands.add_parser("search", help="top-k gallery matches of query images",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    search.add_argument("index", help="index folder written by `dnc-keras build-index`")
+    search.add_argument("images", nargs="+", help="query image files")
+    search.add_argument("-k", type=int, default=5, help="matches per query")
+    _add_output_flags(search, "one JSON object per query")
+    return parser
+
+
+def _add_output_flags(parser, json_help):
+    parser.add_argument("--json", action="store_true", help=f"print {json_help}")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars (they are off anyway when stderr is not a "
+                             "terminal)")
+
+
+def main(argv=None):
+    """Parses `argv`, then runs the command; returns the exit code (2 for a user error)."""
+    args = build_parser().parse_args(argv)
+    # TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notes) buries the output.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from dnc_keras import cli
+
+    return cli.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""Every setting of `dnc-keras train`, defined once: name, type, default, choices, help.
+
+`dnc_keras.training.TrainConfig` is built from this table, the CLI's flags and `--help` are
+generated from it, and config files (`--config`, presets) are checked against it, so a bad value
+anywhere gets the same one-line error naming the key, the value and what was expected.
+
+This module imports nothing heavier than the standard library: `dnc-keras --help` answers
+without loading TensorFlow. For the same reason the registries of losses, backbones and
+datasets live here as names pointing at their classes (`module:attribute`): adding one is the
+class and one line here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+# name -> "module:attribute" of the class (losses, backbones) or loader (datasets).
+LOSSES = {
+    "margin": "dnc_keras.losses:MarginLoss",
+    "triplet_hard": "dnc_keras.losses:TripletHardLoss",
+    "triplet_semihard": "dnc_keras.losses:TripletSemiHardLoss",
+    "contrastive": "dnc_keras.losses:ContrastiveLoss",
+}
+BACKBONES = {
+    "conv4": "dnc_keras.backbones:conv4",
+    "resnet50": "dnc_keras.backbones:resnet50",
+}
+DATASETS = {
+    "glyphs": "dnc_keras.datasets:load_glyphs",
+    "digits": "dnc_keras.datasets:load_digits",
+    "omniglot": "dnc_keras.datasets:load_omniglot",
+    "folder": "dnc_keras.datasets:load_folder",
+    "cub": "dnc_keras.datasets:load_cub",
+    "cars": "dnc_keras.datasets:load_cars",
+    "sop": "dnc_keras.datasets:load_sop",
+    "inshop": "dnc_keras.datasets:load_inshop",
+    "vehicleid": "dnc_keras.datasets:load_vehicleid",
+}
+PRESETS = ("cub", "cars", "sop", "inshop", "vehicleid")
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One setting.
+
+    Args:
+        name: the `TrainConfig` field and config-file key.
+        kind: `int`, `float`, `str` or `bool`.
+        default: the value when nothing sets it.
+        help: one line for `--help`.
+        choices: the allowed values, if a closed set.
+        nullable: `None` is allowed (and means "the dataset's own" or "none").
+        minimum: the smallest allowed number, if any.
+        flag: the CLI flag. Defaults to `--name` with dashes.
+        negative: for a bool defaulting to True, the CLI flag that sets it False.
+        unset: what a default of None means, for `--help`.
+    """
+
+    name: str
+    kind: type
+    default: Any
+    help: str
+    choices: tuple | None = None
+    nullable: bool = False
+    minimum: float | None = None
+    flag: str | None = None
+    negative: str | None = None
+    unset: str = "none"
+
+    @property
+    def cli_flag(self):
+        return self.negative or self.flag or "--" + self.name.replace("_", "-")
+
+    def parse(self, value, where="setting"):
+        """The value in its kind, checked; ValueError naming key, value and expectation.
+
+        Strings from YAML or the command line are read as numbers or booleans where the
+        option needs one (YAML reads `1e-3` as a string); a quoted `"false"` is False.
+        """
+        if value is None:
+            if self.nullable or self.default is None:
+                return None
+            raise self._error(value, where)
+        if self.kind is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+                return value.strip().lower() in _TRUE
+            raise self._error(value, where)
+        if self.kind in (int, float):
+            if isinstance(value, bool):
+                raise self._error(value, where)
+            try:
+                number = self.kind(value) if isinstance(value, str) else value
+                if self.kind is int and (not float(number).is_integer()):
+                    raise ValueError
+                number = self.kind(number)
+            except (TypeError, ValueError):
+                raise self._error(value, where) from None
+            if self.minimum is not None and number < self.minimum:
+                raise self._error(value, where)
+            return number
+        if not isinstance(value, str) or (self.choices and value not in self.choices):
+            raise self._error(value, where)
+        return value
+
+    def expected(self):
+        if self.choices:
+            text = "one of " + ", ".join(map(str, self.choices))
+        elif self.kind is bool:
+            text = "true or false"
+        else:
+            text = {int: "an integer", float: "a number", str: "a string"}[self.kind]
+            if self.minimum is not None:
+                text += f" >= {self.minimum:g}"
+        return text + (" (or null)" if self.nullable else "")
+
+    def _error(self, value, where):
+        return ValueError(f"{where} {self.name}={value!r}: expected {self.expected()}")
+
+
+def _opt(name, kind, default, help, **kwargs):
+    return Option(name, kind, default, help, **kwargs)
+
+
+TRAIN_OPTIONS = (
+    # What to train on.
+    _opt("preset", str, None, "the papers' settings for a benchmark (flags override them)",
+         choices=PRESETS, nullable=True),
+    _opt("dataset", str, "glyphs", "built in: glyphs, digits; from a folder: omniglot, "
+         "folder; on-disk benchmarks: cub, cars, sop, inshop, vehicleid",
+         choices=tuple(DATASETS)),
+    _opt("data_dir", str, None, "the dataset's folder as its archive unpacks", nullable=True),
+    _opt("train_classes", str, "standard", "standard: the dataset's usual split; all: train on "
+         "every class, for a model to deploy", choices=("standard", "all")),
+    _opt("image_size", int, None, "side of the model's input", nullable=True, minimum=1,
+         unset="the dataset's own; 224 for the on-disk benchmarks"),
+    _opt("resize_size", int, None, "on-disk benchmarks: shorter side before the centre crop",
+         nullable=True, minimum=1, unset="256 for 224"),
+    _opt("color_mode", str, None, "rgb or grayscale (refused for datasets that are only grey)",
+         choices=("rgb", "grayscale"), nullable=True, unset="the dataset's own"),
+    _opt("cache_images", bool, False, "keep the training files' bytes in memory"),
+    _opt("check_images", bool, True, "decode every image once before training",
+         negative="--no-check-images"),
+    # The model.
+    _opt("backbone", str, "conv4", "the network before the embedding",
+         choices=tuple(BACKBONES)),
+    _opt("weights", str, None, "backbone weights: imagenet, a local file, or none",
+         nullable=True),
+    _opt("embedding_dim", int, 128, "d, the embedding's width", minimum=1),
+    _opt("learners", int, 4, "final number of learners K; 1 is the single-learner baseline",
+         minimum=1),
+    _opt("subspaces", str, "fixed", "fixed blocks (CVPR) or learned masks (TPAMI)",
+         choices=("fixed", "learned")),
+    # The divide-and-conquer schedule.
+    _opt("progressive", bool, True, "start with one learner and double K every period",
+         negative="--no-progressive"),
+    _opt("recluster_period", int, 2, "T, epochs between two re-clusterings or divisions",
+         minimum=1),
+    _opt("cluster_on", str, "features", "what k-means clusters",
+         choices=("features", "embedding")),
+    _opt("recluster_features", str, "pass", "pass: embed all training images at each "
+         "re-clustering (the papers); training: re-use the train steps' features",
+         choices=("pass", "training")),
+    _opt("kmeans_backend", str, "auto", "k-means implementation",
+         choices=("auto", "faiss", "sklearn")),
+    _opt("conquer_fraction", float, 0.2, "last fraction of the epochs trained on the full "
+         "embedding", minimum=0.0),
+    _opt("conquer_mode", str, "tpami", "tpami: per-cluster batches go on; cvpr: batches from "
+         "all the data", choices=("tpami", "cvpr")),
+    # The loss and the optimiser.
+    _opt("loss", str, "triplet_hard", "the learners' loss", choices=tuple(LOSSES)),
+    _opt("margin", float, None, "margin of the loss (alpha for margin)", nullable=True,
+         unset="the loss's own"),
+    _opt("epochs", int, 10, "epochs of training", minimum=1),
+    _opt("classes_per_batch", int, 20, "P, classes per batch", minimum=2),
+    _opt("samples_per_class", int, 4, "M, images per class in a batch", minimum=1),
+    _opt("steps_per_epoch", int, None, "fixed steps per epoch", nullable=True,
+         minimum=1, unset="N // (P x M)"),
+    _opt("learning_rate", float, 1e-3, "Adam's learning rate", minimum=0.0),
+    _opt("weight_decay", float, 0.0, "coupled L2 (official: 1e-4)", minimum=0.0),
+    _opt("augment", bool, False, "random rotation and shift of in-memory training images"),
+    # Evaluation and model selection.
+    _opt("eval_every", int, 0, "evaluate on the test classes every N epochs (0: at the end)",
+         minimum=0),
+    _opt("validation_classes", float, 0.0, "hold out this fraction of the training classes "
+         "and keep the epoch with the best validation MAP@R", minimum=0.0),
+    _opt("nmi", bool, True, "compute NMI (k-means with one cluster per test class)",
+         negative="--no-nmi"),
+    _opt("plots", bool, True, "write the training-curve and t-SNE plots",
+         negative="--no-plots"),
+    # The run.
+    _opt("seed", int, 0, "seed of every random stream of the run", minimum=0),
+    _opt("seeds", int, 1, "repeat with seeds seed..seed+N-1 and report the mean and 95% "
+         "interval", minimum=1),
+    _opt("out", str, None, "run folder", nullable=True,
+         unset="runs/<timestamp>"),
+    _opt("strategy", str, None, "train with the tf.distribute loop: mirrored (this machine's "
+         "GPUs) or multi-worker (a TF_CONFIG cluster)", choices=("mirrored", "multi-worker"),
+         nullable=True, unset="model.fit on one device"),
+    _opt("checkpoint_every", int, None, "with --strategy: also checkpoint every N steps",
+         nullable=True, minimum=1, unset="at each epoch's end"),
+)
+
+BY_NAME = {o.name: o for o in TRAIN_OPTIONS}
+
+
+def check_settings(values, where):
+    """A mapping of settings (a config file, a preset) parsed and checked option by option."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected a mapping of settings. Received: "
+                         f"{type(values).__name__}")
+    unknown = sorted(set(values) - set(BY_NAME))
+    if unknown:
+        raise ValueError(f"{where}: unknown setting(s) {unknown}; known: {sorted(BY_NAME)}")
+    return {key: BY_NAME[key].parse(value, f"{where}:") for key, value in values.items()}
+
+
+# The export's defaults: the bounds of one request (dnc_keras.export.signatures.Bounds), the
+# edge variants and the runtimes an export can run on.
+BOUNDS_DEFAULTS = {"max_side": 4096, "max_batch": 256, "max_pixels": 40_000_000}
+QUANTIZE_MODES = ("int8", "float16")
+RUNTIMES = ("savedmodel", "onnx")
+
+
+def resolve(registry, name, kind):
+    """The class or function a registry names, imported; ValueError for an unknown name."""
+    import importlib
+
+    if name not in registry:
+        raise ValueError(f"unknown {kind} {name!r}; expected one of {', '.join(registry)}")
+    module, attribute = registry[name].split(":")
+    return getattr(importlib.import_module(module), attribute)

@@ -1,0 +1,78 @@
+"""Options defined once: the CLI, --help and config files all come from one table, and a bad
+value anywhere is a one-line error naming the key, the value and what is expected."""
+
+import json
+
+import keras
+import pytest
+
+from dnc_keras import datasets
+from dnc_keras.training.config import TrainConfig, read_settings
+from dnc_keras_cli import build_parser, main
+from dnc_keras_cli.options import BACKBONES, DATASETS, LOSSES, TRAIN_OPTIONS, resolve
+
+
+def test_yaml_values_are_read_as_their_options_types(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text('learning_rate: 1e-3\nprogressive: "false"\nepochs: "7"\nmargin: null\n')
+    config = TrainConfig.from_file(str(path))
+    assert config.learning_rate == 0.001 and isinstance(config.learning_rate, float)
+    assert config.progressive is False and config.epochs == 7 and config.margin is None
+
+
+@pytest.mark.parametrize("text, message", [
+    ("epochs: ten\n", "epochs='ten': expected an integer >= 1"),
+    ("epochs: 2.5\n", "epochs=2.5: expected an integer >= 1"),
+    ("progressive: maybe\n", "progressive='maybe': expected true or false"),
+    ("loss: hinge\n", "loss='hinge': expected one of margin, triplet_hard"),
+    ("learning_rate: fast\n", "learning_rate='fast': expected a number >= 0"),
+    ("learners: 0\n", "learners=0: expected an integer >= 1"),
+    ("epochz: 3\n", r"unknown setting\(s\) \['epochz'\]"),
+    ("- a list\n", "expected a mapping of settings"),
+])
+def test_a_bad_value_in_a_file_is_one_line_naming_it(tmp_path, text, message, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message) as error:
+        read_settings(str(path))
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+    # Through the CLI: exit 2, the same line on stderr, no traceback.
+    assert main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_help_lists_every_option_with_its_default(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for option in TRAIN_OPTIONS:
+        assert option.cli_flag in text, option.name
+    assert text.count("(default:") >= len(TRAIN_OPTIONS)
+    assert "(default: 10)" in text and "(default: triplet_hard)" in text
+
+
+def test_every_flag_reaches_its_field(tmp_path, capsys):
+    """--dry-run --json prints the resolved plan: the flags' values are in it."""
+    assert main(["train", "--dataset", "digits", "--learners", "2", "--epochs", "6",
+                 "--no-progressive", "--conquer-mode", "cvpr", "--dry-run", "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    schedule = facts["schedule"]
+    assert (schedule["epochs"], schedule["final_learners"], schedule["initial_learners"],
+            schedule["conquer_mode"]) == (6, 2, 2, "cvpr")
+
+
+def test_registries_name_what_the_package_defines():
+    for name in LOSSES:
+        loss = resolve(LOSSES, name, "loss")
+        assert keras.saving.get_registered_object(f"dnc_keras>{loss.__name__}") is loss
+    for name in BACKBONES:
+        assert callable(resolve(BACKBONES, name, "backbone"))
+    assert set(DATASETS) == set(datasets.DATASET_NAMES + datasets.BENCHMARK_NAMES)
+    with pytest.raises(ValueError, match="unknown loss 'hinge'"):
+        resolve(LOSSES, "hinge", "loss")
+
+
+def test_color_mode_applies_to_every_loader_or_is_refused(tmp_path, capsys):
+    assert main(["train", "--dataset", "glyphs", "--color-mode", "rgb", "--dry-run"]) == 2
+    assert "glyphs images are grey; color_mode does not apply" in capsys.readouterr().err
