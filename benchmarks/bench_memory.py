@@ -1,7 +1,10 @@
 """Peak resident memory of the main job and of a 60,000-image re-clustering.
 
     python benchmarks/bench_memory.py                   # about 2 minutes on 2 cores
+        # -> benchmarks/results/memory.json
     python benchmarks/bench_memory.py --n 120000 --skip-job
+        # -> benchmarks/results/memory_recluster.json (the re-clustering alone)
+    python benchmarks/bench_memory.py --tiny            # seconds; the test suite's mode
 
 1. `dnc-keras train` with its defaults (glyphs, Conv-4, K = 4, 10 epochs), run as a child
    process: wall time and peak RSS (wait4's ru_maxrss of the child).
@@ -10,7 +13,10 @@
    `ReclusterCallback.recluster` (embed all N images, k-means, acceptance, matching). Reported:
    RSS before (TensorFlow, model, images), the peak during the re-clustering and its rise
    (VmHWM reset just before), and the arrays it needs at least (the N x 64 features).
-Writes benchmarks/results/memory.json.
+Writes benchmarks/results/memory.json, or memory_recluster.json with `--skip-job` (a file
+without the job's figures must not replace one with them); `--out` to change. `--tiny`: the
+job on scikit-learn's digits (1 epoch of 2 steps, no plots) and a re-clustering of 400
+images, into benchmarks/results/tiny/.
 """
 
 import argparse
@@ -58,16 +64,37 @@ def recluster_child(n):
                       "clusters": sampler.num_clusters}), flush=True)
 
 
-def main(argv=None):
+TINY_JOB_ARGS = ["--dataset", "digits", "--epochs", "1", "--learners", "2", "--embedding-dim",
+                 "16", "--classes-per-batch", "4", "--samples-per-class", "4",
+                 "--steps-per-epoch", "2", "--no-plots", "--no-nmi"]
+
+
+def default_out(skip_job):
+    """memory.json, or memory_recluster.json when the job is skipped."""
+    return "memory_recluster.json" if skip_job else "memory.json"
+
+
+def parse_args(argv=None):
+    """The arguments, `--tiny`'s settings applied and `out` resolved to the results path."""
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=60_000, help="images of the re-clustering")
     parser.add_argument("--skip-job", action="store_true")
     parser.add_argument("--job-args", nargs=argparse.REMAINDER, default=[],
                         help="extra arguments of dnc-keras train (put last)")
-    parser.add_argument("--out", default="memory")
+    common.add_out_argument(parser, "memory.json",
+                            note=", or memory_recluster.json with --skip-job")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.tiny and not args.child:
+        args.n = 400
+        args.job_args = TINY_JOB_ARGS + args.job_args
+    args.out = common.resolve_out(args.out, default_out(args.skip_job), args.tiny)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if args.child:
         return recluster_child(args.n)
 
@@ -95,7 +122,7 @@ def main(argv=None):
           f"{child['rss_before_mib']:.0f} MiB (TensorFlow alone {child['rss_after_import_mib']:.0f}"
           f", images {child['images_mib']:.0f}), peak during {child['peak_during_mib']:.0f} MiB "
           f"(+{child['rise_mib']:.0f} MiB)")
-    common.write_results(args.out, results)
+    return common.write_results(results, args.out, argv, __file__, name="memory")
 
 
 if __name__ == "__main__":
