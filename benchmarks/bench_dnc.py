@@ -13,7 +13,8 @@ glyphs: the main job's data and settings. Every variant uses the same Conv-4, em
 loss, epochs and steps per epoch; only the DnC settings differ. Prints a table and writes it
 beside the results (.md). The default `--out` follows the dataset and the variants, so runs of
 different variants never overwrite each other: `<dataset>_dnc.json` for the default variants,
-`<dataset>_<variants>.json` otherwise (see `default_out`). `--tiny` (the test suite's mode):
+`<dataset>_<variants>.json` otherwise, `_loss-<loss>` added for another --loss (see
+`default_out`). `--tiny` (the test suite's mode):
 2 seeds of 2 epochs of 2 steps, no plots, into benchmarks/results/tiny/.
 """
 
@@ -50,12 +51,15 @@ METRICS = ("R@1", "R@2", "R@4", "R@8", "MAP@R", "NMI")
 DEFAULT_VARIANTS = list(VARIANTS)[:2]
 
 
-def default_out(dataset, variants):
+def default_out(dataset, variants, loss="triplet_hard"):
     """The results file name of a run: `<dataset>_dnc.json` for the default variants (the
-    README's Omniglot and glyphs tables), else `<dataset>_<slug of each variant>.json`."""
+    README's Omniglot and glyphs tables), else `<dataset>_<slug of each variant>.json`; with
+    another loss than the default, `_loss-<loss>` before the extension."""
     if list(variants) == DEFAULT_VARIANTS:
-        return f"{dataset}_dnc.json"
-    return f"{dataset}_" + "+".join(re.sub("-+", "-", _slug(v)) for v in variants) + ".json"
+        name = f"{dataset}_dnc"
+    else:
+        name = f"{dataset}_" + "+".join(re.sub("-+", "-", _slug(v)) for v in variants)
+    return name + ("" if loss == "triplet_hard" else f"_loss-{loss}") + ".json"
 
 
 def parse_args(argv=None):
@@ -79,8 +83,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.tiny:
         args.seeds, args.epochs = 2, 2
-    args.out = bench_common.resolve_out(args.out, default_out(args.dataset, args.variants),
-                                        args.tiny)
+    args.out = bench_common.resolve_out(
+        args.out, default_out(args.dataset, args.variants, args.loss), args.tiny)
     return args
 
 

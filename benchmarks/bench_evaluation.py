@@ -1,7 +1,7 @@
 """Retrieval evaluation at SOP's size against the cost of the distance matrix alone.
 
-    python benchmarks/bench_evaluation.py                      # about 4 minutes on 2 cores
-    python benchmarks/bench_evaluation.py --with-before        # + the pre-optimisation path
+    python benchmarks/bench_evaluation.py --with-before        # about 6 minutes on 2 cores
+    python benchmarks/bench_evaluation.py                      # without the path before
     python benchmarks/bench_evaluation.py --nmi-iterations 100 # the full NMI k-means (~10 min)
     python benchmarks/bench_evaluation.py --tiny --with-before # seconds; the test suite's mode
 
@@ -21,9 +21,10 @@ NMI on SOP means k-means with one cluster per test class (11,316): reported sepa
 the time of `--nmi-iterations` faiss iterations (default 2) and the extrapolation to the 100
 that `evaluation._nmi` runs. Embeddings: unit vectors around 12,000 random class centres (SOP's
 about 5 images per class), with noise giving Recall@1 near 0.7, like a trained model on SOP.
-Writes benchmarks/results/evaluation.json (the committed one by `--with-before`; `--out` to
-change); `--tiny`: 3,000 x 32 embeddings, 1 round, 1 NMI iteration, into
-benchmarks/results/tiny/evaluation.json.
+Writes benchmarks/results/evaluation.json with `--with-before`, evaluation_without_before.json
+without it; another --n, --dim or --nmi-iterations adds them to the name, e.g.
+evaluation_n-20000.json (`--out` to change). `--tiny`: 3,000 x 32 embeddings, 1 round, 1 NMI
+iteration, into benchmarks/results/tiny/.
 """
 
 import argparse
@@ -102,11 +103,15 @@ def parse_args(argv=None):
                         help="also time the configuration before the optimisation")
     parser.add_argument("--nmi-iterations", type=int, default=2,
                         help="faiss iterations of the NMI k-means to time (0: skip)")
-    common.add_out_argument(parser, "evaluation.json")
+    common.add_out_argument(parser, "evaluation.json", note=" with --with-before, "
+                            "evaluation_without_before.json without; another --n, --dim or "
+                            "--nmi-iterations is added to the name")
     args = parser.parse_args(argv)
+    base = "evaluation" if args.with_before else "evaluation_without_before"
+    default = common.default_name(base, args, parser, ["n", "dim", "nmi_iterations"])
     if args.tiny:
         args.n, args.dim, args.repeats, args.nmi_iterations = 3000, 32, 1, 1
-    args.out = common.resolve_out(args.out, "evaluation.json", args.tiny)
+    args.out = common.resolve_out(args.out, default, args.tiny)
     return args
 
 

@@ -8,10 +8,11 @@ The SavedModel's serving_default, the ONNX model and its edge variants get the s
 images of the model's input size at batch 1 (latency) and batch 64 (throughput) through the
 whole serving graph (resize, scale, network, L2 norm), with the same number of intra-op
 threads. Each figure is the median of `--repeats` timed calls after warm-up calls, the
-runtimes taking turns. Prints a table and writes benchmarks/results/inference.json (`--out` to
-change). `--tiny`: 5 timed calls (one per round) after 1 warm-up call, into
-benchmarks/results/tiny/inference.json. It sets TensorFlow's thread pools, which a process can
-do only before its runtime starts: run it in a process of its own.
+runtimes taking turns. Prints a table and writes benchmarks/results/inference.json for the
+glyphs model, inference_<export folder name>.json for another (`--out` to change). `--tiny`:
+5 timed calls (one per round) after 1 warm-up call, into benchmarks/results/tiny/. It sets
+TensorFlow's thread pools, which a process can do only before its runtime starts: run it in a
+process of its own.
 """
 
 import argparse
@@ -47,6 +48,13 @@ def timed(calls, repeats, rounds=5, warmup=5):
     return {name: (statistics.median(t), min(t)) for name, t in times.items()}
 
 
+def default_out(export_dir):
+    """inference.json for the published model (an export folder named glyphs), else
+    inference_<folder name>.json."""
+    name = os.path.basename(os.path.normpath(export_dir))
+    return "inference.json" if name == "glyphs" else f"inference_{name}.json"
+
+
 def parse_args(argv=None):
     """The arguments, `--tiny`'s settings applied and `out` resolved to the results path."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -55,11 +63,12 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=5, help="untimed calls of each runtime")
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="intra-op threads for both runtimes (default: all cores)")
-    common.add_out_argument(parser, "inference.json")
+    common.add_out_argument(parser, "inference.json", note=" for an export folder named "
+                            "glyphs, else inference_<folder name>.json")
     args = parser.parse_args(argv)
     if args.tiny:
         args.repeats, args.warmup = 5, 1
-    args.out = common.resolve_out(args.out, "inference.json", args.tiny)
+    args.out = common.resolve_out(args.out, default_out(args.export_dir), args.tiny)
     return args
 
 

@@ -3,7 +3,7 @@
     python benchmarks/bench_memory.py                   # about 2 minutes on 2 cores
         # -> benchmarks/results/memory.json
     python benchmarks/bench_memory.py --n 120000 --skip-job
-        # -> benchmarks/results/memory_recluster.json (the re-clustering alone)
+        # -> benchmarks/results/memory_recluster_n-120000.json (the re-clustering alone)
     python benchmarks/bench_memory.py --tiny            # seconds; the test suite's mode
 
 1. `dnc-keras train` with its defaults (glyphs, Conv-4, K = 4, 10 epochs), run as a child
@@ -14,7 +14,8 @@
    RSS before (TensorFlow, model, images), the peak during the re-clustering and its rise
    (VmHWM reset just before), and the arrays it needs at least (the N x 64 features).
 Writes benchmarks/results/memory.json, or memory_recluster.json with `--skip-job` (a file
-without the job's figures must not replace one with them); `--out` to change. `--tiny`: the
+without the job's figures must not replace one with them); another --n or --job-args adds them
+to the name; `--out` to change. `--tiny`: the
 job on scikit-learn's digits (1 epoch of 2 steps, no plots) and a re-clustering of 400
 images, into benchmarks/results/tiny/.
 """
@@ -70,8 +71,8 @@ TINY_JOB_ARGS = ["--dataset", "digits", "--epochs", "1", "--learners", "2", "--e
 
 
 def default_out(skip_job):
-    """memory.json, or memory_recluster.json when the job is skipped."""
-    return "memory_recluster.json" if skip_job else "memory.json"
+    """memory, or memory_recluster when the job is skipped (the name, without .json)."""
+    return "memory_recluster" if skip_job else "memory"
 
 
 def parse_args(argv=None):
@@ -83,13 +84,15 @@ def parse_args(argv=None):
     parser.add_argument("--job-args", nargs=argparse.REMAINDER, default=[],
                         help="extra arguments of dnc-keras train (put last)")
     common.add_out_argument(parser, "memory.json",
-                            note=", or memory_recluster.json with --skip-job")
+                            note=", or memory_recluster.json with --skip-job; another --n "
+                            "or --job-args is added to the name")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    default = common.default_name(default_out(args.skip_job), args, parser, ["n", "job_args"])
     if args.tiny and not args.child:
         args.n = 400
         args.job_args = TINY_JOB_ARGS + args.job_args
-    args.out = common.resolve_out(args.out, default_out(args.skip_job), args.tiny)
+    args.out = common.resolve_out(args.out, default, args.tiny)
     return args
 
 

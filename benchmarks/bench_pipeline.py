@@ -16,9 +16,10 @@ Target (issue 6): the model never waits on data. Measured, interleaved in one pr
 Reported: images/s of each, the ratio pipeline / step (how much faster data arrives than it is
 consumed; the pipeline runs on the same 2 cores, so > 1 is necessary, not sufficient) and
 fit / step (the share of step speed lost to input: 1.0 means the model never waits).
-Writes benchmarks/results/pipeline.json (`--out` to change). `--tiny`: random 28x28 images
-of 24 classes x 8 in place of glyphs (the candidates say "random"), `--n 2000`, 2 batches and 2
-steps per unit, 1 round, into benchmarks/results/tiny/pipeline.json.
+Writes benchmarks/results/pipeline.json (another --n: pipeline_n-N.json; `--out` to change).
+`--tiny`: random 28x28 images of 24 classes x 8 in place of glyphs (the candidates say
+"random"), `--n 2000`, 2 batches and 2 steps per unit, 1 round, into
+benchmarks/results/tiny/pipeline.json.
 """
 
 import argparse
@@ -43,11 +44,12 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=20, help="train steps per step/fit unit")
     parser.add_argument("--n", type=int, default=60_000,
                         help="images of the large set (N / 5 classes, K = 8)")
-    common.add_out_argument(parser, "pipeline.json")
+    common.add_out_argument(parser, "pipeline.json", note="; another --n is added to the name")
     args = parser.parse_args(argv)
+    default = common.default_name("pipeline", args, parser, ["n"])
     if args.tiny:
         args.repeats, args.batches, args.steps, args.n = 1, 2, 2, 2000
-    args.out = common.resolve_out(args.out, "pipeline.json", args.tiny)
+    args.out = common.resolve_out(args.out, default, args.tiny)
     return args
 
 

@@ -25,8 +25,10 @@ training between two re-clusterings). "share (bank)" is the same with
 `feature_source="training"`: the train step also writes its features to a `FeatureBank`
 (timed interleaved with the plain step), and only the images the sampler did not draw in the
 2 epochs ("unseen": counted by running the sampler over the k-means clusters of the row) are
-embedded, at the measured images/s. Writes benchmarks/results/recluster.json (`--out NAME`
-writes benchmarks/results/NAME.json, as for the two grids above). `--tiny`: N = 800, d = 16,
+embedded, at the measured images/s. Writes benchmarks/results/recluster.json; another grid
+(--sizes, --dims, --ks, --embed-batch-size) by default a file named after it, e.g.
+recluster_ks-2-4-8-16-32.json (`--out NAME` writes benchmarks/results/NAME.json, as for the
+two grids above). `--tiny`: N = 800, d = 16,
 K = 2, 1 round, 2 steps per unit, into benchmarks/results/tiny/recluster.json.
 """
 
@@ -155,11 +157,14 @@ def parse_args(argv=None):
     parser.add_argument("--embed-batch-size", type=int, default=256,
                         help="batch of model.embed (ReclusterCallback's default is 256)")
     parser.add_argument("--steps", type=int, default=20, help="train steps per timed unit")
-    common.add_out_argument(parser, "recluster.json")
+    common.add_out_argument(parser, "recluster.json", note="; another --sizes, --dims, --ks "
+                            "or --embed-batch-size is added to the name")
     args = parser.parse_args(argv)
+    default = common.default_name("recluster", args, parser,
+                                  ["sizes", "dims", "ks", "embed_batch_size"])
     if args.tiny:
         args.sizes, args.dims, args.ks, args.repeats, args.steps = [800], [16], [2], 1, 2
-    args.out = common.resolve_out(args.out, "recluster.json", args.tiny)
+    args.out = common.resolve_out(args.out, default, args.tiny)
     return args
 
 

@@ -5,6 +5,7 @@
     python benchmarks/bench_train_step.py --skip-step     # -> train_step_epoch.json
     python benchmarks/bench_train_step.py --skip-epoch    # -> train_step_step.json
     python benchmarks/bench_train_step.py --repeats 9 --steps 40 --learners 8
+        # -> train_step_learners-8.json
     python benchmarks/bench_train_step.py --tiny --skip-epoch   # seconds; the test suite's mode
 
 Two measurements, each candidate in its own worker process (TensorFlow's and PyTorch's thread
@@ -39,7 +40,8 @@ ratios, so load from other processes hits every candidate alike.
 
 Writes benchmarks/results/train_step.json; with `--skip-step`, train_step_epoch.json, with
 `--skip-epoch`, train_step_step.json, so that a run of one half never replaces a file holding
-both (`--out` to change). Needs the `benchmark` extra for the PyTorch peer
+both; another --learners, --candidates or --epoch-candidates adds them to the name, e.g.
+train_step_learners-8.json (`--out` to change). Needs the `benchmark` extra for the PyTorch peer
 (`pip install -e .[benchmark]`); without torch that candidate is skipped, and the results say
 so under "skipped". `--tiny`: random 28x28 images of 24 classes x 8 in place of glyphs (in every
 worker), 2 steps per unit, 1 round, workers started together, no waiting for quiet; step
@@ -396,11 +398,11 @@ def _torch_available():
 
 
 def default_out(skip_step, skip_epoch):
-    """train_step.json for both halves, train_step_epoch.json for the epochs alone
-    (`--skip-step`), train_step_step.json for the steps alone (`--skip-epoch`)."""
+    """train_step for both halves, train_step_epoch for the epochs alone (`--skip-step`),
+    train_step_step for the steps alone (`--skip-epoch`) (the name, without .json)."""
     if skip_step:
-        return "train_step_epoch.json"
-    return "train_step_step.json" if skip_epoch else "train_step.json"
+        return "train_step_epoch"
+    return "train_step_step" if skip_epoch else "train_step"
 
 
 def parse_args(argv=None):
@@ -423,11 +425,15 @@ def parse_args(argv=None):
                         help="seconds to wait before each round for other processes to go "
                              "quiet (0: never wait)")
     common.add_out_argument(parser, "train_step.json", note="; with --skip-step "
-                            "train_step_epoch.json, with --skip-epoch train_step_step.json")
+                            "train_step_epoch.json, with --skip-epoch train_step_step.json; "
+                            "another --learners, --candidates or --epoch-candidates is added "
+                            "to the name")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.skip_step and args.skip_epoch:
         parser.error("--skip-step and --skip-epoch together leave nothing to measure")
+    default = common.default_name(default_out(args.skip_step, args.skip_epoch), args, parser,
+                                  ["learners", "candidates", "epoch_candidates"])
     if args.tiny and not args.worker:
         args.steps, args.repeats, args.max_wait = 2, 1, 0.0
     if args.candidates is None:
@@ -435,8 +441,7 @@ def parse_args(argv=None):
     if args.epoch_candidates is None:
         args.epoch_candidates = list(EPOCH_CANDIDATES) + (
             [] if args.tiny else ["dnc_epoch+norecluster", "dnc_epoch+bank"])
-    args.out = common.resolve_out(args.out, default_out(args.skip_step, args.skip_epoch),
-                                  args.tiny)
+    args.out = common.resolve_out(args.out, default, args.tiny)
     return args
 
 

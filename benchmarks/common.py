@@ -18,6 +18,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import resource
 import shlex
 import statistics
@@ -293,6 +294,20 @@ def add_out_argument(parser, default, tiny=True, note=""):
         parser.add_argument("--tiny", action="store_true",
                             help="a few seconds on small data, to check that the script runs "
                                  "(the test suite's mode); its figures mean nothing")
+
+
+def default_name(base, args, parser, names):
+    """`base`.json, with "_<name>-<value>" added for each argument of `names` (dests) whose value
+    differs from its default in `parser`: a run of another grid, size or set of candidates then
+    writes a file of its own instead of replacing the published one."""
+    parts = [base]
+    for name in names:
+        value = getattr(args, name)
+        if value != parser.get_default(name):
+            words = value if isinstance(value, (list, tuple)) else [value]
+            text = re.sub(r"[^A-Za-z0-9_.+]+", "-", " ".join(map(str, words))).strip("-")
+            parts.append(f"{name}-{text}")
+    return "_".join(parts) + ".json"
 
 
 def resolve_out(out, default, tiny=False):

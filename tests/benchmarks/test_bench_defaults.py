@@ -14,16 +14,26 @@ RESULTS = BENCHMARKS / "results"
 DEFAULTS = {
     "bench_distributed": [([], "distributed.json")],
     "bench_dnc": [([], "omniglot_dnc.json"), (["--dataset", "glyphs"], "glyphs_dnc.json"),
-                  (["--variants", "DnC K=4 learned"], "omniglot_dnc-k-4-learned.json")],
-    "bench_evaluation": [([], "evaluation.json")],
+                  (["--variants", "DnC K=4 learned"], "omniglot_dnc-k-4-learned.json"),
+                  (["--loss", "margin"], "omniglot_dnc_loss-margin.json")],
+    "bench_evaluation": [(["--with-before"], "evaluation.json"),
+                         ([], "evaluation_without_before.json"),
+                         (["--with-before", "--n", "20000"], "evaluation_n-20000.json")],
     "bench_export_fidelity": [([], "export_fidelity.json")],
-    "bench_inference": [(["saved_models/glyphs"], "inference.json")],
-    "bench_memory": [([], "memory.json"), (["--skip-job"], "memory_recluster.json")],
-    "bench_pipeline": [([], "pipeline.json")],
-    "bench_recluster": [([], "recluster.json")],
+    "bench_inference": [(["saved_models/glyphs"], "inference.json"),
+                        (["saved_models/cub/"], "inference_cub.json")],
+    "bench_memory": [([], "memory.json"), (["--skip-job"], "memory_recluster.json"),
+                     (["--n", "120000", "--skip-job"], "memory_recluster_n-120000.json"),
+                     (["--job-args", "--epochs", "1"], "memory_job_args-epochs-1.json")],
+    "bench_pipeline": [([], "pipeline.json"), (["--n", "20000"], "pipeline_n-20000.json")],
+    "bench_recluster": [([], "recluster.json"),
+                        (["--ks", "2", "4", "8", "16", "32"], "recluster_ks-2-4-8-16-32.json")],
     "bench_served_quality": [(["--data-dir", "omniglot"], "served_omniglot.json")],
     "bench_train_step": [([], "train_step.json"), (["--skip-step"], "train_step_epoch.json"),
-                         (["--skip-epoch"], "train_step_step.json")],
+                         (["--skip-epoch"], "train_step_step.json"),
+                         (["--learners", "8"], "train_step_learners-8.json"),
+                         (["--skip-step", "--epoch-candidates", "dnc_epoch", "keras_epoch+xla"],
+                          "train_step_epoch_epoch_candidates-dnc_epoch-keras_epoch+xla.json")],
 }
 
 
@@ -41,8 +51,12 @@ def test_default_out_is_named_and_tiny_is_apart(script, capsys):
     bench = load_script(script)
     for argv, name in DEFAULTS[script]:
         assert bench.parse_args(argv).out == str(RESULTS / name)
-        assert bench.parse_args([*argv, "--tiny"]).out == str(RESULTS / "tiny" / name)
-        assert bench.parse_args([*argv, "--out", "x/y.json"]).out == "x/y.json"
+        # --job-args takes every argument after it.
+        tail = [] if "--job-args" in argv else ["--out", "x/y.json"]
+        assert bench.parse_args(["--tiny", *argv]).out == str(
+            RESULTS / "tiny" / name)
+        if tail:
+            assert bench.parse_args([*argv, *tail]).out == "x/y.json"
     first = DEFAULTS[script][0][1]
     assert f"benchmarks/results/{first}" in bench.__doc__
     with pytest.raises(SystemExit):
