@@ -39,9 +39,13 @@ TINY_CASE = ["--dataset", "digits", "--epochs", "1", "--learners", "2", "--embed
 
 
 def dnc(*args):
+    """Runs `dnc-keras ARGS` as `python -m dnc_keras.cli` with this Python; returns its stdout.
+
+    From a neutral folder: `python -m` puts the working folder first on sys.path, so a checkout
+    there would run instead of the package this process (and its provenance) uses."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run([sys.executable, "-m", "dnc_keras.cli", *map(str, args)], env=env,
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, cwd=tempfile.gettempdir())
     if result.returncode:
         sys.exit(f"dnc-keras {args[0]} failed:\n{result.stderr[-3000:]}")
     return result.stdout

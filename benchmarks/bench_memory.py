@@ -7,7 +7,8 @@
     python benchmarks/bench_memory.py --tiny            # seconds; the test suite's mode
 
 1. `dnc-keras train` with its defaults (glyphs, Conv-4, K = 4, 10 epochs), run as a child
-   process: wall time and peak RSS (wait4's ru_maxrss of the child).
+   process (`python -m dnc_keras.cli train`, with this Python): wall time and peak RSS (wait4's
+   ru_maxrss of the child).
 2. A re-clustering at SOP's size in a child process: a Conv-4 `DnCModel` with K = 4, N random
    28x28 images held in memory as the in-memory datasets are, a sampler over N / 5 classes, then
    `ReclusterCallback.recluster` (embed all N images, k-means, acceptance, matching). Reported:
@@ -105,14 +106,19 @@ def main(argv=None):
     results = {"settings": vars(args)}
     if not args.skip_job:
         with tempfile.TemporaryDirectory() as out:
-            command = [os.path.join(os.path.dirname(sys.executable), "dnc-keras"), "train",
+            # `python -m dnc_keras.cli` rather than the `dnc-keras` script beside this Python:
+            # the script may belong to another checkout than the package this process uses.
+            # From the temporary folder, so no checkout in the working folder shadows it.
+            command = [sys.executable, "-m", "dnc_keras.cli", "train",
                        "--out", os.path.join(out, "run"), *args.job_args]
             print("running:", " ".join(command), flush=True)
-            seconds, peak, code = common.run_measured(command, env=env)
+            seconds, peak, code = common.run_measured(command, env=env, cwd=out)
         results["job"] = {"command": " ".join(["dnc-keras", "train", *args.job_args]),
                           "seconds": seconds, "peak_rss_mib": peak, "returncode": code}
         print(f"dnc-keras train: {seconds:.0f} s, peak RSS {peak:.0f} MiB (exit {code})",
               flush=True)
+        if code:
+            raise SystemExit(f"dnc-keras train failed ({code}): no figures to write")
 
     command = [sys.executable, os.path.abspath(__file__), "--child", "--n", str(args.n)]
     proc = subprocess.run(command, env=env, capture_output=True, text=True)

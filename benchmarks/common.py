@@ -31,6 +31,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 RESULTS_DIR = os.path.join(HERE, "results")
 TINY_DIR = os.path.join(RESULTS_DIR, "tiny")
+# When and under what load the benchmark started: a benchmark imports this module first.
+_STARTED = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+_LOAD_AT_START = os.getloadavg()
 
 
 def interleaved(candidates, repeats, warmup=1, loads=None):
@@ -84,7 +87,7 @@ def paired_ratios(numerator, denominator):
 def machine():
     """What the figures were measured on: CPU, cores, load, library versions."""
     info = {"python": platform.python_version(), "platform": platform.platform(),
-            "cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg()}
+            "cpus": os.cpu_count(), "loadavg_at_start": _LOAD_AT_START}
     try:
         with open("/proc/cpuinfo") as f:
             names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
@@ -141,13 +144,14 @@ def current_peak_rss_mib():
     return peak_rss_mib()
 
 
-def run_measured(command, env=None):
-    """Runs a command to completion; returns (seconds, peak RSS MiB of the child, returncode).
+def run_measured(command, env=None, cwd=None):
+    """Runs a command to completion (in `cwd`); returns (seconds, peak RSS MiB of the child,
+    returncode).
 
     Peak RSS comes from wait4's rusage of that one child (its largest process, not a sum).
     """
     start = time.perf_counter()
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
@@ -270,10 +274,11 @@ def provenance(argv=None, script=None):
     benchmark's file, needed when `argv` is given), the working folder, the package's version,
     location and git state, the git commit of the benchmarks (and whether the tree was dirty,
     tracked files only), library versions and CPU (`machine`), threads, other processes' load,
-    the date."""
+    the date the benchmark started (this module imported) and the date it wrote."""
     return {"command": command_line(script or sys.argv[0], argv), "cwd": os.getcwd(),
             "dnc_keras": package_state(), "git": git_state(),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
+            "started": _STARTED, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "machine": machine(),
             "threads": threads(), "load": machine_load()}
 
 

@@ -22,7 +22,8 @@ from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[2]
 BENCHMARKS = REPO / "benchmarks"
-PROVENANCE_KEYS = {"command", "cwd", "dnc_keras", "git", "date", "machine", "threads", "load"}
+PROVENANCE_KEYS = {"command", "cwd", "dnc_keras", "git", "started", "date", "machine", "threads",
+                   "load"}
 
 
 def load_script(name):
@@ -71,6 +72,7 @@ def read_results(path, script, *args):
     assert len(record["load"]["loadavg_1_5_15"]) == 3
     assert record["load"]["other_processes_cores"] >= 0
     assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", record["date"])
+    assert record["started"] <= record["date"]
     return results
 
 
