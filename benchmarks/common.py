@@ -297,8 +297,9 @@ def add_out_argument(parser, default, tiny=True, note=""):
                                                if tiny else "") + ")")
     if tiny:
         parser.add_argument("--tiny", action="store_true",
-                            help="a few seconds on small data, to check that the script runs "
-                                 "(the test suite's mode); its figures mean nothing")
+                            help="small data, few steps: seconds to a minute, to check that "
+                                 "the script runs (the test suite's mode); its figures mean "
+                                 "nothing")
 
 
 def default_name(base, args, parser, names):
