@@ -4,11 +4,14 @@ process can do only before its runtime starts)."""
 
 import numpy as np
 
+import pytest
+
 from bench_harness import read_results, run_script
 
 RUNTIMES = {"tf_savedmodel", "onnxruntime"}
 
 
+@pytest.mark.bench_processes
 def test_bench_inference_tiny(tmp_path, export_fidelity_tiny):
     _, workdir = export_fidelity_tiny
     export_dir = workdir / "exports" / "digits"

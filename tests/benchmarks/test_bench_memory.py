@@ -1,9 +1,12 @@
 """benchmarks/bench_memory.py in its tiny mode: `dnc-keras train` on digits and a re-clustering
 of 400 images, each a child process (started from `main` in-process)."""
 
+import pytest
+
 from bench_harness import BENCHMARKS, load_script, read_results
 
 
+@pytest.mark.bench_processes
 def test_bench_memory_tiny(tmp_path, repo_on_pythonpath):
     bench = load_script("bench_memory")
     out = tmp_path / "memory.json"
