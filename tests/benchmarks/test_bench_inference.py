@@ -3,7 +3,6 @@ fidelity benchmark's tiny run keeps (a subprocess: it sets TensorFlow's thread p
 process can do only before its runtime starts)."""
 
 import numpy as np
-
 import pytest
 
 from bench_harness import read_results, run_script
