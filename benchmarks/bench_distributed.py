@@ -1,7 +1,8 @@
 """Distributed training loop on CPU: steps/s for 1 and 2 replicas, and the global-batch gather.
 
     python benchmarks/bench_distributed.py                  # about 2 minutes on 2 busy cores
-    python benchmarks/bench_distributed.py --repeats 9 --steps 30
+    python benchmarks/bench_distributed.py --steps 30 --repeats 7   # distributed.json's command
+    python benchmarks/bench_distributed.py --tiny           # seconds; the test suite's mode
 
 One process with two logical CPU devices (`tf.config.set_logical_device_configuration`), so
 all candidates share one TensorFlow runtime and are timed interleaved (A B C, A B C, ...); the
@@ -24,7 +25,11 @@ And `gather`: the all-gather alone, 200 chained all-gathers of one replica's emb
 
 Both logical devices share the same physical cores, so 2 replicas cannot be faster on CPU:
 these figures measure the loop's and the collectives' overhead, not scaling (for that, see
-docs/distributed.md). Writes benchmarks/results/distributed.json.
+docs/distributed.md). Writes benchmarks/results/distributed.json (`--out` to change;
+`--tiny`: 2 steps, 1 round, 2 gathers, into benchmarks/results/tiny/distributed.json).
+
+The logical devices must be configured before TensorFlow starts its runtime, so this runs in a
+process of its own (the tests start it as a subprocess).
 """
 
 import argparse
@@ -47,12 +52,22 @@ CLASSES, PER_CLASS, LEARNERS, DIM = 100, 20, 4, 128
 P, M = 20, 4
 
 
-def main():
+def parse_args(argv=None):
+    """The arguments, `--tiny`'s settings applied and `out` resolved to the results path."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20, help="steps per timed unit")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds")
     parser.add_argument("--gathers", type=int, default=200, help="all-gathers per gather unit")
-    args = parser.parse_args()
+    common.add_out_argument(parser, "distributed.json")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.steps, args.repeats, args.gathers = 2, 1, 2
+    args.out = common.resolve_out(args.out, "distributed.json", args.tiny)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
 
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -163,7 +178,7 @@ def main():
     print(f"global-batch mining: {results['global_batch_overhead_ms_per_step']:+.1f} ms per step "
           f"(paired ratio {mining:.3f} on {local_ms:.1f} ms); the collectives alone, about "
           f"{results['gather_share_of_step_estimate']:.1%} of a step")
-    common.write_results("distributed", results)
+    common.write_results(results, args.out, argv, __file__, name="distributed")
 
 
 def gather_unit(strategy, count):

@@ -1,24 +1,37 @@
 """DnC against the single-learner baseline on Omniglot, at equal gradient steps, over seeds.
 
-    python benchmarks/bench_dnc.py --data-dir ../shared/data/omniglot_small1
-    python benchmarks/bench_dnc.py --dataset glyphs --epochs 10 --out benchmarks/results/glyphs_dnc.json
+    python benchmarks/bench_dnc.py --data-dir ../shared/data/omniglot_small1 --seeds 5
+        # -> benchmarks/results/omniglot_dnc.json (+ .md)
+    python benchmarks/bench_dnc.py --dataset glyphs --epochs 10 --seeds 3
+        # -> benchmarks/results/glyphs_dnc.json (+ .md)
+    python benchmarks/bench_dnc.py --seeds 3 --variants "DnC K=4 learned" "DnC K=8 fixed" \
+        "DnC K=4 fixed, embedding" --out benchmarks/results/omniglot_ablation.json
+    python benchmarks/bench_dnc.py --tiny --data-dir OMNIGLOT_LIKE_FOLDER    # seconds
 
 Omniglot: classes sorted by name, first half trains, second half (unseen characters) tests;
 glyphs: the main job's data and settings. Every variant uses the same Conv-4, embedding size,
-loss, epochs and steps per epoch; only the DnC settings differ. Prints a table and writes
-benchmarks/results/omniglot_dnc.json (+ .md).
+loss, epochs and steps per epoch; only the DnC settings differ. Prints a table and writes it
+beside the results (.md). The default `--out` follows the dataset and the variants, so runs of
+different variants never overwrite each other: `<dataset>_dnc.json` for the default variants,
+`<dataset>_<variants>.json` otherwise, `_loss-<loss>` added for another --loss (see
+`default_out`). `--tiny` (the test suite's mode):
+2 seeds of 2 epochs of 2 steps, no plots, into benchmarks/results/tiny/.
 """
 
 import argparse
-import json
 import os
+import re
 import sys
 import time
 
 import numpy as np
 
-from dnc_keras import job
-from dnc_keras.config import TrainConfig
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import common as bench_common  # noqa: E402
+
+from dnc_keras import job  # noqa: E402
+from dnc_keras.config import TrainConfig  # noqa: E402
 
 # name -> settings that differ from the common ones
 VARIANTS = {
@@ -35,9 +48,22 @@ VARIANTS = {
     "single (K=1), learned mask": dict(learners=1, subspaces="learned"),
 }
 METRICS = ("R@1", "R@2", "R@4", "R@8", "MAP@R", "NMI")
+DEFAULT_VARIANTS = list(VARIANTS)[:2]
 
 
-def main(argv=None):
+def default_out(dataset, variants, loss="triplet_hard"):
+    """The results file name of a run: `<dataset>_dnc.json` for the default variants (the
+    README's Omniglot and glyphs tables), else `<dataset>_<slug of each variant>.json`; with
+    another loss than the default, `_loss-<loss>` before the extension."""
+    if list(variants) == DEFAULT_VARIANTS:
+        name = f"{dataset}_dnc"
+    else:
+        name = f"{dataset}_" + "+".join(re.sub("-+", "-", _slug(v)) for v in variants)
+    return name + ("" if loss == "triplet_hard" else f"_loss-{loss}") + ".json"
+
+
+def parse_args(argv=None):
+    """The arguments, `--tiny`'s settings applied and `out` resolved to the results path."""
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=["omniglot", "glyphs"], default="omniglot")
@@ -46,11 +72,25 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--loss", default="triplet_hard")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS)[:2],
+    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS,
+                        choices=list(VARIANTS), metavar="VARIANT",
                         help=f"any of {list(VARIANTS)}")
-    parser.add_argument("--out", default=os.path.join("benchmarks", "results",
-                                                      "omniglot_dnc.json"))
+    parser.add_argument("--runs-dir", default=None,
+                        help="folder of the run folders (default: runs/bench_<dataset>)")
+    bench_common.add_out_argument(
+        parser, "omniglot_dnc.json", note=" for omniglot with the default variants, "
+        "glyphs_dnc.json for glyphs, <dataset>_<variants>.json for other variants")
     args = parser.parse_args(argv)
+    if args.tiny:
+        args.seeds, args.epochs = 2, 2
+    args.out = bench_common.resolve_out(
+        args.out, default_out(args.dataset, args.variants, args.loss), args.tiny)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    runs_dir = args.runs_dir or os.path.join("runs", f"bench_{args.dataset}")
     common = dict(epochs=args.epochs, loss=args.loss, embedding_dim=128, classes_per_batch=20,
                   samples_per_class=4, recluster_period=2, conquer_fraction=0.2)
     if args.dataset == "omniglot":
@@ -58,12 +98,14 @@ def main(argv=None):
             sys.exit(f"Omniglot not found at {args.data_dir}; pass --data-dir")
         common.update(dataset="omniglot", data_dir=args.data_dir, image_size=28,
                       steps_per_epoch=17)  # 1,360 training images // 80
+    if args.tiny:
+        common.update(steps_per_epoch=2, plots=False)
     runs = {}
     for name in args.variants:
         runs[name] = []
         for seed in range(args.seeds):
-            out = os.path.join("runs", f"bench_{args.dataset}", f"{_slug(name)}-s{seed}")
-            config = TrainConfig(**{**common, **VARIANTS[name], "seed": seed, "out": out})
+            out_dir = os.path.join(runs_dir, f"{_slug(name)}-s{seed}")
+            config = TrainConfig(**{**common, **VARIANTS[name], "seed": seed, "out": out_dir})
             start = time.perf_counter()
             result = job.run(config, verbose=0)
             metrics = result["test"]
@@ -75,13 +117,12 @@ def main(argv=None):
                       for m in METRICS} for name, rs in runs.items()}
     table = _table(summary, args.seeds)
     print(table)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"command": " ".join(["python"] + sys.argv), "common": common,
-                   "variants": {n: VARIANTS[n] for n in runs}, "runs": runs,
-                   "summary": summary}, f, indent=2)
-    with open(args.out.replace(".json", ".md"), "w") as f:
-        f.write(table + "\n")
+    bench_common.write_results(
+        {"command": bench_common.command_line(__file__, argv), "common": common,
+         "variants": {n: VARIANTS[n] for n in runs}, "runs": runs, "summary": summary},
+        args.out, argv, __file__)
+    bench_common.write_atomic(os.path.splitext(args.out)[0] + ".md", table + "\n")
+    return args.out
 
 
 def _table(summary, seeds):

@@ -1,8 +1,9 @@
 """Retrieval evaluation at SOP's size against the cost of the distance matrix alone.
 
-    python benchmarks/bench_evaluation.py                      # about 4 minutes on 2 cores
-    python benchmarks/bench_evaluation.py --with-before        # + the pre-optimisation path
+    python benchmarks/bench_evaluation.py --with-before        # about 6 minutes on 2 cores
+    python benchmarks/bench_evaluation.py                      # without the path before
     python benchmarks/bench_evaluation.py --nmi-iterations 100 # the full NMI k-means (~10 min)
+    python benchmarks/bench_evaluation.py --tiny --with-before # seconds; the test suite's mode
 
 Target (issue 6): `retrieval_metrics` (Recall@1/10/100/1000 and MAP@R, leave-one-out, no NMI)
 on 60,000 x 512 embeddings takes at most 1.2x the practical bound, a chunked numpy matrix
@@ -20,7 +21,10 @@ NMI on SOP means k-means with one cluster per test class (11,316): reported sepa
 the time of `--nmi-iterations` faiss iterations (default 2) and the extrapolation to the 100
 that `evaluation._nmi` runs. Embeddings: unit vectors around 12,000 random class centres (SOP's
 about 5 images per class), with noise giving Recall@1 near 0.7, like a trained model on SOP.
-Writes benchmarks/results/evaluation.json.
+Writes benchmarks/results/evaluation.json with `--with-before`, evaluation_without_before.json
+without it; another --n, --dim or --nmi-iterations adds them to the name, e.g.
+evaluation_n-20000.json (`--out` to change). `--tiny`: 3,000 x 32 embeddings, 1 round, 1 NMI
+iteration, into benchmarks/results/tiny/.
 """
 
 import argparse
@@ -88,7 +92,8 @@ def nmi_cost(x, labels, iterations):
     return time.perf_counter() - start, k
 
 
-def main(argv=None):
+def parse_args(argv=None):
+    """The arguments, `--tiny`'s settings applied and `out` resolved to the results path."""
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=60_000)
@@ -98,8 +103,20 @@ def main(argv=None):
                         help="also time the configuration before the optimisation")
     parser.add_argument("--nmi-iterations", type=int, default=2,
                         help="faiss iterations of the NMI k-means to time (0: skip)")
-    parser.add_argument("--out", default="evaluation")
+    common.add_out_argument(parser, "evaluation.json", note=" with --with-before, "
+                            "evaluation_without_before.json without; another --n, --dim or "
+                            "--nmi-iterations is added to the name")
     args = parser.parse_args(argv)
+    base = "evaluation" if args.with_before else "evaluation_without_before"
+    default = common.default_name(base, args, parser, ["n", "dim", "nmi_iterations"])
+    if args.tiny:
+        args.n, args.dim, args.repeats, args.nmi_iterations = 3000, 32, 1, 1
+    args.out = common.resolve_out(args.out, default, args.tiny)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
 
     from dnc_keras.evaluation import retrieval_metrics
 
@@ -121,7 +138,8 @@ def main(argv=None):
     ratio = common.paired_ratios(times["retrieval_metrics"], times["matmul_bound"])
     results = {"settings": vars(args), "metrics": metrics,
                "seconds": {name: common.summary(t) for name, t in times.items()},
-               "other_load": loads, "ratio_to_bound": ratio, "target": 1.2, "met": ratio["median"] <= 1.2}
+               "other_load": loads, "ratio_to_bound": ratio, "target": 1.2,
+               "met": ratio["median"] <= 1.2}
     if "before" in times:
         results["before_over_after"] = common.paired_ratios(times["before"],
                                                             times["retrieval_metrics"])
@@ -154,7 +172,7 @@ def main(argv=None):
                           "extrapolated_100_iterations_s": 100 * per_iteration}
         print(f"NMI k-means, {k} clusters: {seconds:.1f} s for {args.nmi_iterations} faiss "
               f"iterations -> about {100 * per_iteration:.0f} s for the 100 that NMI runs")
-    common.write_results(args.out, results)
+    return common.write_results(results, args.out, argv, __file__, name="evaluation")
 
 
 if __name__ == "__main__":

@@ -1,16 +1,21 @@
 """Inference latency and throughput of an export: ONNX Runtime vs the TF SavedModel.
 
     python benchmarks/bench_inference.py saved_models/glyphs [--repeats 50] [--threads 2]
+        # -> benchmarks/results/inference.json (the committed one: --repeats 100)
+    python benchmarks/bench_inference.py EXPORT_DIR --tiny   # seconds; the test suite's mode
 
 The SavedModel's serving_default, the ONNX model and its edge variants get the same uint8
 images of the model's input size at batch 1 (latency) and batch 64 (throughput) through the
 whole serving graph (resize, scale, network, L2 norm), with the same number of intra-op
 threads. Each figure is the median of `--repeats` timed calls after warm-up calls, the
-runtimes taking turns. Prints a table and writes benchmarks/results/inference.json.
+runtimes taking turns. Prints a table and writes benchmarks/results/inference.json for the
+glyphs model, inference_<export folder name>.json for another (`--out` to change). `--tiny`:
+5 timed calls (one per round) after 1 warm-up call, into benchmarks/results/tiny/. It sets
+TensorFlow's thread pools, which a process can do only before its runtime starts: run it in a
+process of its own.
 """
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -19,7 +24,9 @@ import time
 
 import numpy as np
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "inference.json")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
 BATCHES = (1, 64)
 
 
@@ -41,14 +48,32 @@ def timed(calls, repeats, rounds=5, warmup=5):
     return {name: (statistics.median(t), min(t)) for name, t in times.items()}
 
 
-def main(argv=None):
+def default_out(export_dir):
+    """inference.json for the published model (an export folder named glyphs), else
+    inference_<folder name>.json."""
+    name = os.path.basename(os.path.normpath(export_dir))
+    return "inference.json" if name == "glyphs" else f"inference_{name}.json"
+
+
+def parse_args(argv=None):
+    """The arguments, `--tiny`'s settings applied and `out` resolved to the results path."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("export_dir", help="export folder written by `dnc-keras export`")
     parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=5, help="untimed calls of each runtime")
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="intra-op threads for both runtimes (default: all cores)")
-    parser.add_argument("--out", default=RESULTS)
+    common.add_out_argument(parser, "inference.json", note=" for an export folder named "
+                            "glyphs, else inference_<folder name>.json")
     args = parser.parse_args(argv)
+    if args.tiny:
+        args.repeats, args.warmup = 5, 1
+    args.out = common.resolve_out(args.out, default_out(args.export_dir), args.tiny)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
 
     import tensorflow as tf
 
@@ -77,14 +102,13 @@ def main(argv=None):
         calls = {"tf_savedmodel": lambda: serve(images=tensor)["embeddings"].numpy()}
         for name, session in sessions.items():
             calls[name] = lambda session=session: onnx_export.run(session, images)
-        for name, (median, best) in timed(calls, args.repeats).items():
+        for name, (median, best) in timed(calls, args.repeats, warmup=args.warmup).items():
             rows.append({"runtime": name, "batch": batch, "median_ms": round(median * 1e3, 3),
                          "best_ms": round(best * 1e3, 3),
                          "images_per_s": round(batch / median, 1)})
 
     result = {
-        "command": "python benchmarks/bench_inference.py " + " ".join(sys.argv[1:] if argv is None
-                                                                      else argv),
+        "command": common.command_line(__file__, argv),
         "model": {"name": manifest["name"], "version": manifest["version"],
                   "input": list(shape), "embedding_dim": manifest["embedding"]["dim"],
                   "parameters": manifest["model"]["parameters"],
@@ -103,9 +127,7 @@ def main(argv=None):
         "repeats": args.repeats,
         "results": rows,
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
+    common.write_results(result, args.out, argv, __file__)
     print(f"{manifest['name']} v{manifest['version']}: input {shape}, "
           f"{args.threads} thread(s), median of {args.repeats}, load average "
           f"{result['machine']['load_average_1m']} on {os.cpu_count()} cores")
@@ -113,7 +135,6 @@ def main(argv=None):
     for row in rows:
         print(f"{row['runtime']:22s} {row['batch']:5d} {row['median_ms']:10.3f} "
               f"{row['images_per_s']:10.1f}")
-    print(f"Written to {args.out}")
     return 0
 
 

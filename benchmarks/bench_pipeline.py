@@ -3,6 +3,7 @@ step consumes.
 
     python benchmarks/bench_pipeline.py                 # about 2 minutes on 2 cores
     python benchmarks/bench_pipeline.py --repeats 9
+    python benchmarks/bench_pipeline.py --tiny          # seconds; the test suite's mode
 
 Target (issue 6): the model never waits on data. Measured, interleaved in one process:
 - `pipeline`: iterating `sampler.as_dataset(images)` alone (the generator of P x M index
@@ -15,7 +16,10 @@ Target (issue 6): the model never waits on data. Measured, interleaved in one pr
 Reported: images/s of each, the ratio pipeline / step (how much faster data arrives than it is
 consumed; the pipeline runs on the same 2 cores, so > 1 is necessary, not sufficient) and
 fit / step (the share of step speed lost to input: 1.0 means the model never waits).
-Writes benchmarks/results/pipeline.json.
+Writes benchmarks/results/pipeline.json (another --n: pipeline_n-N.json; `--out` to change).
+`--tiny`: random 28x28 images of 24 classes x 8 in place of glyphs (the candidates say
+"random"), `--n 2000`, 2 batches and 2 steps per unit, 1 round, into
+benchmarks/results/tiny/pipeline.json.
 """
 
 import argparse
@@ -31,20 +35,47 @@ P, M = 20, 4
 BATCH = P * M
 
 
-def main(argv=None):
+def parse_args(argv=None):
+    """The arguments, `--tiny`'s settings applied and `out` resolved to the results path."""
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batches", type=int, default=80, help="batches per pipeline unit")
     parser.add_argument("--steps", type=int, default=20, help="train steps per step/fit unit")
-    parser.add_argument("--out", default="pipeline")
+    parser.add_argument("--n", type=int, default=60_000,
+                        help="images of the large set (N / 5 classes, K = 8)")
+    common.add_out_argument(parser, "pipeline.json", note="; another --n is added to the name")
     args = parser.parse_args(argv)
+    default = common.default_name("pipeline", args, parser, ["n"])
+    if args.tiny:
+        args.repeats, args.batches, args.steps, args.n = 1, 2, 2, 2000
+    args.out = common.resolve_out(args.out, default, args.tiny)
+    return args
+
+
+def training_set(tiny):
+    """("glyphs", x_train, y_train) of the glyphs set at 28x28; with `tiny`, ("random", random
+    images of 24 classes x 8): rendering glyphs alone takes longer than a whole tiny run."""
+    if not tiny:
+        from dnc_keras.datasets import load_glyphs
+
+        data = load_glyphs(image_size=28)
+        return "glyphs", data.x_train, data.y_train
+    return ("random", *common.tiny_training_set())
+
+
+def _count(n):
+    """60000 -> "60k", 400 -> "400": how the candidates name the large set's size."""
+    return f"{n // 1000}k" if n % 1000 == 0 else str(n)
+
+
+def main(argv=None):
+    args = parse_args(argv)
 
     import keras
     import tensorflow as tf
 
     from dnc_keras.backbones import build_encoder, conv4
-    from dnc_keras.datasets import load_glyphs
     from dnc_keras.job import _augmenter
     from dnc_keras.config import TrainConfig
     from dnc_keras.layers import SubspaceMasks
@@ -52,11 +83,11 @@ def main(argv=None):
     from dnc_keras.model import DnCModel
     from dnc_keras.sampling import ClusterBatchSampler
 
-    data = load_glyphs(image_size=28)
-    glyphs = ClusterBatchSampler(data.y_train, P, M, seed=0)
+    name, x_train, y_train = training_set(args.tiny)
+    glyphs = ClusterBatchSampler(y_train, P, M, seed=0)
     rng = np.random.default_rng(0)
-    glyphs.set_clusters(rng.integers(0, 4, len(data.y_train)), 4)
-    n = 60_000
+    glyphs.set_clusters(rng.integers(0, 4, len(y_train)), 4)
+    n = args.n
     sop_labels = rng.permutation(np.repeat(np.arange(n // 5), 5))
     sop_images = rng.random((len(sop_labels), 28, 28, 1), dtype=np.float32)
     sop = ClusterBatchSampler(sop_labels, P, M, seed=0)
@@ -74,21 +105,22 @@ def main(argv=None):
     encoder = build_encoder(conv4((28, 28, 1)), 128, freeze_bn_stats=False)
     model = DnCModel(encoder, SubspaceMasks(128, max_learners=4))
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=TripletHardLoss())
-    x, y = data.x_train[:BATCH], np.repeat(np.arange(P), M).astype(np.int32)
+    x, y = x_train[:BATCH], np.repeat(np.arange(P), M).astype(np.int32)
     options = tf.data.Options()
     options.autotune.enabled = False
     fixed = tf.data.Dataset.from_tensors(
         ({"images": x, "learner": np.zeros(BATCH, np.int32)}, y)).repeat().with_options(options)
-    fit_data = glyphs.as_dataset(data.x_train).repeat()
+    fit_data = glyphs.as_dataset(x_train).repeat()
 
     candidates = {
-        "pipeline (glyphs, K=4)": iterate(glyphs.as_dataset(data.x_train)),
-        "pipeline (60k images, 12k classes, K=8)": iterate(sop.as_dataset(sop_images)),
-        "pipeline+augment (glyphs)": iterate(glyphs.as_dataset(data.x_train, augment=augment)),
+        f"pipeline ({name}, K=4)": iterate(glyphs.as_dataset(x_train)),
+        f"pipeline ({_count(n)} images, {_count(n // 5)} classes, K=8)": iterate(
+            sop.as_dataset(sop_images)),
+        f"pipeline+augment ({name})": iterate(glyphs.as_dataset(x_train, augment=augment)),
         "step (batch in memory)": lambda: model.fit(fixed, epochs=1, steps_per_epoch=args.steps,
                                                     verbose=0),
-        "fit (glyphs pipeline)": lambda: model.fit(fit_data, epochs=1,
-                                                   steps_per_epoch=args.steps, verbose=0),
+        f"fit ({name} pipeline)": lambda: model.fit(fit_data, epochs=1,
+                                                    steps_per_epoch=args.steps, verbose=0),
     }
     images = {name: (args.batches if name.startswith("pipeline") else args.steps) * BATCH
               for name in candidates}
@@ -108,7 +140,7 @@ def main(argv=None):
     print(common.table(rows, ["candidate", "images/s (median)", "/ step images/s", "spread"]))
     results = {"settings": vars(args), "images_per_s": rate, "ratio_to_step": ratios,
                "seconds": {name: common.summary(t) for name, t in times.items()}}
-    common.write_results(args.out, results)
+    return common.write_results(results, args.out, argv, __file__, name="pipeline")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Cost of one re-clustering (embed + k-means + matching) against the training between two.
 
     python benchmarks/bench_recluster.py                      # about 4 minutes on 2 cores
-    python benchmarks/bench_recluster.py --ks 2 4 8 16 32 --repeats 5
+    python benchmarks/bench_recluster.py --ks 2 4 8 16 32 --out recluster_full
+    python benchmarks/bench_recluster.py --ks 8 16 --repeats 5 --out recluster_k8_16
+    python benchmarks/bench_recluster.py --tiny               # seconds; the test suite's mode
 
 Target (issue 6): embedding extraction, k-means and matching together cost at most 5% of the
 training time between two re-clusterings (T = 2 epochs), at 10,000 and 60,000 points (SOP's
@@ -23,7 +25,11 @@ training between two re-clusterings). "share (bank)" is the same with
 `feature_source="training"`: the train step also writes its features to a `FeatureBank`
 (timed interleaved with the plain step), and only the images the sampler did not draw in the
 2 epochs ("unseen": counted by running the sampler over the k-means clusters of the row) are
-embedded, at the measured images/s. Writes benchmarks/results/recluster.json.
+embedded, at the measured images/s. Writes benchmarks/results/recluster.json; another grid
+(--sizes, --dims, --ks, --embed-batch-size) by default a file named after it, e.g.
+recluster_ks-2-4-8-16-32.json (`--out NAME` writes benchmarks/results/NAME.json, as for the
+two grids above). `--tiny`: N = 800, d = 16,
+K = 2, 1 round, 2 steps per unit, into benchmarks/results/tiny/recluster.json.
 """
 
 import argparse
@@ -140,7 +146,8 @@ def time_kmeans(x, labels, k, repeats):
     return times, equal, statistics.median(v for vs in loads.values() for v in vs), unseen
 
 
-def main(argv=None):
+def parse_args(argv=None):
+    """The arguments, `--tiny`'s settings applied and `out` resolved to the results path."""
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 60_000])
@@ -149,13 +156,25 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--embed-batch-size", type=int, default=256,
                         help="batch of model.embed (ReclusterCallback's default is 256)")
-    parser.add_argument("--out", default="recluster")
+    parser.add_argument("--steps", type=int, default=20, help="train steps per timed unit")
+    common.add_out_argument(parser, "recluster.json", note="; another --sizes, --dims, --ks "
+                            "or --embed-batch-size is added to the name")
     args = parser.parse_args(argv)
+    default = common.default_name("recluster", args, parser,
+                                  ["sizes", "dims", "ks", "embed_batch_size"])
+    if args.tiny:
+        args.sizes, args.dims, args.ks, args.repeats, args.steps = [800], [16], [2], 1, 2
+    args.out = common.resolve_out(args.out, default, args.tiny)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
 
     from dnc_keras import clustering
 
     print("Train step and embedding, interleaved ...", flush=True)
-    steps = 20
+    steps = args.steps
     model, step_unit = train_step_unit(4, steps)
     _, bank_step_unit = train_step_unit(4, steps, bank_size=max(args.sizes))
     candidates = {"step": step_unit, "step_bank": bank_step_unit}
@@ -232,7 +251,7 @@ def main(argv=None):
     print(f"re-clustering share of the training between two re-clusterings: "
           f"{min(shares):.1%} .. {max(shares):.1%} with a full pass, {min(bank_shares):.1%} .. "
           f"{max(bank_shares):.1%} with feature_source='training' (target <= 5%)")
-    common.write_results(args.out, results)
+    return common.write_results(results, args.out, argv, __file__, name="recluster")
 
 
 _HEADERS = ["N", "d", "K", "sklearn iters", "sklearn s", "faiss equal iters s",

@@ -3,6 +3,8 @@ evaluation: what a deployed model keeps of what was measured in training.
 
     python benchmarks/bench_served_quality.py --data-dir ../shared/data/omniglot_small1
     python benchmarks/bench_served_quality.py --data-dir ... --package-dir /tmp/old --label before
+        # both -> benchmarks/results/served_omniglot.json, one entry per --label
+    python benchmarks/bench_served_quality.py --tiny --data-dir OMNIGLOT_LIKE_FOLDER
 
 Each seed trains with the README's Omniglot command (`dnc-keras train --dataset omniglot
 --epochs 30`, standard split) in a fresh process, then exports in another, whose retrieval check
@@ -10,6 +12,11 @@ embeds the raw test files through the SavedModel and ONNX Runtime. `--package-di
 checkout of dnc_keras (PYTHONPATH), e.g. one from before the preprocessing record, which had no
 such check: its rows hold the in-run evaluation only. Rows go into one results file under
 their label, so `before` and `after` sit side by side with their paired differences.
+
+Writes benchmarks/results/served_omniglot.json (`--out` to change). `--tiny` (the test suite's
+mode, on any Omniglot-like folder of at least 20 training characters of 4 drawings): one seed,
+1 epoch of 2 steps, no NMI, no plots; still a training and an export, each in its own process
+(about half a minute); into benchmarks/results/tiny/served_omniglot.json.
 """
 
 import argparse
@@ -24,8 +31,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
-RESULTS = os.path.join(common.RESULTS_DIR, "served_omniglot.json")
 METRICS = ("R@1", "MAP@R")
+TINY_TRAIN_ARGS = ("--steps-per-epoch", "2", "--no-nmi", "--no-plots")
 
 
 def cli(package_dir, *args):
@@ -41,11 +48,11 @@ def cli(package_dir, *args):
     return result.stdout
 
 
-def one_seed(package_dir, data_dir, epochs, seed, workdir):
+def one_seed(package_dir, data_dir, epochs, seed, workdir, extra=()):
     run = os.path.join(workdir, f"run_{seed}")
     results = json.loads(cli(package_dir, "train", "--dataset", "omniglot", "--data-dir",
                              data_dir, "--epochs", epochs, "--seed", seed, "--out", run,
-                             "--json").splitlines()[-1])
+                             "--json", *extra).splitlines()[-1])
     row = {"seed": seed, "in_run": {k: results["test"][k] for k in METRICS}}
     if os.path.exists(os.path.join(run, "preprocessing.json")):  # a checkout that can export
         manifest = json.loads(cli(package_dir, "export", run, "--name", "omniglot", "--out",
@@ -72,7 +79,8 @@ def paired(before, after, metric):
             "per_seed": diffs.round(4).tolist()}
 
 
-def main(argv=None):
+def parse_args(argv=None):
+    """The arguments, `--tiny`'s settings applied and `out` resolved to the results path."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", required=True, help="Omniglot background small 1")
     parser.add_argument("--seeds", type=int, default=5)
@@ -80,18 +88,29 @@ def main(argv=None):
     parser.add_argument("--package-dir", default=None,
                         help="another dnc_keras checkout to run (default: the installed one)")
     parser.add_argument("--label", default="after")
-    parser.add_argument("--out", default=RESULTS)
+    common.add_out_argument(parser, "served_omniglot.json",
+                            note=", which keeps the rows of the other labels")
     args = parser.parse_args(argv)
+    if args.tiny:
+        args.seeds, args.epochs = 1, 1
+    args.out = common.resolve_out(args.out, "served_omniglot.json", args.tiny)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     saved = {}
     if os.path.exists(args.out):
         with open(args.out) as f:
             saved = json.load(f)
+    saved.pop("provenance", None)  # the last write's; each label keeps its own below
+    extra = TINY_TRAIN_ARGS if args.tiny else ()
     with tempfile.TemporaryDirectory() as workdir:
         rows = [one_seed(args.package_dir, os.path.abspath(args.data_dir), args.epochs, seed,
-                         workdir) for seed in range(args.seeds)]
+                         workdir, extra) for seed in range(args.seeds)]
     package = args.package_dir or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     saved.setdefault("runs", {})[args.label] = {
-        "provenance": common.provenance(argv), "package": common.git_state(package),
+        "provenance": common.provenance(argv, __file__), "package": common.git_state(package),
         "epochs": args.epochs, "rows": rows}
     runs = saved["runs"]
     if "before" in runs and "after" in runs:
@@ -100,10 +119,7 @@ def main(argv=None):
         saved["served_after_minus_in_run_before"] = [
             paired({s: m[k] for s, m in before.items()}, {s: m[k] for s, m in after.items()}, k)
             for k in METRICS]
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(saved, f, indent=2)
-    print(f"wrote {args.out}")
+    return common.write_results(saved, args.out, argv, __file__)
 
 
 if __name__ == "__main__":

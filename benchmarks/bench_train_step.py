@@ -1,7 +1,12 @@
 """Train-step and epoch throughput: DnC against plain Keras, Keras + XLA and PyTorch + pml.
 
     python benchmarks/bench_train_step.py                 # default: about 5 minutes on 2 cores
+        # -> benchmarks/results/train_step.json (step and epoch)
+    python benchmarks/bench_train_step.py --skip-step     # -> train_step_epoch.json
+    python benchmarks/bench_train_step.py --skip-epoch    # -> train_step_step.json
     python benchmarks/bench_train_step.py --repeats 9 --steps 40 --learners 8
+        # -> train_step_learners-8.json
+    python benchmarks/bench_train_step.py --tiny --skip-epoch   # seconds; the test suite's mode
 
 Two measurements, each candidate in its own worker process (TensorFlow's and PyTorch's thread
 pools would otherwise compete inside one process; a worker waits on a pipe between rounds, so it
@@ -33,8 +38,15 @@ ratios, so load from other processes hits every candidate alike.
    `dnc_epoch+norecluster`, the DnC epochs without their re-clustering, and `dnc_epoch+bank`,
    re-clustering on the features the train steps computed (`feature_source="training"`).
 
-Writes benchmarks/results/train_step.json. Needs the `benchmark` extra for the PyTorch peer
-(`pip install -e .[benchmark]`); without torch that candidate is skipped.
+Writes benchmarks/results/train_step.json; with `--skip-step`, train_step_epoch.json, with
+`--skip-epoch`, train_step_step.json, so that a run of one half never replaces a file holding
+both; another --learners, --candidates or --epoch-candidates adds them to the name, e.g.
+train_step_learners-8.json (`--out` to change). Needs the `benchmark` extra for the PyTorch peer
+(`pip install -e .[benchmark]`); without torch that candidate is skipped, and the results say
+so under "skipped". `--tiny`: random 28x28 images of 24 classes x 8 in place of glyphs (in every
+worker), 2 steps per unit, 1 round, workers started together, no waiting for quiet; step
+candidates dnc, keras and torch_pml, epoch candidates dnc_epoch and keras_epoch; into
+benchmarks/results/tiny/.
 """
 
 import argparse
@@ -79,10 +91,23 @@ def _parse(candidate):
 
 
 EPOCH_CANDIDATES = ("dnc_epoch", "keras_epoch")
+TINY_CANDIDATES = ("dnc", "keras", "torch_pml")
+TORCH_MISSING = ("torch / pytorch-metric-learning not installed: skipped "
+                 "(pip install -e .[benchmark])")
+
+
+def _training_set(tiny):
+    """(images, labels) of the glyphs training set at 28x28, or random ones with `tiny`."""
+    if tiny:
+        return common.tiny_training_set(size=IMAGE[0])
+    from dnc_keras.datasets import load_glyphs
+
+    data = load_glyphs(image_size=IMAGE[0])
+    return data.x_train, data.y_train
 
 
 # -- workers ------------------------------------------------------------------------------------
-def _batches():
+def _batches(tiny=False):
     """One epoch of real P x M batches of the glyphs training set, held in memory:
     images [S, 80, 28, 28, 1] and labels [S, 80], the same for every candidate.
 
@@ -91,13 +116,12 @@ def _batches():
     """
     import numpy as np
 
-    from dnc_keras.datasets import load_glyphs
     from dnc_keras.sampling import ClusterBatchSampler
 
-    data = load_glyphs(image_size=IMAGE[0])
-    sampler = ClusterBatchSampler(data.y_train, BATCH_CLASSES, BATCH_PER_CLASS, seed=0)
+    x_train, y_train = _training_set(tiny)
+    sampler = ClusterBatchSampler(y_train, BATCH_CLASSES, BATCH_PER_CLASS, seed=0)
     indices = np.stack([i for i, _ in sampler.epoch_batches()])
-    return data.x_train[indices], data.y_train[indices].astype(np.int32)
+    return x_train[indices], y_train[indices].astype(np.int32)
 
 
 def _keras_plain_model(jit_compile, steps_per_execution=1):
@@ -152,7 +176,7 @@ def _keras_step_unit(name, options, args):
     import tensorflow as tf
 
     _configure_tf(options)
-    x, y = _batches()
+    x, y = _batches(args.tiny)
     jit = "xla" in options
     spe = args.steps if "spe" in options else 1
     if name == "dnc":
@@ -194,7 +218,7 @@ def _torch_step_unit(options, args):
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     loss_fn = losses.TripletMarginLoss(margin=1.0)
     miner = miners.BatchHardMiner()
-    x, y = _batches()
+    x, y = _batches(args.tiny)
     batches = [(torch.from_numpy(np.ascontiguousarray(xb.transpose(0, 3, 1, 2))),
                 torch.from_numpy(yb.astype(np.int64))) for xb, yb in zip(x, y)]
     state = {"step": 0}
@@ -215,12 +239,10 @@ def _epoch_unit(name, options, args):
     import keras
 
     from dnc_keras.callbacks import dnc_callbacks
-    from dnc_keras.datasets import load_glyphs
     from dnc_keras.sampling import ClusterBatchSampler
 
     _configure_tf(options)
-    data = load_glyphs(image_size=IMAGE[0])
-    x, y = data.x_train, data.y_train
+    x, y = _training_set(args.tiny)
     keras.utils.set_random_seed(0)
     if name == "dnc_epoch":
         sampler = ClusterBatchSampler(y, BATCH_CLASSES, BATCH_PER_CLASS, seed=0)
@@ -295,6 +317,8 @@ class Worker:
             env["ONEDNN_DEFAULT_FPMATH_MODE"] = "BF16"
         command = [sys.executable, os.path.abspath(__file__), "--worker", name,
                    "--steps", str(args.steps), "--learners", str(args.learners)]
+        if args.tiny:
+            command.append("--tiny")
         self.name = name
         self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True, env=env)
@@ -326,15 +350,19 @@ class Worker:
 
 
 def measure(names, repeats, args):
-    """Starts one worker per candidate (one at a time, so warm-ups do not overlap), then runs
-    `repeats` interleaved rounds, each after waiting (up to `--max-wait` s) for the other
-    processes of the machine to go quiet. Returns name -> (info, per-round results)."""
+    """Starts one worker per candidate (one at a time, so warm-ups do not overlap; with --tiny,
+    all at once, as nothing it times means anything), then runs `repeats` interleaved rounds,
+    each after waiting (up to `--max-wait` s) for the other processes of the machine to go
+    quiet. Returns name -> (info, per-round results)."""
     workers = []
     try:
         for name in names:
-            w = Worker(name, args)
-            workers.append(w)
-            print(f"  {name}: ready {w.ready()}", flush=True)
+            workers.append(Worker(name, args))
+            if not args.tiny:  # this one's warm-up ends before the next worker starts
+                print(f"  {name}: ready {workers[-1].ready()}", flush=True)
+        if args.tiny:
+            for w in workers:
+                print(f"  {w.name}: ready {w.ready()}", flush=True)
         results = {w.name: [] for w in workers}
         for r in range(repeats):
             if args.max_wait > 0:
@@ -369,26 +397,56 @@ def _torch_available():
     return True
 
 
-def main(argv=None):
+def default_out(skip_step, skip_epoch):
+    """train_step for both halves, train_step_epoch for the epochs alone (`--skip-step`),
+    train_step_step for the steps alone (`--skip-epoch`) (the name, without .json)."""
+    if skip_step:
+        return "train_step_epoch"
+    return "train_step_step" if skip_epoch else "train_step"
+
+
+def parse_args(argv=None):
+    """The arguments, `--tiny`'s settings applied and `out` resolved to the results path."""
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=25, help="train steps per timed unit")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
     parser.add_argument("--learners", type=int, default=4, help="K of the DnC candidates")
-    parser.add_argument("--candidates", nargs="+", default=list(STEP_CANDIDATES),
-                        help=f"step candidates, any of {STEP_CANDIDATES}")
-    parser.add_argument("--epoch-candidates", nargs="+",
-                        default=list(EPOCH_CANDIDATES) + ["dnc_epoch+norecluster",
-                                                          "dnc_epoch+bank"],
-                        help="epoch candidates; the first two are compared (DnC over plain)")
+    parser.add_argument("--candidates", nargs="+", default=None,
+                        help=f"step candidates, any of {STEP_CANDIDATES} (default: all; "
+                             f"--tiny: {TINY_CANDIDATES})")
+    parser.add_argument("--epoch-candidates", nargs="+", default=None,
+                        help="epoch candidates; the first two are compared (DnC over plain) "
+                             f"(default: {EPOCH_CANDIDATES} + dnc_epoch+norecluster "
+                             f"dnc_epoch+bank; --tiny: {EPOCH_CANDIDATES})")
     parser.add_argument("--skip-epoch", action="store_true", help="skip the epoch comparison")
     parser.add_argument("--skip-step", action="store_true", help="skip the step comparison")
     parser.add_argument("--max-wait", type=float, default=60.0,
                         help="seconds to wait before each round for other processes to go "
                              "quiet (0: never wait)")
-    parser.add_argument("--out", default="train_step")
+    common.add_out_argument(parser, "train_step.json", note="; with --skip-step "
+                            "train_step_epoch.json, with --skip-epoch train_step_step.json; "
+                            "another --learners, --candidates or --epoch-candidates is added "
+                            "to the name")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.skip_step and args.skip_epoch:
+        parser.error("--skip-step and --skip-epoch together leave nothing to measure")
+    default = common.default_name(default_out(args.skip_step, args.skip_epoch), args, parser,
+                                  ["learners", "candidates", "epoch_candidates"])
+    if args.tiny and not args.worker:
+        args.steps, args.repeats, args.max_wait = 2, 1, 0.0
+    if args.candidates is None:
+        args.candidates = list(TINY_CANDIDATES if args.tiny else STEP_CANDIDATES)
+    if args.epoch_candidates is None:
+        args.epoch_candidates = list(EPOCH_CANDIDATES) + (
+            [] if args.tiny else ["dnc_epoch+norecluster", "dnc_epoch+bank"])
+    args.out = common.resolve_out(args.out, default, args.tiny)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if args.worker:
         return worker(args.worker, args)
 
@@ -397,9 +455,9 @@ def main(argv=None):
     if not args.skip_step:
         names = [n for n in args.candidates
                  if _parse(n)[0] != "torch_pml" or _torch_available()]
-        if len(names) < len(args.candidates):
-            print("torch / pytorch-metric-learning not installed: skipping torch_pml "
-                  "(pip install -e .[benchmark])")
+        skipped = {n: TORCH_MISSING for n in args.candidates if n not in names}
+        if skipped:
+            print(f"{', '.join(skipped)}: {TORCH_MISSING}")
         print(f"Step: {args.repeats} rounds of {args.steps} steps, batch {BATCH}", flush=True)
         measured = measure(names, args.repeats, args)
         quiet = _quiet_rounds(measured, args.repeats)
@@ -444,6 +502,8 @@ def main(argv=None):
                         **({"quiet_rounds": common.paired_ratios(
                             [best[i] for i in quiet], [ta[i] for i in quiet])} if quiet else {})}
         results["step"] = {"candidates": step, "speed_ratios": ratios, "quiet_rounds": quiet}
+        if skipped:
+            results["step"]["skipped"] = skipped
         rows = [(n, s["images_per_s"], s["quiet_images_per_s"] or "-", s["ms_per_step"],
                  s["cpu_ms_per_step"], s["spread"]) for n, s in step.items()]
         print(common.table(rows, ["candidate", "images/s (median)", "images/s (quiet rounds)",
@@ -498,7 +558,7 @@ def main(argv=None):
         print(f"DnC epoch / plain Keras epoch: {ratio['median']:.3f} "
               f"(per-round {ratio['min']:.3f}..{ratio['max']:.3f}; target <= 1.10); "
               f"re-clustering {share['median']:.1%} of the DnC time")
-    common.write_results(args.out, results)
+    return common.write_results(results, args.out, argv, __file__, name="train_step")
 
 
 if __name__ == "__main__":

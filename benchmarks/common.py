@@ -4,19 +4,36 @@ The machines these run on are small and shared, so a single timing means little.
 times the things it compares in the same process, interleaved (A B C, A B C, ...), and reports
 the median of the repeats and the ratio of medians; the spread (min-max) goes into the JSON so
 a reader can see how noisy the run was.
+
+Every benchmark writes its results through `write_results`, which puts a "provenance" key at
+the top of the file (the exact command, package version and location, git commit and whether
+the tree was dirty, library versions, CPU, threads, other processes' load, the date), so a
+figure can be traced to the command that wrote it. Each has a distinct default `--out` in
+benchmarks/results/ (`add_out_argument`, `resolve_out`); `--tiny` runs write to
+benchmarks/results/tiny/ (not kept in git) unless given `--out`, never over a published file.
 """
 
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
+import re
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+RESULTS_DIR = os.path.join(HERE, "results")
+TINY_DIR = os.path.join(RESULTS_DIR, "tiny")
+# When and under what load the benchmark started: a benchmark imports this module first.
+_STARTED = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+_LOAD_AT_START = os.getloadavg()
 
 
 def interleaved(candidates, repeats, warmup=1, loads=None):
@@ -70,15 +87,16 @@ def paired_ratios(numerator, denominator):
 def machine():
     """What the figures were measured on: CPU, cores, load, library versions."""
     info = {"python": platform.python_version(), "platform": platform.platform(),
-            "cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg()}
+            "cpus": os.cpu_count(), "loadavg_at_start": _LOAD_AT_START}
     try:
         with open("/proc/cpuinfo") as f:
             names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
         info["cpu"] = names[0] if names else platform.processor()
     except OSError:
         info["cpu"] = platform.processor()
-    for package in ("numpy", "tensorflow", "keras", "faiss-cpu", "scikit-learn", "torch",
-                    "pytorch-metric-learning", "onnxruntime"):
+    for package in ("numpy", "scipy", "tensorflow", "keras", "faiss-cpu", "scikit-learn",
+                    "torch", "pytorch-metric-learning", "onnxruntime", "onnx", "tf2onnx",
+                    "pillow"):
         try:
             info[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
@@ -126,13 +144,14 @@ def current_peak_rss_mib():
     return peak_rss_mib()
 
 
-def run_measured(command, env=None):
-    """Runs a command to completion; returns (seconds, peak RSS MiB of the child, returncode).
+def run_measured(command, env=None, cwd=None):
+    """Runs a command to completion (in `cwd`); returns (seconds, peak RSS MiB of the child,
+    returncode).
 
     Peak RSS comes from wait4's rusage of that one child (its largest process, not a sum).
     """
     start = time.perf_counter()
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
@@ -182,8 +201,10 @@ def wait_for_quiet(threshold=0.25, max_wait=60.0, window=1.0):
 
 
 def git_state(folder=None):
-    """{"commit", "dirty"} of the repository holding `folder` (this one by default), or None."""
-    folder = folder or os.path.dirname(os.path.abspath(__file__))
+    """{"commit", "dirty"} of the repository holding `folder` (this one by default), or None.
+
+    "dirty": a tracked file differs from the commit (untracked files are not counted)."""
+    folder = folder or HERE
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True,
                                 text=True, check=True).stdout.strip()
@@ -194,29 +215,163 @@ def git_state(folder=None):
     return {"commit": commit, "dirty": bool(status.strip())}
 
 
-def provenance(argv=None):
-    """Where a result comes from: the exact command, package version, git commit (and whether
-    the tree was dirty), library versions, CPU, threads, other processes' load, the date."""
+def command_line(script, argv=None):
+    """The command that ran a benchmark, quoted so that it can be pasted into a shell.
+
+    Run from a shell (`argv` None), it is `python` and `sys.argv` as typed; called in-process as
+    `main(argv)` (the tests), it is `python <script, relative to the repository> ARGV`.
+    """
+    if argv is None:
+        words = list(sys.argv)
+    else:
+        words = [os.path.relpath(os.path.abspath(script), REPO), *argv]
+    return shlex.join(["python", *map(str, words)])
+
+
+def package_state():
+    """Version and location of the dnc_keras that runs (found, not imported), with the git state
+    of its folder: an installed copy elsewhere would otherwise pass for this checkout's code."""
     try:
         version = importlib.metadata.version("dnc_keras")
     except importlib.metadata.PackageNotFoundError:
         version = None
-    return {"command": " ".join(["python"] + list(sys.argv if argv is None else argv)),
-            "dnc_keras": version, "git": git_state(),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
-            "threads": os.cpu_count()}
+    spec = importlib.util.find_spec("dnc_keras")
+    path = os.path.dirname(spec.origin) if spec and spec.origin else None
+    return {"version": version, "path": path, "git": git_state(path) if path else None}
 
 
-def write_results(name, results, command=None):
-    """Writes benchmarks/results/NAME.json with the machine and the command; returns the path."""
-    os.makedirs(RESULTS_DIR, exist_ok=True)
-    path = os.path.join(RESULTS_DIR, f"{name}.json")
-    payload = {"benchmark": name, "command": command or " ".join(["python"] + sys.argv),
-               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), **results}
-    with open(path, "w") as f:
-        json.dump(payload, f, indent=2, default=_jsonable)
-    print(f"wrote {path}")
-    return path
+def threads():
+    """The threads the figures ran with: the cores this process may use, the thread variables
+    of the environment, and TensorFlow's / PyTorch's settings when they are loaded."""
+    info = {"cpu_count": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0))}
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
+                 "TF_NUM_INTEROP_THREADS", "TF_ENABLE_ONEDNN_OPTS"):
+        if name in os.environ:
+            info[name] = os.environ[name]
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and hasattr(tf, "config"):
+        # 0 means TensorFlow's default: one thread per usable core.
+        info["tensorflow_intra_op"] = tf.config.threading.get_intra_op_parallelism_threads()
+        info["tensorflow_inter_op"] = tf.config.threading.get_inter_op_parallelism_threads()
+    torch = sys.modules.get("torch")
+    if torch is not None and hasattr(torch, "get_num_threads"):
+        info["torch"] = torch.get_num_threads()
+    return info
+
+
+def machine_load(sample_seconds=0.5):
+    """Load of the machine as the results are written: the 1/5/15-minute load averages (they
+    count this benchmark too) and the cores' worth of CPU that other processes use over a
+    `sample_seconds` sample while this one sleeps."""
+    busy = busy_cpu_seconds()
+    time.sleep(sample_seconds)
+    return {"loadavg_1_5_15": [round(v, 2) for v in os.getloadavg()],
+            "other_processes_cores": round(other_load(busy, 0.0, sample_seconds), 3)}
+
+
+def provenance(argv=None, script=None):
+    """Where a result comes from: the exact command (see `command_line`; `script` is the
+    benchmark's file, needed when `argv` is given), the working folder, the package's version,
+    location and git state, the git commit of the benchmarks (and whether the tree was dirty,
+    tracked files only), library versions and CPU (`machine`), threads, other processes' load,
+    the date the benchmark started (this module imported) and the date it wrote."""
+    return {"command": command_line(script or sys.argv[0], argv), "cwd": os.getcwd(),
+            "dnc_keras": package_state(), "git": git_state(),
+            "started": _STARTED, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "machine": machine(),
+            "threads": threads(), "load": machine_load()}
+
+
+def add_out_argument(parser, default, tiny=True, note=""):
+    """Adds `--out` (the results file) with its default named in --help.
+
+    `default` is the file name in benchmarks/results/ (`resolve_out` turns None into it); a
+    bare NAME (no folder, no .json) means benchmarks/results/NAME.json, as the commands quoted in
+    the docs use it. With `tiny`, also adds `--tiny` (seconds, on small data: the test suite's
+    mode), whose default file is in benchmarks/results/tiny/ instead.
+    """
+    parser.add_argument(
+        "--out", default=None,
+        help=f"results file (default: benchmarks/results/{default}{note}; a bare NAME means "
+             "benchmarks/results/NAME.json" + ("; with --tiny, benchmarks/results/tiny/..."
+                                               if tiny else "") + ")")
+    if tiny:
+        parser.add_argument("--tiny", action="store_true",
+                            help="small data, few steps: seconds to a minute, to check that "
+                                 "the script runs (the test suite's mode); its figures mean "
+                                 "nothing")
+
+
+def default_name(base, args, parser, names):
+    """`base`.json, with "_<name>-<value>" added for each argument of `names` (dests) whose value
+    differs from its default in `parser`: a run of another grid, size or set of candidates then
+    writes a file of its own instead of replacing the published one."""
+    parts = [base]
+    for name in names:
+        value = getattr(args, name)
+        if value != parser.get_default(name):
+            words = value if isinstance(value, (list, tuple)) else [value]
+            text = re.sub(r"[^A-Za-z0-9_.+]+", "-", " ".join(map(str, words))).strip("-")
+            parts.append(f"{name}-{text}")
+    return "_".join(parts) + ".json"
+
+
+def resolve_out(out, default, tiny=False):
+    """The results path of `--out`: `out` as given, a bare NAME as benchmarks/results/NAME.json,
+    None as `default` in benchmarks/results/ (benchmarks/results/tiny/ when `tiny`)."""
+    if out is None:
+        return os.path.join(TINY_DIR if tiny else RESULTS_DIR, default)
+    if os.sep not in out and not out.endswith(".json"):
+        return os.path.join(RESULTS_DIR, f"{out}.json")
+    return out
+
+
+def tiny_training_set(classes=24, per_class=8, size=28, seed=1):
+    """(images [classes x per_class, size, size, 1] float32 in [0, 1), int32 labels): random
+    images in place of the glyphs training set for `--tiny` runs, where rendering the glyphs
+    (about 10 s) would take longer than the rest; enough classes for 20 x 4 batches."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    images = rng.random((classes * per_class, size, size, 1), dtype=np.float32)
+    return images, np.repeat(np.arange(classes), per_class).astype(np.int32)
+
+
+def write_results(results, out, argv=None, script=None, name=None):
+    """Writes `results` as JSON to `out` with a top-level "provenance" (see `provenance`), and
+    returns the path.
+
+    Atomically (a temporary file in the same folder, then os.replace), so an interrupted run
+    never leaves half a file over an earlier one. With `name`, also writes the keys that results
+    of the benchmarks built on this module carried before the provenance ("benchmark",
+    "command", "date", "machine"), taken from it, for the readers of those files.
+    """
+    record = provenance(argv, script)
+    payload = {"provenance": record}
+    if name is not None:
+        payload.update(benchmark=name, command=record["command"], date=record["date"],
+                       machine=record["machine"])
+    payload.update(results)
+    write_atomic(out, json.dumps(payload, indent=2, default=_jsonable) + "\n")
+    print(f"wrote {out}")
+    return out
+
+
+def write_atomic(path, text):
+    """Writes `text` to `path` through a temporary file in the same folder and os.replace."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
 
 
 def _jsonable(value):

@@ -1,0 +1,59 @@
+"""benchmarks/bench_dnc.py in its tiny mode on an Omniglot-like folder, in-process, and its
+default results names (one per dataset and set of variants)."""
+
+import numpy as np
+
+from bench_harness import BENCHMARKS, load_script, read_results
+
+
+def test_bench_dnc_tiny(tmp_path, omniglot_replica):
+    bench = load_script("bench_dnc")
+    out = tmp_path / "dnc.json"
+    argv = ["--tiny", "--data-dir", str(omniglot_replica), "--runs-dir", str(tmp_path / "runs"),
+            "--out", str(out)]
+    assert bench.main(argv) == str(out)
+    results = read_results(out, "bench_dnc", *argv)
+    assert results["command"] == results["provenance"]["command"]
+    assert results["common"]["data_dir"] == str(omniglot_replica)
+    assert (results["common"]["epochs"], results["common"]["steps_per_epoch"]) == (2, 2)
+    assert list(results["runs"]) == bench.DEFAULT_VARIANTS
+    assert results["variants"] == {n: bench.VARIANTS[n] for n in bench.DEFAULT_VARIANTS}
+    for name, rows in results["runs"].items():
+        assert [row["seed"] for row in rows] == [0, 1]
+        for row in rows:
+            assert row["seconds"] > 0
+            assert all(0.0 <= row[m] <= 1.0 for m in bench.METRICS), row
+            # Recall@K grows with K.
+            assert row["R@1"] <= row["R@2"] <= row["R@4"] <= row["R@8"]
+        for metric in bench.METRICS:
+            values = [row[metric] for row in rows]
+            assert results["summary"][name][metric]["mean"] == np.mean(values)
+            assert np.isclose(results["summary"][name][metric]["std"], np.std(values, ddof=1))
+    # One run folder per variant and seed, where --runs-dir said.
+    assert len(list((tmp_path / "runs").glob("*/metrics.json"))) == 4
+    table = out.with_suffix(".md").read_text()
+    assert "| variant (2 seeds, mean ± std) |" in table
+    for name in bench.DEFAULT_VARIANTS:
+        mean = results["summary"][name]["R@1"]["mean"]
+        assert f"| {name} | {mean:.3f} ± " in table
+
+
+def test_bench_dnc_default_out_follows_dataset_and_variants():
+    bench = load_script("bench_dnc")
+    results = BENCHMARKS / "results"
+
+    def out(*argv):
+        return bench.parse_args(list(argv)).out
+
+    assert out() == str(results / "omniglot_dnc.json")
+    assert out("--dataset", "glyphs") == str(results / "glyphs_dnc.json")
+    ablation = out("--variants", "DnC K=4 learned", "DnC K=8 fixed")
+    single = out("--variants", "single (K=1), learned mask")
+    glyphs_single = out("--dataset", "glyphs", "--variants", "single (K=1), learned mask")
+    names = {out(), out("--dataset", "glyphs"), ablation, single, glyphs_single}
+    assert len(names) == 5
+    assert single == str(results / "omniglot_single-k-1-learned-mask.json")
+    # --tiny never writes over a published file; --out wins; a bare name goes to results/.
+    assert out("--tiny") == str(results / "tiny" / "omniglot_dnc.json")
+    assert out("--out", "omniglot_ablation") == str(results / "omniglot_ablation.json")
+    assert out("--out", "x/y.json") == "x/y.json"

@@ -1,0 +1,81 @@
+"""benchmarks/bench_train_step.py in its tiny mode: the step half and the epoch half, each
+candidate a worker process (started from `main` in-process); without PyTorch the peer is skipped
+and the results say so."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from bench_harness import BENCHMARKS, load_script, ratio_ok, read_results, summary_ok
+
+HAS_TORCH = all(importlib.util.find_spec(m) for m in ("torch", "pytorch_metric_learning"))
+
+
+@pytest.mark.bench_processes
+def test_bench_train_step_tiny_steps(tmp_path, repo_on_pythonpath):
+    bench = load_script("bench_train_step")
+    out = tmp_path / "steps.json"
+    argv = ["--tiny", "--skip-epoch", "--out", str(out)]
+    assert bench.main(argv) == str(out)
+    results = read_results(out, "bench_train_step", *argv)
+    assert results["benchmark"] == "train_step" and "epoch" not in results
+    assert results["settings"] == {"steps_per_unit": 2, "repeats": 1, "learners": 4,
+                                   "batch": 80}
+    step = results["step"]
+    measured = {"dnc", "keras"} | ({"torch_pml"} if HAS_TORCH else set())
+    assert set(step["candidates"]) == measured
+    if not HAS_TORCH:
+        assert "not installed" in step["skipped"]["torch_pml"]
+    for name, entry in step["candidates"].items():
+        assert summary_ok(entry, repeats=1), name
+        assert entry["images_per_unit"] == 2 * 80
+        assert np.isclose(entry["images_per_s"], 160 / entry["median_s"])
+        assert np.isclose(entry["ms_per_step"], 1000 * entry["median_s"] / 2)
+        assert entry["cpu_ms_per_step"] > 0 and len(entry["other_load"]) == 1
+    ratio = step["speed_ratios"]["dnc/keras"]
+    assert ratio_ok(ratio)
+    candidates = step["candidates"]
+    assert np.isclose(ratio["median"],
+                      candidates["keras"]["median_s"] / candidates["dnc"]["median_s"])
+
+
+@pytest.mark.bench_processes
+def test_bench_train_step_tiny_epochs(tmp_path, repo_on_pythonpath):
+    bench = load_script("bench_train_step")
+    out = tmp_path / "epochs.json"
+    argv = ["--tiny", "--skip-step", "--out", str(out)]
+    assert bench.main(argv) == str(out)
+    results = read_results(out, "bench_train_step", *argv)
+    assert "step" not in results
+    epoch = results["epoch"]
+    assert set(epoch["candidates"]) == {"dnc_epoch", "keras_epoch"}
+    for name, entry in epoch["candidates"].items():
+        assert summary_ok(entry, repeats=1), name
+        # 24 classes x 8 random images: 2 steps of 80 per epoch, 2 epochs per unit.
+        assert (entry["train_images"], entry["steps_per_epoch"]) == (192, 2)
+        assert entry["images_per_unit"] == 2 * 2 * 80
+    # Each DnC unit holds exactly one re-clustering, and it embedded every training image.
+    dnc = epoch["candidates"]["dnc_epoch"]
+    assert dnc["recluster"]["repeats"] == 1
+    assert 0 < dnc["recluster"]["median_s"] < dnc["median_s"]
+    assert ratio_ok(epoch["time_ratio_dnc_over_keras"])
+    share = epoch["recluster_share_of_dnc_time"]["median"]
+    assert np.isclose(share, dnc["recluster"]["median_s"] / dnc["median_s"])
+    assert epoch["target"] == 1.10
+    assert epoch["met"] == (epoch["time_ratio_dnc_over_keras"]["median"] <= 1.10)
+
+
+@pytest.mark.parametrize("flags, name", [
+    ([], "train_step.json"), (["--skip-step"], "train_step_epoch.json"),
+    (["--skip-epoch"], "train_step_step.json")])
+def test_bench_train_step_halves_write_their_own_files(flags, name):
+    bench = load_script("bench_train_step")
+    assert bench.parse_args(flags).out == str(BENCHMARKS / "results" / name)
+    assert bench.parse_args(["--tiny", *flags]).out == str(BENCHMARKS / "results" / "tiny" / name)
+
+
+def test_bench_train_step_refuses_to_skip_both():
+    bench = load_script("bench_train_step")
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--skip-step", "--skip-epoch"])
