@@ -75,7 +75,7 @@ def main(argv=None):
 
     from dnc_keras import model as model_module
     from dnc_keras.backbones import build_encoder, conv4
-    from dnc_keras.distributed import DistributedTrainer
+    from dnc_keras.training.distributed import DistributedTrainer
     from dnc_keras.layers import SubspaceMasks
     from dnc_keras.losses import TripletHardLoss
     from dnc_keras.model import DnCModel
@@ -100,7 +100,8 @@ def main(argv=None):
 
     def loop(strategy, local=False):
         model, sampler = setup(strategy)
-        trainer = DistributedTrainer(model, sampler, images, strategy=strategy)
+        trainer = DistributedTrainer(model, sampler, sampler.as_dataset(images),
+                                     strategy=strategy)
         return lambda: run_patched(local, lambda: trainer.fit(1, verbose=0))
 
     def fit(strategy):

@@ -30,8 +30,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import common as bench_common  # noqa: E402
 
-from dnc_keras import job  # noqa: E402
-from dnc_keras.config import TrainConfig  # noqa: E402
+from dnc_keras.training import job  # noqa: E402
+from dnc_keras.training.config import TrainConfig  # noqa: E402
 
 # name -> settings that differ from the common ones
 VARIANTS = {

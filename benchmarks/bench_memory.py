@@ -11,7 +11,7 @@
    ru_maxrss of the child).
 2. A re-clustering at SOP's size in a child process: a Conv-4 `DnCModel` with K = 4, N random
    28x28 images held in memory as the in-memory datasets are, a sampler over N / 5 classes, then
-   `ReclusterCallback.recluster` (embed all N images, k-means, acceptance, matching). Reported:
+   the schedule callback's re-clustering (embed all N images, k-means, acceptance, matching). Reported:
    RSS before (TensorFlow, model, images), the peak during the re-clustering and its rise
    (VmHWM reset just before), and the arrays it needs at least (the N x 64 features).
 Writes benchmarks/results/memory.json, or memory_recluster.json with `--skip-job` (a file
@@ -38,10 +38,11 @@ def recluster_child(n):
     import numpy as np
 
     from dnc_keras.backbones import build_encoder, conv4
-    from dnc_keras.callbacks import ReclusterCallback
+    from dnc_keras.callbacks import DnCScheduleCallback
     from dnc_keras.layers import SubspaceMasks
     from dnc_keras.model import DnCModel
     from dnc_keras.sampling import ClusterBatchSampler
+    from dnc_keras.schedule import DnCSchedule
 
     after_import = common.current_rss_mib()
     encoder = build_encoder(conv4((28, 28, 1)), 128, freeze_bn_stats=False)
@@ -50,13 +51,15 @@ def recluster_child(n):
     images = rng.random((n, 28, 28, 1), dtype=np.float32)
     labels = rng.permutation(np.repeat(np.arange(n // 5), 5))
     sampler = ClusterBatchSampler(labels, 20, 4, seed=0)
-    callback = ReclusterCallback(sampler, images, verbose=0)
+    # K = 4 from the start, T = 2: epoch 2 re-clusters.
+    callback = DnCScheduleCallback(sampler, images, DnCSchedule(3, 4, 4, period=2), verbose=0)
     callback.set_model(model)
+    callback.on_train_begin()
     model.embed(images[:256], output="features")  # trace the embedding function first
     before = common.current_rss_mib()
     common.reset_peak_rss()
     start = time.perf_counter()
-    callback.recluster(epoch=2)
+    callback.on_epoch_begin(2)
     seconds = time.perf_counter() - start
     peak = common.current_peak_rss_mib()
     print(json.dumps({"n": n, "rss_after_import_mib": after_import, "rss_before_mib": before,

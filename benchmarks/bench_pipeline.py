@@ -76,8 +76,8 @@ def main(argv=None):
     import tensorflow as tf
 
     from dnc_keras.backbones import build_encoder, conv4
-    from dnc_keras.job import _augmenter
-    from dnc_keras.config import TrainConfig
+    from dnc_keras.training.config import TrainConfig
+    from dnc_keras.training.job import _augmenter
     from dnc_keras.layers import SubspaceMasks
     from dnc_keras.losses import TripletHardLoss
     from dnc_keras.model import DnCModel

@@ -13,7 +13,7 @@ What is timed, all in this process, interleaved where compared:
 - the train step of `DnCModel` (Conv-4, 28x28, batch 80 = 20 x 4, batch-hard triplet, K fixed
   blocks): the training between two re-clusterings is 2 epochs x (N // 80) steps of it;
 - embedding extraction: `DnCModel.embed(images, output="features")` over N images (what
-  `ReclusterCallback` does), median of `--repeats`;
+  the schedule callback does), median of `--repeats`;
 - k-means on N x d L2-normalised vectors with class structure (N / 5 classes of about 5 images,
   as SOP), both backends of `dnc_keras.clustering.kmeans`: scikit-learn's Lloyd (n_init=1, stops
   when converged, at most 100 iterations) and faiss (always runs its iterations) at the package
@@ -155,7 +155,7 @@ def parse_args(argv=None):
     parser.add_argument("--ks", type=int, nargs="+", default=[2, 8, 32])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--embed-batch-size", type=int, default=256,
-                        help="batch of model.embed (ReclusterCallback's default is 256)")
+                        help="batch of model.embed (the schedule callback's default is 256)")
     parser.add_argument("--steps", type=int, default=20, help="train steps per timed unit")
     common.add_out_argument(parser, "recluster.json", note="; another --sizes, --dims, --ks "
                             "or --embed-batch-size is added to the name")

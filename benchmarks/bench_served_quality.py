@@ -10,8 +10,10 @@ Each seed trains with the README's Omniglot command (`dnc-keras train --dataset 
 --epochs 30`, standard split) in a fresh process, then exports in another, whose retrieval check
 embeds the raw test files through the SavedModel and ONNX Runtime. `--package-dir` runs another
 checkout of dnc_keras (PYTHONPATH), e.g. one from before the preprocessing record, which had no
-such check: its rows hold the in-run evaluation only. Rows go into one results file under
-their label, so `before` and `after` sit side by side with their paired differences.
+such check: its rows hold that checkout's in-run evaluation and, for the same weights, what
+this package serves on the raw drawings (the Omniglot record; the export's parity check holds
+it to that path): a paired comparison, the same model through two preprocessing paths. Rows
+go into one results file under their label.
 
 Writes benchmarks/results/served_omniglot.json (`--out` to change). `--tiny` (the test suite's
 mode, on any Omniglot-like folder of at least 20 training characters of 4 drawings): one seed,
@@ -54,6 +56,8 @@ def one_seed(package_dir, data_dir, epochs, seed, workdir, extra=()):
                              data_dir, "--epochs", epochs, "--seed", seed, "--out", run,
                              "--json", *extra).splitlines()[-1])
     row = {"seed": seed, "in_run": {k: results["test"][k] for k in METRICS}}
+    if package_dir:  # the same weights, served through this package's record
+        row["served_now"] = served_now(run, data_dir)
     if os.path.exists(os.path.join(run, "preprocessing.json")):  # a checkout that can export
         manifest = json.loads(cli(package_dir, "export", run, "--name", "omniglot", "--out",
                                   os.path.join(workdir, f"sm_{seed}"), "--json"))
@@ -63,6 +67,24 @@ def one_seed(package_dir, data_dir, epochs, seed, workdir, extra=()):
         row["parity_max_abs_diff"] = max(manifest["parity"]["max_abs_diff"].values())
     print(json.dumps(row), flush=True)
     return row
+
+
+def served_now(run, data_dir):
+    """Retrieval of a run's model on the raw test drawings through this package's Omniglot
+    record: what `dnc-keras export` would serve (its parity check holds it to this path)."""
+    import keras
+
+    import dnc_keras  # noqa: F401  (registers the classes)
+    from dnc_keras.datasets import omniglot
+    from dnc_keras.datasets.sources import run_sources
+    from dnc_keras.evaluation import retrieval_metrics
+    from dnc_keras.preprocessing import load_files
+
+    model = keras.saving.load_model(os.path.join(run, "model.keras"), compile=False)
+    (test,) = run_sources("omniglot", data_dir)
+    embeddings = model.embed(load_files(test.query, omniglot.preprocessing()))
+    metrics = retrieval_metrics(embeddings, test.query_labels, nmi=False)
+    return {k: metrics[k] for k in METRICS}
 
 
 def paired(before, after, metric):
@@ -113,6 +135,12 @@ def main(argv=None):
         "provenance": common.provenance(argv, __file__), "package": common.git_state(package),
         "epochs": args.epochs, "rows": rows}
     runs = saved["runs"]
+    if rows and "served_now" in rows[0]:
+        in_run = {r["seed"]: r["in_run"] for r in rows}
+        now = {r["seed"]: r["served_now"] for r in rows}
+        runs[args.label]["served_now_minus_in_run"] = [
+            paired({s: m[k] for s, m in in_run.items()}, {s: m[k] for s, m in now.items()}, k)
+            for k in METRICS]
     if "before" in runs and "after" in runs:
         before = {r["seed"]: r["in_run"] for r in runs["before"]["rows"]}
         after = {r["seed"]: r["served_savedmodel"] for r in runs["after"]["rows"]}

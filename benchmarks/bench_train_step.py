@@ -32,7 +32,7 @@ ratios, so load from other processes hits every candidate alike.
    each round the parent waits (up to `--max-wait` s) for other processes to go quiet, and
    every unit records the CPU that other processes used meanwhile (`other_load`, in cores).
 2. Epoch: two epochs of `DnCModel.fit` on the glyphs training set (K learners, the sampler's
-   tf.data pipeline, `ReclusterCallback` every 2 epochs, so each unit holds exactly one
+   tf.data pipeline, re-clustering every 2 epochs, so each unit holds exactly one
    re-clustering) against two epochs of the plain Keras model over the same sampler with one
    cluster (same batches per epoch, same pipeline). Target: ratio <= 1.10. Also
    `dnc_epoch+norecluster`, the DnC epochs without their re-clustering, and `dnc_epoch+bank`,
@@ -249,7 +249,7 @@ def _epoch_unit(name, options, args):
         model = _dnc_model(args.learners, "xla" in options)
         dataset = sampler.as_dataset(x)
         period = 10 ** 9 if "norecluster" in options else 2
-        callbacks = dnc_callbacks(sampler, x, args.learners, progressive=False, period=period,
+        callbacks = dnc_callbacks(sampler, x, period=period,
                                   feature_source="training" if "bank" in options else "pass",
                                   verbose=0)
     else:

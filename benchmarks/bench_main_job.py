@@ -1,0 +1,48 @@
+"""The main job as the README runs it: `dnc-keras train` with no arguments, in a fresh process.
+
+    python benchmarks/bench_main_job.py            # writes benchmarks/results/main_job.json
+
+Records what the command printed (retrieval on the unseen glyphs, next to raw pixels), its
+training time and its wall time, for the README's first table.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    common.add_out_argument(parser, "main_job.json", tiny=False)
+    parser.add_argument("--train-args", nargs=argparse.REMAINDER, default=[],
+                        help="extra `dnc-keras train` flags (the README's job has none)")
+    args = parser.parse_args(argv)
+    args.out = common.resolve_out(args.out, "main_job.json")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    with tempfile.TemporaryDirectory() as workdir:
+        start = time.perf_counter()
+        result = subprocess.run([sys.executable, "-m", "dnc_keras.cli", "train", "--json",
+                                 "--out", os.path.join(workdir, "run"), *args.train_args],
+                                cwd=workdir, env=env, capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+    if result.returncode:
+        sys.exit(f"dnc-keras train failed:\n{result.stderr[-3000:]}")
+    printed = json.loads(result.stdout.strip().splitlines()[-1])
+    label = "dnc_keras (Conv-4, K = 4, 10 epochs)" if not args.train_args else \
+        "dnc_keras " + " ".join(args.train_args)
+    results = {"label": label, "test_classes": printed["test_classes"],
+               "test": printed["test"], "raw_pixels": printed["raw_pixels"],
+               "train_seconds": printed["train_seconds"], "seconds": round(seconds, 1)}
+    common.write_results(results, args.out, argv, __file__)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,280 @@
+"""Renders the README's and docs' tables from benchmarks/results/*.json: one source for every
+published figure.
+
+    python benchmarks/report.py           # rewrite the tables in README.md and docs/*.md
+    python benchmarks/report.py --check   # exit 1, naming each table that differs
+
+A table lives between two markers in a Markdown file:
+
+    <!-- report: NAME [ARG ...] -->
+    ...generated, do not edit by hand...
+    <!-- /report -->
+
+and `RENDERERS[NAME](*ARGS)` makes its text from the results files, ending with where they
+came from (the command that wrote them, the commit, the date). tests/benchmarks/test_report.py
+fails when a table in the repository differs from what this script renders, and when prose
+outside the tables quotes a measured figure.
+"""
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+RESULTS = os.path.join(HERE, "results")
+DOCUMENTS = ["README.md", "serving/README.md"] + [
+    os.path.join("docs", name) for name in sorted(os.listdir(os.path.join(REPO, "docs")))
+    if name.endswith(".md")]
+BLOCK = re.compile(r"(<!-- report: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /report -->)",
+                   re.S)
+METRICS = ("R@1", "R@2", "R@4", "R@8", "MAP@R", "NMI")
+
+
+def load(name):
+    with open(os.path.join(RESULTS, name)) as f:
+        return json.load(f)
+
+
+def source(name, data):
+    """The line under a table: file, command, commit, date (what the file records)."""
+    provenance = data.get("provenance") or {}
+    command = provenance.get("command") or data.get("command") or "command not recorded"
+    git = provenance.get("git") or {}
+    commit = git.get("commit")
+    commit = (f"commit {commit[:7]}" + (" + uncommitted changes" if git.get("dirty") else "")
+              if commit else "commit not recorded")
+    date = provenance.get("date") or data.get("date") or "date not recorded"
+    return f"From `benchmarks/results/{name}`, written by `{command}` ({commit}, {date})."
+
+
+def table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def fmt(value, digits=3):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+# -- renderers ------------------------------------------------------------------------------
+
+def main_job(name="main_job.json"):
+    """`dnc-keras train` (README command 1) against raw pixels on the unseen glyphs."""
+    data = load(name)
+    ks = [m for m in METRICS if m in data["test"]]
+    rows = [[data["label"]] + [fmt(data["test"][m]) for m in ks],
+            ["raw pixels"] + [fmt(data["raw_pixels"][m]) for m in ks]]
+    return (table([f"{data['test_classes']} unseen characters"] + ks, rows)
+            + f"\n\nTraining took {data['train_seconds']:.0f} s, the whole command "
+              f"{data['seconds']:.0f} s. " + source(name, data))
+
+
+def dnc(name, *variants):
+    """Mean ± std over seeds per variant of a bench_dnc results file."""
+    data = load(name)
+    summary = data["summary"]
+    variants = variants or tuple(summary)
+    seeds = {v: len(data["runs"][v]) for v in variants}
+    ks = [m for m in METRICS if m in summary[variants[0]]]
+    rows = [[f"{v} ({seeds[v]} seeds)"] + [f"{fmt(summary[v][m]['mean'])} ± "
+                                          f"{fmt(summary[v][m]['std'])}" for m in ks]
+            for v in variants]
+    return table(["variant (mean ± std)"] + ks, rows) + "\n\n" + source(name, data)
+
+
+def served_omniglot(name="served_omniglot.json"):
+    """In-run evaluation before the preprocessing record vs the served model after it."""
+    data = load(name)
+    runs = data["runs"]
+    before = {r["seed"]: r["in_run"] for r in runs["before"]["rows"]}
+    after = {r["seed"]: r for r in runs["after"]["rows"]}
+    rows = []
+    for seed in sorted(set(before) & set(after)):
+        a = after[seed]
+        rows.append([seed, fmt(before[seed]["MAP@R"]), fmt(a["in_run"]["MAP@R"]),
+                     fmt(a["served_savedmodel"]["MAP@R"]), fmt(a["served_onnx"]["MAP@R"]),
+                     f"{a['parity_max_abs_diff']:.1e}"])
+    lines = [table(["seed", "before: in-run MAP@R", "after: in-run", "after: SavedModel on "
+                    "raw files", "after: ONNX Runtime", "parity max diff"], rows), ""]
+    for diff in data.get("served_after_minus_in_run_before") or []:
+        if diff:
+            low, high = diff["ci95"]
+            lines.append(f"Served after - in-run before, {diff['metric']}: "
+                         f"{diff['mean']:+.3f} (95% interval {low:+.3f} to {high:+.3f}, "
+                         f"{len(diff['seeds'])} seeds).")
+    before_git = runs["before"].get("package") or {}
+    lines.append(f"\n`before` ran commit {str(before_git.get('commit', '?'))[:7]}. "
+                 + source(name, runs["after"]))
+    return "\n".join(lines)
+
+
+def export_fidelity(name="export_fidelity.json"):
+    """In-run retrieval against the export's, per dataset, with parity."""
+    from_json = load(name)
+    rows = []
+    for row in from_json["rows"]:
+        record = row["preprocessing"]
+        geometry = {"stretch": "resize", "crop": f"shorter side {record['resize_to']}, crop",
+                    "pad": "pad"}[record["fit"]]
+        rows.append([row["case"], f"{geometry} to {record['size'][0]}x{record['size'][1]}, "
+                     f"{record['kernel']}" + (", inverted" if record["invert"] else ""),
+                     fmt(row["in_run"]["MAP@R"]), fmt(row["savedmodel"]["MAP@R"]),
+                     fmt(row["onnx"]["MAP@R"]), fmt(row["in_run"]["R@1"]),
+                     fmt(row["savedmodel"]["R@1"]),
+                     f"{row['parity']['max_abs_diff']:.1e} on {row['parity']['inputs']} files"])
+    return table(["dataset", "preprocessing record", "MAP@R in run", "SavedModel", "ONNX",
+                  "R@1 in run", "SavedModel", "parity max diff"], rows) + "\n\n" + \
+        source(name, from_json)
+
+
+def distributed(name="distributed.json"):
+    data = load(name)
+    labels = {"loop_1 / fit_1 (time)": "custom loop / `model.fit`, 1 device",
+              "loop_2 / fit_2 (time)": "custom loop / `model.fit`, 2 replicas",
+              "loop_2 / loop_1 (time)": "2 replicas / 1 device, custom loop",
+              "fit_2 / fit_1 (time)": "2 replicas / 1 device, `model.fit`",
+              "loop_2 / loop_2_local (time): global-batch mining":
+                  "global-batch mining (all-gather) / per-replica mining"}
+    rows = [[label, f"{data['ratios'][key]['median']:.2f} "
+                    f"({data['ratios'][key]['min']:.2f}-{data['ratios'][key]['max']:.2f})"]
+            for key, label in labels.items()]
+    return table(["comparison", "time ratio, median (range)"], rows) + "\n\n" + \
+        source(name, data)
+
+
+def inference(name="inference.json"):
+    data = load(name)
+    batches = sorted({r["batch"] for r in data["results"]})
+    runtimes = list(dict.fromkeys(r["runtime"] for r in data["results"]))
+    cell = {(r["runtime"], r["batch"]): r for r in data["results"]}
+    rows = [[runtime] + [f"{cell[runtime, b]['median_ms']:.3f} ms" for b in batches]
+            for runtime in runtimes]
+    return table(["runtime"] + [f"batch {b}" for b in batches], rows) + "\n\n" + \
+        source(name, data)
+
+
+def _ratio(entry, digits=3):
+    return f"{entry['median']:.{digits}f} ({entry['min']:.{digits}f}-{entry['max']:.{digits}f})"
+
+
+def performance():
+    """One row per hot path: what was measured against its target, from each file."""
+    rows = []
+    epoch = load("train_step_epoch.json")["epoch"]
+    rows.append(["DnC epoch / plain Keras epoch, `bench_train_step.py --skip-step`",
+                 _ratio(epoch["time_ratio_dnc_over_keras"]), f"<= {epoch['target']}",
+                 "yes" if epoch["met"] else "no"])
+    if "time_ratio_dnc_epoch+bank_over_keras" in epoch:
+        ratio = epoch["time_ratio_dnc_epoch+bank_over_keras"]
+        rows.append(["the same, re-clustering on the train steps' features",
+                     _ratio(ratio), f"<= {epoch['target']}",
+                     "yes" if ratio["median"] <= epoch["target"] else "no"])
+    step = load("train_step.json")["step"]["speed_ratios"].get("dnc/torch_pml")
+    if step:
+        rows.append(["DnC train step speed / PyTorch + pytorch-metric-learning, "
+                     "`bench_train_step.py`", _ratio(step), ">= 1",
+                     "on the median" if step["median"] >= 1 else "no"])
+    recluster = load("recluster.json")
+    rows.append(["re-clustering share of the training between two, `bench_recluster.py`",
+                 f"up to {recluster['max_share']:.1%}; on the train steps' features up to "
+                 f"{recluster['max_share_bank']:.1%}", f"<= {recluster['target']:.0%}",
+                 "yes" if recluster["met"] else "no"])
+    evaluation = load("evaluation.json")
+    rows.append(["`retrieval_metrics` on 60,000 x 512 / a chunked matmul, "
+                 "`bench_evaluation.py`", _ratio(evaluation["ratio_to_bound"]),
+                 f"<= {evaluation['target']}", "yes" if evaluation["met"] else "no"])
+    pipeline = load("pipeline.json")["ratio_to_step"]
+    first = next(iter(pipeline))
+    rows.append([f"tf.data pipeline / train-step consumption ({first}), `bench_pipeline.py`",
+                 _ratio(pipeline[first], 1), "> 1", "yes" if pipeline[first]["min"] > 1
+                 else "no"])
+    memory = load("memory.json")
+    rows.append(["peak RSS, `bench_memory.py`", f"main job {memory['job']['peak_rss_mib']:.0f} "
+                 f"MiB; {memory['recluster']['n']:,}-image re-clustering "
+                 f"{memory['recluster']['peak_during_mib']:.0f} MiB", "reported", ""])
+    files = ["train_step_epoch.json", "train_step.json", "recluster.json", "evaluation.json",
+             "pipeline.json", "memory.json"]
+    return table(["hot path", "measured: median (range of rounds)", "target", "met"], rows) + \
+        "\n\n" + "\n".join("- " + source(f, load(f)) for f in files)
+
+
+def recluster_table(name="recluster.json"):
+    data = load(name)
+    return data["table"] + "\n\n" + source(name, data)
+
+
+RENDERERS = {"main_job": main_job, "dnc": dnc, "served_omniglot": served_omniglot,
+             "export_fidelity": export_fidelity, "distributed": distributed,
+             "inference": inference, "performance": performance,
+             "recluster_table": recluster_table}
+
+
+# -- the documents --------------------------------------------------------------------------
+
+def render_block(spec):
+    name, *args = spec.split()
+    if name not in RENDERERS:
+        raise ValueError(f"unknown report table {name!r}; known: {sorted(RENDERERS)}")
+    return RENDERERS[name](*args).rstrip() + "\n"
+
+
+def render_document(text):
+    """The text with every report block re-rendered; and the specs of the blocks."""
+    specs = []
+
+    def replace(match):
+        specs.append(match["spec"])
+        return match.group(1) + render_block(match["spec"]) + match.group(4)
+
+    return BLOCK.sub(replace, text), specs
+
+
+def stale_blocks(paths=None):
+    """[(document, spec)] of the blocks whose text differs from what renders now."""
+    stale = []
+    for path in paths or DOCUMENTS:
+        full = os.path.join(REPO, path)
+        if not os.path.exists(full):
+            continue
+        with open(full) as f:
+            text = f.read()
+        for match in BLOCK.finditer(text):
+            if match["body"] != render_block(match["spec"]):
+                stale.append((path, match["spec"]))
+    return stale
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--check", action="store_true",
+                        help="change nothing; exit 1 if a table differs from its results")
+    args = parser.parse_args(argv)
+    if args.check:
+        stale = stale_blocks()
+        for path, spec in stale:
+            print(f"{path}: table '{spec}' differs from benchmarks/results "
+                  "(python benchmarks/report.py)")
+        return 1 if stale else 0
+    for path in DOCUMENTS:
+        full = os.path.join(REPO, path)
+        if not os.path.exists(full):
+            continue
+        with open(full) as f:
+            text = f.read()
+        rendered, specs = render_document(text)
+        if rendered != text:
+            with open(full, "w") as f:
+                f.write(rendered)
+            print(f"{path}: {len(specs)} table(s) rendered")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
