@@ -21,7 +21,7 @@ _EXPORTS = {
     "DnCSchedule": "dnc_keras.schedule",
     "DnCScheduleCallback": "dnc_keras.callbacks",
     "RetrievalEvaluation": "dnc_keras.callbacks",
-    "FiniteCheckpoint": "dnc_keras.callbacks",
+    "DivergenceGuard": "dnc_keras.callbacks",
     "dnc_callbacks": "dnc_keras.callbacks",
     "build_encoder": "dnc_keras.backbones",
     "retrieval_metrics": "dnc_keras.evaluation",

@@ -257,45 +257,34 @@ class RetrievalEvaluation(keras.callbacks.Callback):
             self.writer.flush()
 
 
-class FiniteCheckpoint(keras.callbacks.Callback):
-    """Saves weights after each epoch whose loss is finite; stops training on a NaN loss.
+class DivergenceGuard(keras.callbacks.Callback):
+    """Stops training at the step whose embeddings, loss or gradients are not finite.
 
-    The file is written to a temporary name and renamed, so a crash mid-write or a NaN epoch
-    never replaces the last good checkpoint. After a stop, `nan_at` holds (epoch, batch).
+    `DnCModel.train_step` counts such steps in its `nonfinite` metric; the guard reads it after
+    every batch, stops `fit` (or the distributed loop) there, and leaves `diverged_at` =
+    (epoch, step). The run's last checkpoint, written after the last finite epoch, stays.
     """
 
-    def __init__(self, filepath, verbose=1):
+    def __init__(self, verbose=1):
         super().__init__()
-        if not filepath.endswith(".weights.h5"):
-            raise ValueError(f"filepath must end in .weights.h5; got {filepath!r}")
-        self.filepath = filepath
         self.verbose = verbose
-        self.nan_at = None
-        self.saved_epoch = None
+        self.diverged_at = None
         self._epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            self.nan_at = (self._epoch, batch)
+        logs = logs or {}
+        bad = float(logs.get("nonfinite", 0.0)) > 0
+        loss = logs.get("loss")
+        bad = bad or (loss is not None and not math.isfinite(float(loss)))
+        if bad and self.diverged_at is None:
+            self.diverged_at = (self._epoch, batch)
             self.model.stop_training = True
             if self.verbose:
-                print(f"\n[dnc] loss is {float(loss)} at epoch {self._epoch} batch {batch}: "
-                      f"training stops; last good checkpoint: {self.filepath} "
-                      f"(epoch {self.saved_epoch})", flush=True)
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.nan_at is not None:
-            return
-        if not all(np.isfinite(w).all() for w in self.model.get_weights()):
-            return
-        tmp = self.filepath[: -len(".weights.h5")] + ".tmp.weights.h5"
-        self.model.save_weights(tmp, overwrite=True)
-        os.replace(tmp, self.filepath)
-        self.saved_epoch = epoch + 1
+                print(f"\n[dnc] non-finite embeddings, loss or gradients at epoch "
+                      f"{self._epoch} step {batch}: training stops", flush=True)
 
 
 def dnc_callbacks(sampler, images, period=2, conquer_epoch=None, conquer_mode="tpami",

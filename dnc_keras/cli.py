@@ -30,10 +30,10 @@ def train_command(args):
         if config.seeds > 1:
             from dnc_keras.training import repeats
 
-            results = repeats.run_seeds(config)
+            results = repeats.run_seeds(config, overwrite=args.overwrite)
             text = repeats.format_report(results)
         else:
-            results = job.run(config)
+            results = job.run(config, overwrite=args.overwrite)
             text = job.format_results(results)
     _report(results, text, args.json)
 

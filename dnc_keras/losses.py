@@ -169,6 +169,9 @@ class _BatchLoss(keras.losses.Loss):
     Keras' `Loss.__call__` casts `y_true` to the loss dtype, which would corrupt class ids
     above 2048 under float16; this `__call__` hands the labels to `call` untouched.
     `reduction` is kept for config compatibility but has no effect: the loss is a scalar.
+
+    A batch with a non-finite embedding gives NaN: the masks and maxima inside the losses would
+    otherwise turn NaN distances into a finite value (1.0, 1.4) and hide a diverged network.
     """
 
     def __call__(self, y_true, y_pred, sample_weight=None):
@@ -178,7 +181,10 @@ class _BatchLoss(keras.losses.Loss):
                 f"sample_weight. Received: sample_weight={sample_weight!r}"
             )
         with keras.name_scope(self.name):
-            return tf.cast(self.call(y_true, y_pred), self.dtype)
+            value = tf.cast(self.call(y_true, y_pred), tf.float32)
+            finite = tf.reduce_all(tf.math.is_finite(tf.cast(y_pred, tf.float32)))
+            value = tf.where(finite, value, tf.constant(float("nan")))
+            return tf.cast(value, self.dtype)
 
 
 @keras.saving.register_keras_serializable(package="dnc_keras")

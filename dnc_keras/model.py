@@ -55,6 +55,9 @@ class DnCModel(keras.Model):
         self.mask_optimizer = None
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.overlap_tracker = keras.metrics.Mean(name="overlap")
+        # Steps of the epoch whose embeddings, loss or gradients were not finite: divergence
+        # shows here at the step it starts (dnc_keras.callbacks.DivergenceGuard stops on it).
+        self.nonfinite_tracker = keras.metrics.Sum(name="nonfinite")
         # Every variable lives in the (already built) encoder and subspaces; nothing is left
         # for a symbolic call to create, and save_weights needs a built model.
         self.built = True
@@ -104,7 +107,7 @@ class DnCModel(keras.Model):
 
     @property
     def metrics(self):
-        return [self.loss_tracker, self.overlap_tracker]
+        return [self.loss_tracker, self.overlap_tracker, self.nonfinite_tracker]
 
     def compute_loss_for_learner(self, labels, z, learner):
         """(learner loss, overlap penalty) for one batch; conquered: loss on normalize(z)."""
@@ -131,6 +134,10 @@ class DnCModel(keras.Model):
             # global batch.
             total = (loss + overlap) / _num_replicas()
         grads = tape.gradient(total, encoder_vars + mask_vars)
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in
+                                [tf.cast(z, tf.float32), total] + [g for g in grads
+                                                                   if g is not None]])
+        self.nonfinite_tracker.update_state(1.0 - tf.cast(finite, tf.float32))
         self.apply_learner_gradients(grads, encoder_vars, mask_vars)
         bank = self.feature_bank
         if bank is not None and isinstance(x, dict) and "indices" in x and _num_replicas() == 1:

@@ -47,6 +47,9 @@ def build_parser():
                     "default is shown.")
     _add_train_flags(train)
     train.add_argument("--config", help="JSON or YAML file of settings (flags override it)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace the finished (or restart the unfinished) run in --out; "
+                       "without it a finished run is refused and an unfinished one resumed")
     _add_output_flags(train, "the final metrics as one JSON line on stdout")
     train.add_argument("--dry-run", action="store_true",
                        help="print the resolved plan (data, batches, the DnC schedule, "

@@ -202,6 +202,9 @@ TRAIN_OPTIONS = (
          nullable=True, unset="model.fit on one device"),
     _opt("checkpoint_every", int, None, "with --strategy: also checkpoint every N steps",
          nullable=True, minimum=1, unset="at each epoch's end"),
+    _opt("deterministic", bool, False, "TensorFlow op determinism: the same seed gives the "
+         "same model bit for bit, and a resumed run the model of an uninterrupted one "
+         "(slower on GPU)"),
 )
 
 BY_NAME = {o.name: o for o in TRAIN_OPTIONS}

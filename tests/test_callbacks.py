@@ -6,7 +6,8 @@ import pytest
 from events import scalars
 
 from dnc_keras.backbones import build_encoder
-from dnc_keras.callbacks import DnCScheduleCallback, FiniteCheckpoint, RetrievalEvaluation
+from dnc_keras.callbacks import DivergenceGuard, DnCScheduleCallback, RetrievalEvaluation
+from dnc_keras.training.checkpoints import EpochCheckpoint, TrainingState
 from dnc_keras.evaluation import retrieval_metrics
 from dnc_keras.layers import SubspaceMasks
 from dnc_keras.losses import TripletHardLoss
@@ -139,8 +140,9 @@ def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(tmp_path):
     loss = _PoisonableLoss()
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=loss)
     sampler = ClusterBatchSampler(y, 3, 2, steps_per_epoch=4)
-    path = str(tmp_path / "ckpt.weights.h5")
-    checkpoint = FiniteCheckpoint(path, verbose=0)
+    state = TrainingState(model, sampler, str(tmp_path / "checkpoints"))
+    guard = DivergenceGuard(verbose=0)
+    checkpoint = EpochCheckpoint(state, lambda epoch, logs: {"epoch": epoch})
     good = {}
 
     class PoisonAfterSecondEpoch(keras.callbacks.Callback):
@@ -150,15 +152,29 @@ def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(tmp_path):
                 loss.poisoned.assign(1.0)
 
     history = model.fit(sampler.as_dataset(x), epochs=5,
-                        callbacks=[checkpoint, PoisonAfterSecondEpoch()], verbose=0)
-    assert checkpoint.nan_at == (2, 0) and checkpoint.saved_epoch == 2
+                        callbacks=[guard, checkpoint, PoisonAfterSecondEpoch()], verbose=0)
+    assert guard.diverged_at == (2, 0)
     assert len(history.history["loss"]) == 3  # stopped in the third epoch
+    assert history.history["nonfinite"] == [0.0, 0.0, 1.0]
+    # A fresh model restores the weights of the last finite epoch, not the diverged ones.
     restored = _model(k=1)
-    restored.load_weights(path)
+    restored_state = TrainingState(restored, ClusterBatchSampler(y, 3, 2, steps_per_epoch=4),
+                                   str(tmp_path / "checkpoints"))
+    epoch, step, record = restored_state.restore()
+    assert (epoch, step, record) == (2, 0, {"epoch": 1})
     for a, b in zip(restored.get_weights(), good["weights"]):
         np.testing.assert_array_equal(a, b)
 
 
-def test_checkpoint_path_must_be_weights_file():
-    with pytest.raises(ValueError, match=".weights.h5"):
-        FiniteCheckpoint("model.h5")
+def test_nan_embedding_is_seen_even_when_the_loss_masks_it():
+    """A NaN input makes NaN embeddings; the hard-mining masks could turn that into a finite
+    loss, so the step's `nonfinite` count is what must flag it."""
+    x, y = _data()
+    model = _model(k=1)
+    sampler = ClusterBatchSampler(y, 3, 2, steps_per_epoch=2)
+    x = x.copy()
+    x[:] = np.nan
+    guard = DivergenceGuard(verbose=0)
+    history = model.fit(sampler.as_dataset(x), epochs=3, callbacks=[guard], verbose=0)
+    assert guard.diverged_at == (0, 0)
+    assert history.history["nonfinite"] == [1.0]

@@ -31,13 +31,14 @@ def test_train_json_run_folder_and_evaluate(tmp_path, capsys):
     assert set(results["test"]) >= {"R@1", "R@2", "R@4", "R@8", "MAP@R", "NMI"}
     assert results["test_classes"] == 5 and results["learners"] == 2
     for name in ("config.json", "metrics.json", "history.json", "model.keras",
-                 "checkpoint.weights.h5", "preprocessing.json"):
+                 "checkpoints/checkpoint", "preprocessing.json", "provenance.json"):
         assert (out / name).exists(), name
     saved = json.loads((out / "config.json").read_text())
     assert saved["embedding_dim"] == 16 and saved["dataset"] == "digits"
     assert json.loads((out / "metrics.json").read_text())["test"] == results["test"]
     history = json.loads((out / "history.json").read_text())
-    assert set(history) == {"loss", "overlap", "learners", "dnc_actions"}
+    assert set(history) == {"loss", "overlap", "learners", "nonfinite", "dnc_actions"}
+    assert history["nonfinite"] == [0.0, 0.0]
     assert len(history["loss"]) == 2 and history["learners"] == [1.0, 1.0]
     # Epoch 1 is the conquer (the last 20% of 2 epochs); division would come at epoch 2.
     assert [(a["epoch"], a["action"], a["status"]) for a in history["dnc_actions"]] == [

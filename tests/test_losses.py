@@ -237,6 +237,17 @@ def test_degenerate_values_follow_tfa():
     np.testing.assert_allclose(TripletHardLoss()(labels, x), 1.0, atol=1e-6)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("make_loss", ALL_LOSSES, ids=LOSS_IDS)
+def test_a_non_finite_embedding_gives_nan_not_a_finite_loss(make_loss, bad):
+    """The masks and maxima inside the losses used to turn NaN distances into 1.0 (triplet)
+    or 1.4 (margin), which hid a diverged network from every guard watching the loss."""
+    labels, x = _batch(0, "float32", d=4)
+    x = np.array(x)
+    x[3, 1] = bad
+    assert np.isnan(float(make_loss()(labels, x)))
+
+
 @pytest.mark.parametrize("make_loss", ALL_LOSSES, ids=LOSS_IDS)
 def test_gradients_are_finite_and_nonzero_on_random_batch(make_loss):
     labels, x = _batch(0, "float32", d=4)

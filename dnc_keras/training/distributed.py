@@ -14,10 +14,11 @@ that is not bitwise reproducible (threads, GPU) cannot split the workers.
 
 Fault tolerance: a `tf.train.Checkpoint` holds the weights (masks, K and the conquer flag are
 model weights), both optimizers' state, the epoch and the step within it, and the sampler's
-state (its epoch counter, round-robin position, K and cluster assignment). `fit` resumes from the latest checkpoint in
-`checkpoint_dir` and replays the interrupted epoch's remaining batches, so a run killed at any
-point ends with the same model as an uninterrupted one (up to floating-point noise; random
-augmentation and dropout draw afresh after a restart).
+state (its epoch counter, round-robin position, K and cluster assignment), as
+`dnc_keras.training.checkpoints.TrainingState` defines for both paths. `fit` resumes from the
+latest checkpoint in `checkpoint_dir` and replays the interrupted epoch's remaining batches, so a
+run killed at any point ends with the same model as an uninterrupted one (bit for bit under op
+determinism, `--deterministic`).
 """
 
 import contextlib
@@ -26,6 +27,8 @@ import os
 import keras
 import numpy as np
 import tensorflow as tf
+
+from dnc_keras.training.checkpoints import TrainingState
 
 STRATEGIES = ("mirrored", "multi-worker")
 
@@ -88,6 +91,10 @@ class DistributedTrainer:
             `None`: at the end of each epoch only.
         max_to_keep: checkpoints kept. Defaults to `2`.
         embed_batch_size: global batch of the sharded embedding extraction. Defaults to `256`.
+        record: callable returning the run's JSON-able record (per-epoch logs, the schedule's
+            outcomes, seconds) to store in each checkpoint (`TrainingState`); at an epoch's end
+            it is called as `record(epoch, logs)` with that epoch's logs, inside an epoch as
+            `record()`. Defaults to `None`: an empty record.
 
     Example:
     ```python
@@ -102,7 +109,7 @@ class DistributedTrainer:
     """
 
     def __init__(self, model, sampler, dataset, strategy=None, checkpoint_dir=None,
-                 checkpoint_every=None, max_to_keep=2, embed_batch_size=256):
+                 checkpoint_every=None, max_to_keep=2, embed_batch_size=256, record=None):
         self.strategy = strategy or model.distribute_strategy
         if model.distribute_strategy is not self.strategy:
             raise ValueError("The model was not built under this strategy: build and compile "
@@ -131,9 +138,14 @@ class DistributedTrainer:
         self.is_chief = is_chief(self.strategy)
         self.multi_worker = isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
         self.restored_from = None
+        self.restored_record = None
         self.nan_at = None
+        self.record = record or (lambda *epoch_logs: {})
         self._build_optimizers()
-        self._build_state()
+        # Every worker saves (saving may need collectives); only the chief's copy is kept.
+        write_dir = None if not checkpoint_dir or self.is_chief else os.path.join(
+            checkpoint_dir, f".worker{task_id(self.strategy)}")
+        self.state = TrainingState(model, sampler, checkpoint_dir, max_to_keep, write_dir)
         self._dataset = self.strategy.experimental_distribute_dataset(
             _shard_by_batch_split(dataset))
         self._train_fn = None
@@ -147,31 +159,6 @@ class DistributedTrainer:
             self.model.optimizer.build(self.model.encoder.trainable_variables)
             if self.model.mask_optimizer is not None:
                 self.model.mask_optimizer.build([self.model.subspaces.masks])
-
-    def _build_state(self):
-        n = len(self.sampler.labels)
-        self._epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        self._step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        sampler_state = dict(
-            epoch=tf.Variable(0, dtype=tf.int64, trainable=False),
-            turn=tf.Variable(0, dtype=tf.int64, trainable=False),
-            num_clusters=tf.Variable(1, dtype=tf.int64, trainable=False),
-            assignment=tf.Variable(np.zeros(n, np.int64), trainable=False),
-            updated_at_epoch=tf.Variable(-1, dtype=tf.int64, trainable=False))
-        self._sampler_vars = sampler_state
-        trackables = dict(model=self.model, optimizer=self.model.optimizer,
-                          progress=tf.train.Checkpoint(epoch=self._epoch, step=self._step),
-                          sampler=tf.train.Checkpoint(**sampler_state))
-        if self.model.mask_optimizer is not None:
-            trackables["mask_optimizer"] = self.model.mask_optimizer
-        self.checkpoint = tf.train.Checkpoint(**trackables)
-        self.manager = None
-        if self.checkpoint_dir:
-            # Every worker saves (saving may need collectives); only the chief's copy is kept.
-            write_dir = self.checkpoint_dir if self.is_chief else os.path.join(
-                self.checkpoint_dir, f".worker{task_id(self.strategy)}")
-            self.manager = tf.train.CheckpointManager(self.checkpoint, write_dir,
-                                                      max_to_keep=self.max_to_keep)
 
     # -- steps ------------------------------------------------------------------------------
     def _train_step(self):
@@ -254,50 +241,37 @@ class DistributedTrainer:
             self.sampler.set_clusters(chief[1:], int(chief[0]), self.sampler.updated_at_epoch)
 
     # -- checkpoints ------------------------------------------------------------------------
-    def _save(self, epoch, step, sampler_state):
-        if self.manager is None:
-            return
-        self._epoch.assign(epoch)
-        self._step.assign(step)
-        v = self._sampler_vars
-        v["epoch"].assign(sampler_state["epoch"])
-        v["turn"].assign(sampler_state["turn"])
-        v["num_clusters"].assign(sampler_state["num_clusters"])
-        v["assignment"].assign(sampler_state["assignment"])
-        updated = sampler_state["updated_at_epoch"]
-        v["updated_at_epoch"].assign(-1 if updated is None else updated)
-        self.manager.save(checkpoint_number=self.model.optimizer.iterations.numpy())
-        if not self.is_chief:
-            tf.io.gfile.rmtree(self.manager.directory)
+    def _save(self, epoch, step, sampler_state, logs=None):
+        record = self.record(epoch - 1, logs) if logs is not None else self.record()
+        path = self.state.save(epoch, step, sampler_state, record)
+        if path and not self.is_chief:
+            tf.io.gfile.rmtree(self.state.manager.directory)
 
     def restore(self):
-        """Restores the latest checkpoint of `checkpoint_dir`, if any; returns (epoch, step)."""
-        path = tf.train.latest_checkpoint(self.checkpoint_dir) if self.checkpoint_dir else None
-        if path is None:
+        """Restores the latest readable checkpoint of `checkpoint_dir`, if any; returns
+        (epoch, step) reached ((0, 0) without one) and keeps its record in
+        `restored_record`."""
+        restored = self.state.restore()
+        if restored is None:
             return 0, 0
-        self.checkpoint.restore(path).assert_existing_objects_matched()
-        v = self._sampler_vars
-        updated = int(v["updated_at_epoch"].numpy())
-        self.sampler.set_state({
-            "epoch": int(v["epoch"].numpy()), "turn": int(v["turn"].numpy()),
-            "num_clusters": int(v["num_clusters"].numpy()), "assignment": v["assignment"].numpy(),
-            "updated_at_epoch": None if updated < 0 else updated})
-        self.restored_from = path
-        return int(self._epoch.numpy()), int(self._step.numpy())
+        epoch, step, self.restored_record = restored
+        self.restored_from = self.state.restored_from
+        return epoch, step
 
     # -- the loop ---------------------------------------------------------------------------
-    def fit(self, epochs, callbacks=None, verbose=1):
-        """Trains to `epochs` epochs, resuming from the latest checkpoint; returns a History.
+    def fit(self, epochs, callbacks=None, verbose=1, start=None):
+        """Trains to `epochs` epochs, resuming from the latest checkpoint (or from `start`, an
+        (epoch, step) the caller restored); returns a History of the epochs trained here.
 
         The callbacks get the Keras hooks in `model.fit`'s order (`on_train_begin`,
         `on_epoch_begin`, `on_train_batch_begin/end`, `on_epoch_end`, `on_train_end`) with
         `model.fit`'s logs, and may set `model.stop_training`. On a resumed epoch,
         `on_epoch_begin` is called again: the DnC callbacks see that its re-clustering is done.
-        A non-finite loss (the epoch's running mean, checked before each checkpoint and at the
-        epoch's end) stops training without a checkpoint; `nan_at` then holds (epoch, step).
+        A non-finite step (`DnCModel`'s `nonfinite` count, checked before each checkpoint and at
+        the epoch's end) stops training without a checkpoint; `nan_at` then holds (epoch, step).
         """
         model, sampler = self.model, self.sampler
-        start_epoch, start_step = self.restore()
+        start_epoch, start_step = start if start is not None else self.restore()
         callbacks = keras.callbacks.CallbackList(
             callbacks, add_history=True, add_progbar=verbose != 0, model=model, verbose=verbose,
             epochs=epochs, steps=sampler.steps)
@@ -325,8 +299,9 @@ class DistributedTrainer:
                     callbacks.on_train_batch_end(step, logs)
                     save = self.checkpoint_every and (step + 1) % self.checkpoint_every == 0 \
                         and step + 1 < sampler.steps
-                    if (save or step + 1 == sampler.steps) and \
-                            not np.isfinite(float(logs.get("loss", 0.0))):
+                    if (save or step + 1 == sampler.steps) and (
+                            float(logs.get("nonfinite", 0.0)) > 0
+                            or not np.isfinite(float(logs.get("loss", 0.0)))):
                         self.nan_at = (epoch, step)
                         model.stop_training = True  # as keras.callbacks.TerminateOnNaN
                     # Stopped inside the epoch (a NaN loss, say): keep the last checkpoint.
@@ -338,7 +313,7 @@ class DistributedTrainer:
                 logs = {k: float(v) for k, v in logs.items()}
                 callbacks.on_epoch_end(epoch, dict(logs))
                 if not stopped:
-                    self._save(epoch + 1, 0, sampler.get_state())
+                    self._save(epoch + 1, 0, sampler.get_state(), logs)
                 if model.stop_training:
                     break
             callbacks.on_train_end(logs)

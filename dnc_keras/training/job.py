@@ -9,24 +9,31 @@ import time
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from dnc_keras import backbones, datasets
 from dnc_keras.batches import training_batches
-from dnc_keras.callbacks import DnCScheduleCallback, FiniteCheckpoint, RetrievalEvaluation
+from dnc_keras.callbacks import DivergenceGuard, DnCScheduleCallback, RetrievalEvaluation
 from dnc_keras.clustering import max_learners
 from dnc_keras.evaluation import raw_pixel_baseline
+from dnc_keras.feature_bank import FeatureBank
+from dnc_keras.files import atomic_path
 from dnc_keras.layers import SubspaceMasks
 from dnc_keras.model import DnCModel
 from dnc_keras.sampling import ClusterBatchSampler
 from dnc_keras.training import distributed
+from dnc_keras.training.checkpoints import (CHECKPOINTS, BestWeights, EpochCheckpoint,
+                                           TrainingState)
 from dnc_keras.training.plan import build_plan, build_schedule, evaluate
+from dnc_keras.training.run_folder import RunFolder, provenance, split_hash
 from dnc_keras_cli.options import LOSSES, resolve
 
 RECALL_KS = (1, 2, 4, 8)
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the run folder keeps the last good checkpoint."""
+    """Embeddings, loss or gradients became non-finite; the run folder keeps the last good
+    checkpoint and no model is written."""
 
 
 def build_loss(config):
@@ -72,93 +79,135 @@ def check_learners(config, y_train):
                          f"Received: learners={config.learners}")
 
 
-def run(config, verbose=1):
+def run(config, verbose=1, overwrite=False):
     """Trains, evaluates on the unseen classes and writes the run folder; returns the metrics.
 
-    With `config.strategy`, trains with `dnc_keras.training.distributed.DistributedTrainer` and resumes
-    from `<out>/checkpoints`; on several workers only the chief writes the run folder.
+    The run's inputs (data, classes, K) are checked before anything is written. An unfinished
+    run in `config.out` with the same settings resumes from its last checkpoint (model.fit or,
+    with `config.strategy`, `DistributedTrainer`); a finished one is refused unless
+    `overwrite`. On several workers only the chief writes the run folder.
+
+    Raises:
+        TrainingDiverged: a step's embeddings, loss or gradients were not finite; the run folder
+            keeps its last good checkpoint and no model is written.
     """
     # MultiWorkerMirroredStrategy must exist before TensorFlow runs anything.
     strategy = distributed.make_strategy(config.strategy) if config.strategy else None
     chief = strategy is None or distributed.is_chief(strategy)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
-    run_dir = config.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
-    # Other workers write what the chief writes (weights, logs) to a scratch folder instead.
-    out = run_dir if chief else tempfile.mkdtemp(
-        prefix=f"dnc-worker{distributed.task_id(strategy)}-")
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(config.to_dict(), f, indent=2)
+    folder = RunFolder(config.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S")),
+                       overwrite=overwrite)
 
     plan = build_plan(config)
     check_learners(config, plan.train_labels)
-    with open(os.path.join(out, "preprocessing.json"), "w") as f:
-        f.write(plan.preprocessing.to_json())
+    if chief:
+        resuming = folder.claim(config.to_dict())
+        folder.write_text("preprocessing.json", plan.preprocessing.to_json())
+        folder.record_provenance(provenance(config.to_dict(), split_hash(
+            plan.train_paths if plan.on_disk else plan.train_images, plan.train_labels)),
+            resuming)
+    # Other workers write what the chief writes (logs) to a scratch folder instead.
+    out = folder.path if chief else tempfile.mkdtemp(
+        prefix=f"dnc-worker{distributed.task_id(strategy)}-")
     sampler = ClusterBatchSampler(plan.train_labels, config.classes_per_batch,
                                   config.samples_per_class, seed=config.seed,
                                   steps_per_epoch=config.steps_per_epoch)
     with strategy.scope() if strategy else contextlib.nullcontext():
         model = build_model(config, plan.input_shape, plan.preprocessing)
+    if config.recluster_features == "training" and strategy is None:
+        # The bank is part of the state a resumed run restores: it exists before the restore.
+        model.attach_feature_bank(FeatureBank(len(plan.train_labels), int(
+            model.embed(plan.train_images[:1], output="features").shape[1])))
+    checkpoints = os.path.join(folder.path, CHECKPOINTS)
+    dataset = training_batches(sampler, plan.image_source(_augmenter(config)))
+    trainer = None
+    if strategy is None:
+        state = TrainingState(model, sampler, checkpoints)
+    else:
+        trainer = distributed.DistributedTrainer(
+            model, sampler, dataset=dataset, strategy=strategy, checkpoint_dir=checkpoints,
+            checkpoint_every=config.checkpoint_every, record=lambda *logs: run_record(*logs))
+        state = trainer.state
+    restored = state.restore()
+    start_epoch, start_step, record = restored or (0, 0, {})
     has_test = bool(plan.evaluations)
-    checkpoint = FiniteCheckpoint(os.path.join(out, "checkpoint.weights.h5"), verbose=verbose)
+    guard = DivergenceGuard(verbose=verbose)
     schedule_callback = DnCScheduleCallback(
         sampler, plan.train_images, schedule=build_schedule(config),
         cluster_on=config.cluster_on, seed=config.seed, backend=config.kmeans_backend,
         feature_source=config.recluster_features, verbose=verbose)
+    schedule_callback.outcomes = list(record.get("outcomes", []))
     callbacks = [schedule_callback]
-    selection = None
+    selection = best = None
     if plan.validation is not None:
         # Fair-comparison mode: the model is chosen on held-out training classes, so the test
         # classes are never looked at before the final evaluation.
         selection = RetrievalEvaluation(plan.validation.query, plan.validation.query_labels,
                                         every=config.eval_every or 1, ks=plan.recall_ks,
                                         nmi=False, log_dir=os.path.join(out, "logs"))
+        selection.history = list(record.get("selection", []))
         best_path = os.path.join(out, "best.weights.h5")
-        callbacks += [selection, keras.callbacks.ModelCheckpoint(
-            best_path, monitor="val_MAP@R", mode="max", save_best_only=True,
-            save_weights_only=True)]
+        # Resumed: the best so far stays the one to beat.
+        best = BestWeights(best_path, best=max((h["MAP@R"] for h in selection.history),
+                                               default=-np.inf))
+        callbacks += [selection, best]
     elif has_test and config.eval_every and plan.evaluations[0].gallery is None:
         monitor = plan.evaluations[0]
         callbacks.append(RetrievalEvaluation(monitor.query, monitor.query_labels,
                                              every=config.eval_every, ks=plan.recall_ks,
                                              nmi=config.nmi, log_dir=os.path.join(out, "logs")))
-    callbacks += [checkpoint, keras.callbacks.TensorBoard(os.path.join(out, "logs"))]
-
+    # Per-epoch logs of the whole run, the resumed part included: checkpoints store them.
+    history = {k: list(v) for k, v in record.get("history", {}).items()}
+    seconds_before = float(record.get("seconds", 0.0))
     start = time.perf_counter()
-    dataset = training_batches(sampler, plan.image_source(_augmenter(config)))
-    if strategy is None:
-        history = model.fit(dataset, epochs=config.epochs, callbacks=callbacks,
-                            verbose=verbose, shuffle=False)
+
+    def run_record(epoch=None, logs=None):
+        """What a checkpoint stores of the run: per-epoch logs, actions, selection, seconds."""
+        for key, value in (logs or {}).items():
+            history.setdefault(key, []).append(float(value))
+        return {"history": history, "outcomes": schedule_callback.outcomes,
+                "selection": selection.history if selection is not None else [],
+                "seconds": seconds_before + time.perf_counter() - start}
+
+    callbacks += [guard, keras.callbacks.TensorBoard(os.path.join(out, "logs"))]
+    if trainer is None:
+        callbacks.append(EpochCheckpoint(state, run_record))
+        model.fit(dataset, epochs=config.epochs, initial_epoch=start_epoch,
+                  callbacks=callbacks, verbose=verbose, shuffle=False)
     else:
-        trainer = distributed.DistributedTrainer(
-            model, sampler, dataset=dataset, strategy=strategy,
-            checkpoint_dir=os.path.join(run_dir, "checkpoints"),
-            checkpoint_every=config.checkpoint_every)
-        history = trainer.fit(config.epochs, callbacks=callbacks, verbose=verbose if chief else 0)
-    seconds = time.perf_counter() - start
-    if checkpoint.nan_at is not None:
-        epoch, batch = checkpoint.nan_at
+        trainer.fit(config.epochs, callbacks=callbacks, verbose=verbose if chief else 0,
+                    start=(start_epoch, start_step))
+    seconds = seconds_before + time.perf_counter() - start
+    diverged = guard.diverged_at or (trainer.nan_at if trainer is not None else None)
+    if diverged is not None or not _finite_weights(model):
+        where = f"epoch {diverged[0]} step {diverged[1]}" if diverged else "the last epoch"
+        last = state.manager.latest_checkpoint if state.manager else None
         raise TrainingDiverged(
-            f"loss became non-finite at epoch {epoch} batch {batch}; the last good checkpoint "
-            f"is {checkpoint.filepath} (epoch {checkpoint.saved_epoch}). Lower the learning "
-            "rate or check the data.")
+            f"training diverged at {where}: embeddings, loss or gradients became non-finite; "
+            f"no model was written, the last good checkpoint is "
+            f"{last or 'none (it diverged in the first epoch)'}. Lower the learning rate or "
+            "check the data, then run again with --overwrite.")
     results = {"dataset": plan.name, "train_classes": int(len(np.unique(plan.train_labels))),
                "test_classes": max((len(np.unique(ev.query_labels)) for ev in plan.evaluations),
                                    default=0),
                "learners": config.learners, "epochs": config.epochs,
                "train_seconds": round(seconds, 1), "recall_ks": list(plan.recall_ks)}
+    if restored:
+        results["resumed_from"] = {"checkpoint": state.restored_from, "epoch": start_epoch,
+                                   "step": start_step}
     if strategy is not None:
         results["replicas"] = strategy.num_replicas_in_sync
-        if trainer.restored_from:
-            results["resumed_from"] = trainer.restored_from
     if not chief:
         shutil.rmtree(out, ignore_errors=True)
-        return {**results, "role": "worker", "run_dir": run_dir}
+        return {**results, "role": "worker", "run_dir": folder.path}
     if plan.summary.get("skipped_files"):
         results["skipped_files"] = plan.summary["skipped_files"]
     if selection is not None:
         results["selection"] = _select_best(model, selection, best_path)
-    model.save(os.path.join(out, "model.keras"))
+    with atomic_path(folder.file("model.keras")) as tmp:
+        model.save(tmp)
 
     if has_test:
         metrics = evaluate(model, plan.evaluations, plan.recall_ks, nmi=config.nmi,
@@ -168,10 +217,14 @@ def run(config, verbose=1):
         results["raw_pixels"] = raw_pixel_baseline(*plan.test_pixels, ks=plan.recall_ks,
                                                    nmi=config.nmi)
     plot = plan.test_pixels if has_test and not plan.on_disk and config.plots else None
-    _write_outputs(out, results, {**history.history, "dnc_actions": schedule_callback.outcomes},
+    _write_outputs(folder, results, {**history, "dnc_actions": schedule_callback.outcomes},
                    plot, model, curves=config.plots)
-    results["run_dir"] = out
+    results["run_dir"] = folder.path
     return results
+
+
+def _finite_weights(model):
+    return all(np.isfinite(w).all() for w in model.get_weights())
 
 
 def _select_best(model, selection, best_path):
@@ -194,20 +247,23 @@ def _augmenter(config):
     return RandomAffine()
 
 
-def _write_outputs(out, results, history, plot, model, curves=True):
+def _write_outputs(folder, results, history, plot, model, curves=True):
+    """history.json, the plots, then metrics.json last: its presence marks a finished run."""
     from dnc_keras.training import plots
 
-    with open(os.path.join(out, "metrics.json"), "w") as f:
-        json.dump(results, f, indent=2)
     curves_of = {k: [float(v) for v in vs] for k, vs in history.items() if k != "dnc_actions"}
-    with open(os.path.join(out, "history.json"), "w") as f:
-        json.dump({**curves_of, "dnc_actions": history.get("dnc_actions", [])}, f, indent=2)
-    if curves:
-        plots.training_curves(curves_of, os.path.join(out, "training_curves.png"))
+    folder.write_json("history.json", {**curves_of,
+                                       "dnc_actions": history.get("dnc_actions", [])})
+    if curves:  # a count of diverged steps is not a curve: it is 0 in a run that finishes
+        with atomic_path(folder.file("training_curves.png")) as tmp:
+            plots.training_curves({k: v for k, v in curves_of.items() if k != "nonfinite"},
+                                  tmp)
     # On-disk test sets (up to 60k images) are not embedded a second time just for the plot.
     if plot is not None:
         images, labels = plot
-        plots.embedding_2d(model.embed(images), labels, os.path.join(out, "test_embeddings.png"))
+        with atomic_path(folder.file("test_embeddings.png")) as tmp:
+            plots.embedding_2d(model.embed(images), labels, tmp)
+    folder.write_json("metrics.json", results)
 
 
 def format_results(results):

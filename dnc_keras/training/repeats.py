@@ -16,6 +16,8 @@ import time
 
 import numpy as np
 
+from dnc_keras import files
+
 
 def interval95(values):
     """(mean, half-width of the two-sided 95% Student-t confidence interval of the mean).
@@ -50,29 +52,45 @@ def summarise(runs):
             for name in names}
 
 
-def run_seeds(config, verbose=1):
+def run_seeds(config, verbose=1, overwrite=False):
     """Trains `config.seeds` runs (seeds `config.seed` onwards); returns and writes the report.
+
+    Each seed's run has its own folder `<out>/seed_<seed>`. A report folder that was
+    interrupted resumes: finished seeds are read back from their `metrics.json`, an unfinished
+    one resumes from its checkpoint. A finished report is refused unless `overwrite`.
 
     Returns:
         dict with `"dataset"`, `"seeds"`, `"runs"` (each run's results), `"summary"` (see
         `summarise`) and `"run_dir"`.
     """
     from dnc_keras.training import job
+    from dnc_keras.training.run_folder import FINISHED, RunFolder
 
     out = config.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+    if os.path.exists(os.path.join(out, "report.json")) and not overwrite:
+        raise ValueError(f"{out} holds a finished multi-seed report; pass --overwrite to "
+                         "replace it, or choose another --out")
     seeds = list(range(config.seed, config.seed + config.seeds))
     runs = []
     for seed in seeds:
         single = dataclasses.replace(config, seed=seed, seeds=1,
                                      out=os.path.join(out, f"seed_{seed}"))
-        runs.append(job.run(single, verbose=verbose))
+        folder = RunFolder(single.out)
+        if folder.state == "finished" and not overwrite:
+            different = folder.differences(single.to_dict())
+            if different:
+                raise ValueError(f"{folder} holds a finished run with other settings "
+                                 f"({', '.join(different)}): pass --overwrite to replace the "
+                                 "report's runs, or choose another --out")
+            with open(folder.file(FINISHED)) as f:
+                runs.append({**json.load(f), "run_dir": folder.path})
+            continue
+        runs.append(job.run(single, verbose=verbose, overwrite=overwrite))
     report = {"dataset": runs[0]["dataset"], "seeds": seeds, "summary": summarise(runs),
               "selection": [r.get("selection", {}).get("epoch") for r in runs],
               "runs": runs, "run_dir": out}
-    with open(os.path.join(out, "report.json"), "w") as f:
-        json.dump(report, f, indent=2)
-    with open(os.path.join(out, "report.md"), "w") as f:
-        f.write(format_report(report) + "\n")
+    files.write_text(os.path.join(out, "report.md"), format_report(report) + "\n")
+    files.write_json(os.path.join(out, "report.json"), report)
     return report
 
 

@@ -95,7 +95,7 @@ def test_config_rejects_bad_strategy_settings(settings, message):
         TrainConfig(**settings)
 
 
-def test_cli_trains_with_the_mirrored_loop_and_resumes_a_finished_run(tmp_path, capsys):
+def test_cli_trains_with_the_mirrored_loop_and_refuses_to_overwrite_it(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["train", "--dataset", "digits", "--epochs", "2", "--learners", "2",
             "--embedding-dim", "16", "--classes-per-batch", "4", "--samples-per-class", "4",
@@ -105,10 +105,15 @@ def test_cli_trains_with_the_mirrored_loop_and_resumes_a_finished_run(tmp_path, 
     first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert first["replicas"] == 1 and "resumed_from" not in first
     assert (out / "checkpoints" / "checkpoint").exists() and (out / "model.keras").exists()
-    assert cli.main(argv) == 0  # the same command again: restored, nothing left to train
-    second = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert second["resumed_from"].endswith("ckpt-8")
-    assert second["test"]["MAP@R"] == pytest.approx(first["test"]["MAP@R"], abs=1e-6)
+    written = (out / "model.keras").read_bytes()
+    assert cli.main(argv) == 2  # the same command again: the finished run is kept
+    captured = capsys.readouterr()
+    assert captured.err.strip() == (f"dnc-keras train: error: {out} holds a finished run; pass "
+                                    "--overwrite to replace it, or choose another --out")
+    assert (out / "model.keras").read_bytes() == written
+    assert cli.main([*argv, "--overwrite"]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "resumed_from" not in again
 
 
 def test_non_finite_loss_stops_training_without_a_checkpoint(tmp_path):

@@ -1,0 +1,74 @@
+"""The run folder's states and what `claim` does with each: a finished run is never replaced
+without --overwrite, an unfinished one resumes only with its own settings."""
+
+import json
+
+import pytest
+
+from dnc_keras.training.run_folder import RunFolder, split_hash
+
+CONFIG = {"dataset": "digits", "epochs": 3, "seed": 0, "out": "x", "seeds": 1}
+
+
+def test_new_folder_is_created_with_its_config(tmp_path):
+    folder = RunFolder(tmp_path / "run")
+    assert folder.state == "new"
+    assert folder.claim(CONFIG) is False
+    assert json.loads((tmp_path / "run" / "config.json").read_text()) == CONFIG
+    assert folder.state == "unfinished"
+
+
+def test_finished_run_is_refused_then_replaced_with_overwrite(tmp_path):
+    run = tmp_path / "run"
+    RunFolder(run).claim(CONFIG)
+    (run / "model.keras").write_text("weights")
+    (run / "metrics.json").write_text("{}")
+    assert RunFolder(run).state == "finished"
+    with pytest.raises(ValueError) as error:
+        RunFolder(run).claim(CONFIG)
+    assert str(error.value) == (f"{run} holds a finished run; pass --overwrite to replace it, "
+                                "or choose another --out")
+    assert (run / "model.keras").read_text() == "weights"
+    assert RunFolder(run, overwrite=True).claim({**CONFIG, "epochs": 4}) is False
+    assert sorted(p.name for p in run.iterdir()) == ["config.json"]
+
+
+def test_unfinished_run_resumes_with_the_same_settings_only(tmp_path):
+    run = tmp_path / "run"
+    RunFolder(run).claim(CONFIG)
+    (run / "checkpoints").mkdir()
+    # out and seeds may differ (a moved folder, one seed of a repeated run); the rest may not.
+    assert RunFolder(run).claim({**CONFIG, "out": "elsewhere"}) is True
+    with pytest.raises(ValueError, match=r"other settings \(epochs, seed\)"):
+        RunFolder(run).claim({**CONFIG, "epochs": 5, "seed": 1})
+    assert (run / "checkpoints").is_dir()
+
+
+def test_a_foreign_folder_is_not_cleared(tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_bytes(b"jpeg")
+    with pytest.raises(ValueError, match="holds no dnc-keras run"):
+        RunFolder(tmp_path / "photos").claim(CONFIG)
+    assert (tmp_path / "photos" / "cat.jpg").exists()
+
+
+def test_out_that_is_a_file(tmp_path):
+    (tmp_path / "run").write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        RunFolder(tmp_path / "run")
+
+
+def test_provenance_of_a_resumed_run_keeps_the_first(tmp_path):
+    folder = RunFolder(tmp_path / "run")
+    folder.claim(CONFIG)
+    folder.record_provenance({"git": "a"}, resuming=False)
+    folder.record_provenance({"git": "b"}, resuming=True)
+    saved = json.loads((tmp_path / "run" / "provenance.json").read_text())
+    assert saved == {"git": "a", "resumed": [{"git": "b"}]}
+
+
+def test_split_hash_changes_with_any_path_or_label():
+    base = split_hash(["a.png", "b.png"], [0, 1])
+    assert base == split_hash(["a.png", "b.png"], [0, 1])
+    assert len({base, split_hash(["a.png", "c.png"], [0, 1]),
+                split_hash(["a.png", "b.png"], [1, 1])}) == 3
