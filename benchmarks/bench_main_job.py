@@ -18,13 +18,30 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    common.add_out_argument(parser, "main_job.json", tiny=False)
+# --tiny: the same command on the small digits set, one short epoch.
+TINY_ARGS = ["--dataset", "digits", "--epochs", "1", "--learners", "2", "--embedding-dim", "16",
+             "--steps-per-epoch", "2", "--no-plots"]
+
+
+def parse_args(argv=None):
+    """The arguments, `--tiny`'s settings applied and `out` resolved to the results path."""
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_out_argument(parser, "main_job.json", note="; other --train-args are added to "
+                            "the name")
     parser.add_argument("--train-args", nargs=argparse.REMAINDER, default=[],
-                        help="extra `dnc-keras train` flags (the README's job has none)")
+                        help="extra `dnc-keras train` flags (the README's job has none; put "
+                        "last)")
     args = parser.parse_args(argv)
-    args.out = common.resolve_out(args.out, "main_job.json")
+    default = common.default_name("main_job", args, parser, ["train_args"])
+    if args.tiny:
+        args.train_args = TINY_ARGS + args.train_args
+    args.out = common.resolve_out(args.out, default, tiny=args.tiny)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     with tempfile.TemporaryDirectory() as workdir:
         start = time.perf_counter()
@@ -37,11 +54,14 @@ def main(argv=None):
     printed = json.loads(result.stdout.strip().splitlines()[-1])
     label = "dnc_keras (Conv-4, K = 4, 10 epochs)" if not args.train_args else \
         "dnc_keras " + " ".join(args.train_args)
+    if "raw_pixels" not in printed:
+        sys.exit(f"dnc-keras train printed no raw-pixel baseline: {printed}")
     results = {"label": label, "test_classes": printed["test_classes"],
                "test": printed["test"], "raw_pixels": printed["raw_pixels"],
                "train_seconds": printed["train_seconds"], "seconds": round(seconds, 1)}
     common.write_results(results, args.out, argv, __file__)
     print(json.dumps(results))
+    return args.out
 
 
 if __name__ == "__main__":

@@ -210,8 +210,47 @@ def recluster_table(name="recluster.json"):
     return data["table"] + "\n\n" + source(name, data)
 
 
-RENDERERS = {"main_job": main_job, "dnc": dnc, "served_omniglot": served_omniglot,
-             "export_fidelity": export_fidelity, "distributed": distributed,
+# What each fault case of bench_faults.py injects, and what must follow.
+FAULT_CASES = {
+    "mid-epoch": ("kill -9 at the end of a random training step",
+                  "the same command resumes to the reference model, bit for bit"),
+    "mid-re-clustering": ("kill -9 at a random time inside a division or re-clustering",
+                          "the same command resumes to the reference model, bit for bit"),
+    "mid-checkpoint-write": ("kill -9 at a random time inside a checkpoint save",
+                             "the same command resumes to the reference model, bit for bit"),
+    "checkpoint-index": ("kill -9 after a checkpoint's data, before its index",
+                         "the same command resumes to the reference model, bit for bit"),
+    "model-write": ("kill -9 inside the write of model.keras, before its rename",
+                    "the same command resumes to the reference model, bit for bit"),
+    "distributed-mid-epoch": ("kill -9 at a random step of the distributed loop "
+                              "(`--strategy mirrored --checkpoint-every 2`)",
+                              "the same command resumes mid-epoch to the distributed "
+                              "reference model, bit for bit"),
+    "nan": ("NaN weights before a random step",
+            "exit 2, one line naming the epoch and step; no model.keras; the last good "
+            "checkpoint kept"),
+    "full-disk": ("the write of model.keras, history.json or metrics.json fails with ENOSPC",
+                  "exit 2, one line naming the file; no partial or temporary file; the same "
+                  "command then finishes to the reference model"),
+}
+
+
+def faults(name="faults.json"):
+    """Each fault case of bench_faults.py: what was injected, what must follow, how often it
+    did."""
+    data = load(name)
+    rows = []
+    for case, summary in data["cases"].items():
+        injected, expected = FAULT_CASES[case]
+        landed = summary.get("landed_inside")
+        rows.append([case, injected, expected, summary["outcome"] + " points",
+                     f"{landed} inside" if landed else ""])
+    return (table(["case", "injected", "expected", "as expected", "where the kill landed"],
+                  rows) + "\n\n" + source(name, data))
+
+
+RENDERERS = {"faults": faults, "main_job": main_job, "dnc": dnc,
+             "served_omniglot": served_omniglot, "export_fidelity": export_fidelity, "distributed": distributed,
              "inference": inference, "performance": performance,
              "recluster_table": recluster_table}
 

@@ -27,32 +27,28 @@ def train_command(args):
         job.check_learners(config, data.train_labels)
         return
     with _progress_to_stderr(args.json):
+        verbose = _verbosity(args)
         if config.seeds > 1:
             from dnc_keras.training import repeats
 
-            results = repeats.run_seeds(config, overwrite=args.overwrite)
+            results = repeats.run_seeds(config, verbose=verbose, overwrite=args.overwrite)
             text = repeats.format_report(results)
         else:
-            results = job.run(config, overwrite=args.overwrite)
+            results = job.run(config, verbose=verbose, overwrite=args.overwrite)
             text = job.format_results(results)
     _report(results, text, args.json)
 
 
 def evaluate_command(args):
-    from dnc_keras.training import job, plan
+    from dnc_keras.export.build import load_run
+    from dnc_keras.training import plan
 
-    config_path = os.path.join(args.run_dir, "config.json")
-    model_path = os.path.join(args.run_dir, "model.keras")
-    for path in (config_path, model_path):
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path} not found: is {args.run_dir} a dnc-keras run?")
+    run = load_run(args.run_dir)
+    model = run.model
     overrides = {"dataset": args.dataset, "data_dir": args.data_dir}
-    config = TrainConfig.from_file(config_path, **overrides)
+    config = TrainConfig.from_file(os.path.join(args.run_dir, "config.json"), **overrides)
     if args.dataset and not args.data_dir:  # another dataset: not the run's folder
         config = dataclasses.replace(config, data_dir=None)
-    import keras
-
-    model = keras.saving.load_model(model_path)
     data = plan.build_plan(config)
     if model.preprocessing is not None and data.preprocessing != model.preprocessing:
         raise ValueError(f"{args.run_dir}'s model was trained on images made by "
@@ -69,6 +65,14 @@ def evaluate_command(args):
     text = "\n".join(f"{name:>8s} {k:>12s} {v:.4f}" for name, values in metrics.items()
                      for k, v in values.items())
     _report(results, text, args.json)
+
+
+def _verbosity(args):
+    """Keras' verbose: 0 with --quiet; a live progress bar on a terminal; else one line per
+    epoch (a bar redrawn into a log file or a pipe is thousands of characters per epoch)."""
+    if getattr(args, "quiet", False):
+        return 0
+    return 1 if sys.stdout.isatty() else 2
 
 
 @contextlib.contextmanager

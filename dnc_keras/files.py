@@ -38,10 +38,11 @@ def atomic_path(path):
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     name = os.path.basename(path)
-    stem, dot, suffix = name.rpartition(".")
+    # The whole suffix (".weights.h5", not ".h5"): Keras checks it.
+    stem, dot, suffix = name.lstrip(".").partition(".")
     suffix = f".{suffix}" if dot else ""
     try:
-        handle, tmp = tempfile.mkstemp(dir=folder, prefix=f".{stem or name}.", suffix=suffix)
+        handle, tmp = tempfile.mkstemp(dir=folder, prefix=f".{stem}.", suffix=suffix)
         os.close(handle)
     except OSError as error:
         raise WriteError(_message(path, error)) from None

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 from events import scalars
 from PIL import Image
@@ -70,7 +71,7 @@ def test_config_file_with_command_line_overrides(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--dataset", "digits", "--learners", "8", "--epochs", "1"], "learners must be <= 2"),
+    (["--dataset", "digits", "--learners", "8", "--epochs", "1"], "so learners must be <= 2"),
     (["--learners", "3"], "power of 2"),
     (["--dataset", "omniglot", "--data-dir", "/nonexistent/omniglot"], "/nonexistent/omniglot"),
 ])
@@ -83,6 +84,53 @@ def test_evaluate_names_a_missing_run(tmp_path, capsys):
     assert cli.main(["evaluate", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "config.json not found" in err and str(tmp_path) in err
+
+
+def _write_png_classes(root, classes, per_class):
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (12, 12), np.uint8)).save(
+                root / f"c{c}" / f"{i}.png")
+
+
+def test_user_errors_are_one_line(tmp_path, capsys):
+    """Each mistake a user makes with a run folder or data gets one line naming it (exit 2)."""
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "config.json").write_text(json.dumps(TrainConfig().to_dict()))
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "config.json").write_text(json.dumps(TrainConfig().to_dict()))
+    (corrupt / "model.keras").write_bytes(b"PK\x03\x04 truncated")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    two_classes = tmp_path / "two"
+    _write_png_classes(two_classes, classes=2, per_class=3)
+    cases = [
+        (["evaluate", str(unfinished)],
+         f"{unfinished} holds an unfinished run (no model.keras yet): run the same `dnc-keras "
+         "train` command again to resume it"),
+        (["evaluate", str(corrupt)],
+         f"cannot load {corrupt / 'model.keras'}: not a readable .keras archive (truncated or "
+         "corrupt); train the run again with --overwrite"),
+        (["train", "--out", str(a_file)],
+         f"--out {a_file} is a file, not a folder: choose another --out"),
+        (["train", "--dataset", "folder", "--data-dir", str(two_classes), "--out",
+          str(tmp_path / "r")],
+         "the training split has 1 class(es), 1 with at least 2 images; training needs at "
+         "least 2 such classes (the standard split trains on half of the classes: give more "
+         "classes, or --train-classes all)"),
+        (["train", "--dataset", "digits", "--learners", "4", "--out", str(tmp_path / "r")],
+         "learners=4 needs 8 training classes with at least 2 images (2 per learner); the "
+         "training split has 5 of 5, so learners must be <= 2"),
+    ]
+    for argv, message in cases:
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err == f"dnc-keras {argv[0]}: error: {message}\n", err
+    assert not (tmp_path / "r").exists()  # nothing written before the inputs were checked
 
 
 def test_augment_changes_training_and_is_recorded(tmp_path, capsys):

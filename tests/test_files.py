@@ -49,3 +49,9 @@ def test_a_file_where_a_folder_should_be(tmp_path):
         files.write_json(target, {})
     assert str(error.value) == (f"cannot write {target}: a path component is a file, "
                                 "not a folder")
+
+
+def test_the_temporary_file_keeps_the_whole_suffix(tmp_path):
+    with files.atomic_path(tmp_path / "best.weights.h5") as tmp:
+        assert tmp.endswith(".weights.h5") and os.path.dirname(tmp) == str(tmp_path)
+        open(tmp, "wb").close()

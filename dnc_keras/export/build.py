@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import tempfile
+import zipfile
 
 import numpy as np
 
@@ -67,16 +68,25 @@ def load_run(run_dir):
 
     paths = {name: os.path.join(run_dir, name)
              for name in ("config.json", "model.keras", "metrics.json", "preprocessing.json")}
-    for name in ("config.json", "model.keras"):
-        if not os.path.exists(paths[name]):
-            raise FileNotFoundError(f"{paths[name]} not found: is {run_dir} a finished run folder "
-                                    "written by `dnc-keras train`?")
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"{run_dir} does not exist: expected a run folder written by "
+                                "`dnc-keras train`")
+    if not os.path.exists(paths["config.json"]):
+        raise FileNotFoundError(f"{paths['config.json']} not found: {run_dir} is not a run "
+                                "folder written by `dnc-keras train`")
+    if not os.path.exists(paths["model.keras"]):
+        raise FileNotFoundError(f"{run_dir} holds an unfinished run (no model.keras yet): run "
+                                "the same `dnc-keras train` command again to resume it")
     config = _read_json(paths["config.json"])
     metrics = _read_json(paths["metrics.json"]) if os.path.exists(paths["metrics.json"]) else {}
+    if not zipfile.is_zipfile(paths["model.keras"]):
+        raise ValueError(f"cannot load {paths['model.keras']}: not a readable .keras archive "
+                         "(truncated or corrupt); train the run again with --overwrite")
     try:
         model = keras.saving.load_model(paths["model.keras"], compile=False, safe_mode=True)
-    except (ValueError, OSError, KeyError, TypeError) as error:
-        raise ValueError(f"Cannot load {paths['model.keras']}: {error}") from None
+    except (ValueError, OSError, KeyError, TypeError, zipfile.BadZipFile) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(f"cannot load {paths['model.keras']}: {reason}") from None
     record = getattr(model, "preprocessing", None)
     if record is None and os.path.exists(paths["preprocessing.json"]):
         record = Preprocessing.from_dict(_read_json(paths["preprocessing.json"]))

@@ -71,12 +71,25 @@ def load_data(config):
 
 
 def check_learners(config, y_train):
-    """Fails early, naming the numbers, when the classes cannot support K learners."""
+    """Fails early, stating the counting rule, when the training classes cannot support K.
+
+    Every learner's batches need 2 classes with at least 2 images (positives and negatives),
+    and k-means keeps a class in one cluster, so K learners need 2K such classes. Passing this
+    does not guarantee that every division finds an acceptable split; when one does not, the
+    schedule keeps the previous clusters and records it (`DnCScheduleCallback`).
+    """
+    classes = len(np.unique(y_train))
+    usable = classes - int(np.sum(np.unique(y_train, return_counts=True)[1] < 2))
     limit = max_learners(y_train)
+    if limit == 0:
+        raise ValueError(f"the training split has {classes} class(es), {usable} with at least 2 "
+                         "images; training needs at least 2 such classes (the standard split "
+                         "trains on half of the classes: give more classes, or "
+                         "--train-classes all)")
     if config.learners > limit:
-        raise ValueError(f"learners must be <= {limit} for these {len(np.unique(y_train))} "
-                         f"training classes (each cluster needs 2 classes with 2 images). "
-                         f"Received: learners={config.learners}")
+        raise ValueError(f"learners={config.learners} needs {2 * config.learners} training "
+                         f"classes with at least 2 images (2 per learner); the training split "
+                         f"has {usable} of {classes}, so learners must be <= {limit}")
 
 
 def run(config, verbose=1, overwrite=False):

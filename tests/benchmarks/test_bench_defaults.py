@@ -20,6 +20,8 @@ DEFAULTS = {
                          ([], "evaluation_without_before.json"),
                          (["--with-before", "--n", "20000"], "evaluation_n-20000.json")],
     "bench_export_fidelity": [([], "export_fidelity.json")],
+    "bench_faults": [([], "faults.json")],
+    "bench_main_job": [([], "main_job.json")],
     "bench_inference": [(["saved_models/glyphs"], "inference.json"),
                         (["saved_models/cub/"], "inference_cub.json")],
     "bench_memory": [([], "memory.json"), (["--skip-job"], "memory_recluster.json"),

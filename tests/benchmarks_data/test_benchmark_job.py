@@ -53,7 +53,7 @@ def test_dry_run_reports_too_many_learners(tmp_path, replicas, capsys):
     captured = capsys.readouterr()
     assert "Evaluation small: 2 queries (leave-one-out): R@1,5" in captured.out
     assert "Evaluation large: 6 queries" in captured.out
-    assert "learners must be <= 1 for these 3 training classes" in captured.err
+    assert "the training split has 3 of 3, so learners must be <= 1" in captured.err
 
 
 def test_missing_dataset_folder_is_a_clear_error(tmp_path, capsys):

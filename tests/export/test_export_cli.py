@@ -29,7 +29,9 @@ def test_export_then_validate(trained_run, tmp_path, capsys):
 def test_export_errors_are_clean(tmp_path, capsys):
     assert cli.main(["export", str(tmp_path / "missing"), "--name", "x",
                      "--out", str(tmp_path)]) == 2
-    assert "not found: is" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip() == (
+        f"dnc-keras export: error: {tmp_path / 'missing'} does not exist: expected a run "
+        "folder written by `dnc-keras train`")
     assert cli.main(["validate-export", str(tmp_path)]) == 2
     captured = capsys.readouterr()
     assert "FAIL manifest" in captured.out and "1 check(s) failed" in captured.err
