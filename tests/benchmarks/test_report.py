@@ -20,7 +20,8 @@ FIGURE = re.compile(r"\b\d+\.\d{3,}\b|\b\d+\.\d+x\b|\b\d[\d,.]*\s?(?:ms|MiB|GiB)
 QUOTED = {"1.001e-5",  # keras.applications' BatchNorm epsilon (docs/reproducing.md)
           "103.939", "116.779",  # the caffe ImageNet mean in BGR
           "0.485", "0.229",  # torchvision's ImageNet normalisation
-          "74.9%", "76.1%"}  # ImageNet top-1 as keras.applications and torchvision list it
+          "74.9%", "76.1%",  # ImageNet top-1 as keras.applications and torchvision list it
+          "arXiv"}  # a paper's arXiv number
 
 
 def _settings():
