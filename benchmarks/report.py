@@ -42,13 +42,24 @@ def load(name):
 def source(name, data):
     """The line under a table: file, command, commit, date (what the file records)."""
     provenance = data.get("provenance") or {}
-    command = provenance.get("command") or data.get("command") or "command not recorded"
+    command = _local_paths(provenance.get("command") or data.get("command")
+                           or "command not recorded")
     git = provenance.get("git") or {}
     commit = git.get("commit")
     commit = (f"commit {commit[:7]}" + (" + uncommitted changes" if git.get("dirty") else "")
               if commit else "commit not recorded")
     date = provenance.get("date") or data.get("date") or "date not recorded"
     return f"From `benchmarks/results/{name}`, written by `{command}` ({commit}, {date})."
+
+
+def _local_paths(command):
+    """The command with absolute paths outside the repository (this machine's data folders)
+    shortened to their last component: the docs name no path a clone does not have; the
+    results file keeps the full command."""
+    def shorten(match):
+        path = match.group(0)
+        return path if path.startswith(REPO) else os.path.basename(path.rstrip("/"))
+    return re.sub(r"(?<![\w.])/[\w./-]+", shorten, command)
 
 
 def table(header, rows):
@@ -90,27 +101,39 @@ def dnc(name, *variants):
 
 
 def served_omniglot(name="served_omniglot.json"):
-    """In-run evaluation before the preprocessing record vs the served model after it."""
+    """What a served model retrieves against what its run measured, per seed: `before` (the
+    package before the preprocessing record; its weights served through the record's path) and
+    `after` (the record, SavedModel and ONNX Runtime on the raw files)."""
     data = load(name)
     runs = data["runs"]
-    before = {r["seed"]: r["in_run"] for r in runs["before"]["rows"]}
+    before = {r["seed"]: r for r in runs["before"]["rows"]}
     after = {r["seed"]: r for r in runs["after"]["rows"]}
     rows = []
-    for seed in sorted(set(before) & set(after)):
-        a = after[seed]
-        rows.append([seed, fmt(before[seed]["MAP@R"]), fmt(a["in_run"]["MAP@R"]),
-                     fmt(a["served_savedmodel"]["MAP@R"]), fmt(a["served_onnx"]["MAP@R"]),
-                     f"{a['parity_max_abs_diff']:.1e}"])
-    lines = [table(["seed", "before: in-run MAP@R", "after: in-run", "after: SavedModel on "
-                    "raw files", "after: ONNX Runtime", "parity max diff"], rows), ""]
-    for diff in data.get("served_after_minus_in_run_before") or []:
-        if diff:
-            low, high = diff["ci95"]
-            lines.append(f"Served after - in-run before, {diff['metric']}: "
-                         f"{diff['mean']:+.3f} (95% interval {low:+.3f} to {high:+.3f}, "
-                         f"{len(diff['seeds'])} seeds).")
+    for seed in sorted(set(before) | set(after)):
+        b, a = before.get(seed), after.get(seed)
+        rows.append([seed] + ([fmt(b["in_run"]["MAP@R"]), fmt(b["served_now"]["MAP@R"])]
+                              if b else ["", ""])
+                    + ([fmt(a["in_run"]["MAP@R"]), fmt(a["served_savedmodel"]["MAP@R"]),
+                        fmt(a["served_onnx"]["MAP@R"]), f"{a['parity_max_abs_diff']:.1e}"]
+                       if a else ["", "", "", ""]))
+    lines = [table(["seed", "before: in-run MAP@R", "before: served through the record",
+                    "after: in-run", "after: SavedModel on raw files", "after: ONNX Runtime",
+                    "after: parity max diff"], rows), ""]
+    for diff in runs["before"].get("served_now_minus_in_run") or []:
+        low, high = diff["ci95"]
+        lines.append(f"Before, served through the record - in-run, {diff['metric']}: "
+                     f"{diff['mean']:+.4f} (paired 95% interval {low:+.4f} to {high:+.4f}, "
+                     f"{len(diff['seeds'])} seeds).")
+    if after:
+        worst = {runtime: max(abs(r[runtime]["MAP@R"] - r["in_run"]["MAP@R"])
+                              for r in after.values())
+                 for runtime in ("served_savedmodel", "served_onnx")}
+        lines.append(f"After, largest |served - in-run| MAP@R over the seeds: SavedModel "
+                     f"{worst['served_savedmodel']:.1e}, ONNX Runtime "
+                     f"{worst['served_onnx']:.1e}.")
     before_git = runs["before"].get("package") or {}
-    lines.append(f"\n`before` ran commit {str(before_git.get('commit', '?'))[:7]}. "
+    lines.append(f"\n`before` ran commit {str(before_git.get('commit', '?'))[:7]}, `after` "
+                 f"commit {str((runs['after'].get('package') or {}).get('commit', '?'))[:7]}. "
                  + source(name, runs["after"]))
     return "\n".join(lines)
 

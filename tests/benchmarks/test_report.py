@@ -83,3 +83,12 @@ def test_a_changed_result_makes_its_table_stale(tmp_path, monkeypatch):
     data["ratios"]["fit_2 / fit_1 (time)"]["median"] += 0.5
     (results / "distributed.json").write_text(json.dumps(data))
     assert report.stale_blocks(["doc.md"]) == [("doc.md", "distributed")]
+
+
+def test_commands_name_no_path_outside_the_repository():
+    inside = os.path.join(report.REPO, "benchmarks", "results", "x.json")
+    command = (f"python benchmarks/bench_served_quality.py --data-dir /data/omniglot_small1/ "
+               f"--out {inside} --package-dir /tmp/old")
+    assert report._local_paths(command) == (
+        f"python benchmarks/bench_served_quality.py --data-dir omniglot_small1 --out {inside} "
+        "--package-dir old")
