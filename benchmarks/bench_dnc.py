@@ -1,24 +1,33 @@
 """DnC against the single-learner baseline on Omniglot, at equal gradient steps, over seeds.
 
-    python benchmarks/bench_dnc.py --data-dir ../shared/data/omniglot_small1 --seeds 5
-        # -> benchmarks/results/omniglot_dnc.json (+ .md)
-    python benchmarks/bench_dnc.py --dataset glyphs --epochs 10 --seeds 3
+    python benchmarks/bench_dnc.py --data-dir images_background_small1
+        # -> benchmarks/results/omniglot_dnc.json (+ .md), 5 seeds per variant
+    python benchmarks/bench_dnc.py --dataset glyphs --epochs 10
         # -> benchmarks/results/glyphs_dnc.json (+ .md)
-    python benchmarks/bench_dnc.py --seeds 3 --variants "DnC K=4 learned" "DnC K=8 fixed" \
-        "DnC K=4 fixed, embedding" --out benchmarks/results/omniglot_ablation.json
+    python benchmarks/bench_dnc.py --variants "single (K=1)" "DnC K=4 learned" "DnC K=8 fixed" \
+        --out benchmarks/results/omniglot_ablation.json
     python benchmarks/bench_dnc.py --tiny --data-dir OMNIGLOT_LIKE_FOLDER    # seconds
 
 Omniglot: classes sorted by name, first half trains, second half (unseen characters) tests;
 glyphs: the main job's data and settings. Every variant uses the same Conv-4, embedding size,
-loss, epochs and steps per epoch; only the DnC settings differ. Prints a table and writes it
-beside the results (.md). The default `--out` follows the dataset and the variants, so runs of
-different variants never overwrite each other: `<dataset>_dnc.json` for the default variants,
-`<dataset>_<variants>.json` otherwise, `_loss-<loss>` added for another --loss (see
-`default_out`). `--tiny` (the test suite's mode):
-2 seeds of 2 epochs of 2 steps, no plots, into benchmarks/results/tiny/.
+loss, epochs and steps per epoch; only the DnC settings differ. Seeds are independent (each
+draws its own batches, initialisation and k-means seeds from its own streams), and every
+variant runs the same seeds, so each variant is compared with `--baseline` (the single learner)
+on paired differences: the mean difference over the seeds and its 95% Student-t interval; a
+variant is "ahead" when the whole interval lies above 0.
+
+Each run writes a record (`<results stem>.runs/<variant>-s<seed>.json`: settings, metrics,
+seconds, provenance) as soon as it ends, and a run whose record holds the same settings is not
+run again, so a long table can be built over several sittings (`--first-seed`, `--seeds`); a
+killed run resumes from its run folder. Prints a table and writes it beside the results (.md).
+The default `--out` follows the dataset and the variants, so runs of different variants never
+overwrite each other: `<dataset>_dnc.json` for the default variants, `<dataset>_<variants>.json`
+otherwise, `_loss-<loss>` added for another --loss (see `default_out`). `--tiny` (the test
+suite's mode): 2 seeds of 2 epochs of 2 steps, no plots, into benchmarks/results/tiny/.
 """
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -32,6 +41,7 @@ import common as bench_common  # noqa: E402
 
 from dnc_keras.training import job  # noqa: E402
 from dnc_keras.training.config import TrainConfig  # noqa: E402
+from dnc_keras.training.run_folder import RunFolder  # noqa: E402
 
 # name -> settings that differ from the common ones
 VARIANTS = {
@@ -46,8 +56,13 @@ VARIANTS = {
                                              recluster_features="training"),
     # One learner with one learned mask: does the gain of learned masks need the division?
     "single (K=1), learned mask": dict(learners=1, subspaces="learned"),
+    # Each cluster walked without replacement, re-clustered on the train steps' features.
+    "DnC K=4 fixed, walk, training features": dict(learners=4, subspaces="fixed",
+                                                   batch_order="walk",
+                                                   recluster_features="training"),
 }
 METRICS = ("R@1", "R@2", "R@4", "R@8", "MAP@R", "NMI")
+PAIRED_METRICS = ("R@1", "MAP@R", "NMI")
 DEFAULT_VARIANTS = list(VARIANTS)[:2]
 
 
@@ -58,7 +73,7 @@ def default_out(dataset, variants, loss="triplet_hard"):
     if list(variants) == DEFAULT_VARIANTS:
         name = f"{dataset}_dnc"
     else:
-        name = f"{dataset}_" + "+".join(re.sub("-+", "-", _slug(v)) for v in variants)
+        name = f"{dataset}_" + "+".join(_slug(v) for v in variants)
     return name + ("" if loss == "triplet_hard" else f"_loss-{loss}") + ".json"
 
 
@@ -67,9 +82,14 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=["omniglot", "glyphs"], default="omniglot")
-    parser.add_argument("--data-dir", default=os.path.join("..", "shared", "data",
-                                                           "omniglot_small1"))
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--data-dir", default=os.environ.get("DNC_OMNIGLOT_DIR"),
+                        help="Omniglot's images_background_small1 folder (default: the "
+                        "DNC_OMNIGLOT_DIR variable, as the tests read it)")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="independent seeds per variant (default: 5; --tiny: 2)")
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--baseline", default="single (K=1)", choices=list(VARIANTS),
+                        help="the variant every other is compared with, paired by seed")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--loss", default="triplet_hard")
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS,
@@ -81,11 +101,69 @@ def parse_args(argv=None):
         parser, "omniglot_dnc.json", note=" for omniglot with the default variants, "
         "glyphs_dnc.json for glyphs, <dataset>_<variants>.json for other variants")
     args = parser.parse_args(argv)
+    args.seeds = args.seeds or (2 if args.tiny else 5)
     if args.tiny:
-        args.seeds, args.epochs = 2, 2
+        args.epochs = 2
     args.out = bench_common.resolve_out(
         args.out, default_out(args.dataset, args.variants, args.loss), args.tiny)
     return args
+
+
+def record_path(out, name, seed):
+    """Where the record of one run goes: beside the results file, in `<results stem>.runs/`."""
+    return os.path.join(os.path.splitext(out)[0] + ".runs", f"{_slug(name)}-s{seed}.json")
+
+
+def run_once(name, seed, common, runs_dir, out):
+    """One variant and seed: its record if one was written with these settings, else the run
+    (a killed run resumes from its folder), recorded."""
+    path = record_path(out, name, seed)
+    settings = {**common, **VARIANTS[name], "seed": seed}
+    if os.path.exists(path):
+        with open(path) as f:
+            record = json.load(f)
+        if _comparable(record["settings"]) == _comparable(settings):
+            return record, True
+    out_dir = os.path.join(runs_dir, f"{_slug(name)}-s{seed}")
+    config = TrainConfig(**{**settings, "out": out_dir})
+    start = time.perf_counter()
+    folder = RunFolder(out_dir)  # a finished or other run there is from an earlier sitting
+    overwrite = folder.state == "finished" or bool(folder.differences(config.to_dict()))
+    result = job.run(config, verbose=0, overwrite=overwrite)
+    record = {"variant": name, "seed": seed, "settings": settings,
+              "seconds": round(time.perf_counter() - start, 1), **result["test"],
+              "provenance": bench_common.provenance()}
+    bench_common.write_atomic(path, json.dumps(record, indent=2) + "\n")
+    return record, False
+
+
+def _comparable(settings):
+    """Settings that decide a run: the data folder's location on one machine does not."""
+    return {k: v for k, v in settings.items() if k != "data_dir"}
+
+
+def summarise(runs, baseline):
+    """Mean and std per variant and metric; paired differences of each variant against
+    `baseline` (same seeds, so the same data order), with 95% intervals."""
+    summary = {name: {m: {"mean": float(np.mean([r[m] for r in rs])),
+                          "std": float(np.std([r[m] for r in rs], ddof=1)) if len(rs) > 1
+                          else 0.0}
+                      for m in METRICS} for name, rs in runs.items()}
+    differences = {}
+    if baseline in runs:
+        base = runs[baseline]
+        for name, rs in runs.items():
+            if name == baseline:
+                continue
+            differences[name] = {}
+            for metric in PAIRED_METRICS:
+                diff = bench_common.paired({r["seed"]: r[metric] for r in base},
+                                           {r["seed"]: r[metric] for r in rs}, metric)
+                if diff:
+                    diff["ahead"] = diff["ci95"][0] > 0
+                    diff["behind"] = diff["ci95"][1] < 0
+                differences[name][metric] = diff
+    return summary, differences
 
 
 def main(argv=None):
@@ -94,48 +172,53 @@ def main(argv=None):
     common = dict(epochs=args.epochs, loss=args.loss, embedding_dim=128, classes_per_batch=20,
                   samples_per_class=4, recluster_period=2, conquer_fraction=0.2)
     if args.dataset == "omniglot":
-        if not os.path.isdir(args.data_dir):
-            sys.exit(f"Omniglot not found at {args.data_dir}; pass --data-dir")
-        common.update(dataset="omniglot", data_dir=args.data_dir, image_size=28,
-                      steps_per_epoch=17)  # 1,360 training images // 80
+        if not args.data_dir or not os.path.isdir(args.data_dir):
+            sys.exit(f"Omniglot not found at {args.data_dir}: pass --data-dir (the folder "
+                     "images_background_small1 of github.com/brendenlake/omniglot)")
+        common.update(dataset="omniglot", data_dir=os.path.abspath(args.data_dir),
+                      image_size=28, steps_per_epoch=17)  # 1,360 training images // 80
     if args.tiny:
         common.update(steps_per_epoch=2, plots=False)
     runs = {}
     for name in args.variants:
         runs[name] = []
-        for seed in range(args.seeds):
-            out_dir = os.path.join(runs_dir, f"{_slug(name)}-s{seed}")
-            config = TrainConfig(**{**common, **VARIANTS[name], "seed": seed, "out": out_dir})
-            start = time.perf_counter()
-            result = job.run(config, verbose=0)
-            metrics = result["test"]
-            runs[name].append({"seed": seed, "seconds": time.perf_counter() - start, **metrics})
-            print(f"{name:28s} seed {seed}: " + " ".join(f"{m} {metrics[m]:.3f}"
-                                                        for m in METRICS), flush=True)
-    summary = {name: {m: {"mean": float(np.mean([r[m] for r in rs])),
-                          "std": float(np.std([r[m] for r in rs], ddof=1)) if len(rs) > 1 else 0.0}
-                      for m in METRICS} for name, rs in runs.items()}
-    table = _table(summary, args.seeds)
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            record, reused = run_once(name, seed, common, runs_dir, args.out)
+            runs[name].append({k: record[k] for k in ("seed", "seconds", *METRICS)})
+            print(f"{name:28s} seed {seed}: " + " ".join(f"{m} {record[m]:.3f}"
+                                                        for m in METRICS)
+                  + (" (recorded)" if reused else ""), flush=True)
+    summary, differences = summarise(runs, args.baseline)
+    table = _table(summary, differences, args.baseline)
     print(table)
     bench_common.write_results(
         {"command": bench_common.command_line(__file__, argv), "common": common,
-         "variants": {n: VARIANTS[n] for n in runs}, "runs": runs, "summary": summary},
+         "variants": {n: VARIANTS[n] for n in runs}, "baseline": args.baseline, "runs": runs,
+         "summary": summary, "differences": differences},
         args.out, argv, __file__)
     bench_common.write_atomic(os.path.splitext(args.out)[0] + ".md", table + "\n")
     return args.out
 
 
-def _table(summary, seeds):
-    lines = [f"| variant ({seeds} seeds, mean ± std) | " + " | ".join(METRICS) + " |",
+def _table(summary, differences, baseline):
+    seeds = {len(v) for v in summary.values()}
+    lines = ["| variant (mean ± std) | " + " | ".join(METRICS) + " |",
              "|---|" + "---|" * len(METRICS)]
     for name, s in summary.items():
         lines.append(f"| {name} | " + " | ".join(f"{s[m]['mean']:.3f} ± {s[m]['std']:.3f}"
                                                 for m in METRICS) + " |")
+    for name, diffs in differences.items():
+        for metric, d in diffs.items():
+            if d:
+                verdict = "ahead" if d["ahead"] else "behind" if d["behind"] else "not ahead"
+                lines.append(f"\n{name} - {baseline}, {metric}: {d['mean']:+.3f} (paired 95% "
+                             f"interval {d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f}, "
+                             f"{len(d['seeds'])} seeds): {verdict}")
     return "\n".join(lines)
 
 
 def _slug(name):
-    return "".join(c if c.isalnum() else "-" for c in name).strip("-").lower()
+    return re.sub("-+", "-", "".join(c if c.isalnum() else "-" for c in name)).strip("-").lower()
 
 
 if __name__ == "__main__":

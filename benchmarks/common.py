@@ -84,6 +84,22 @@ def paired_ratios(numerator, denominator):
             "all": [round(r, 4) for r in ratios]}
 
 
+def paired(baseline, other, metric):
+    """Mean paired difference other - baseline over the seeds both have ({seed: value}), with
+    a two-sided 95% Student-t interval; None with fewer than 2 common seeds."""
+    import numpy as np
+    from scipy import stats
+
+    seeds = sorted(set(baseline) & set(other))
+    diffs = np.array([other[s] - baseline[s] for s in seeds])
+    if len(diffs) < 2:
+        return None
+    half = stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / np.sqrt(len(diffs))
+    return {"metric": metric, "seeds": seeds, "mean": float(diffs.mean()),
+            "ci95": [float(diffs.mean() - half), float(diffs.mean() + half)],
+            "per_seed": diffs.round(4).tolist()}
+
+
 def machine():
     """What the figures were measured on: CPU, cores, load, library versions."""
     info = {"python": platform.python_version(), "platform": platform.platform(),

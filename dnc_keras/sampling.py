@@ -12,8 +12,10 @@ import tensorflow as tf
 
 from dnc_keras.clustering import drop_single_image_classes
 
-# Purpose of the batch-draw stream among a run's random streams (see dnc_keras.batches).
+# Purpose of the batch-draw streams among a run's random streams (see dnc_keras.batches).
 BATCH_STREAM = 0
+WALK_STREAM = 3
+ORDERS = ("random", "walk")
 
 
 class ClusterBatchSampler:
@@ -40,10 +42,16 @@ class ClusterBatchSampler:
         seed: the run's seed; epoch e draws from `default_rng([seed, e, BATCH_STREAM])`, so
             seeds share no batches.
         steps_per_epoch: steps per epoch. Defaults to `None`: N // (P * M), at least 1.
+        order: `"random"`: every batch draws its P classes and M images afresh (with
+            replacement across batches: in an epoch some images come twice and a third of them
+            not at all). `"walk"`: each cluster walks its images without replacement, each
+            class's images in a shuffled order, the P classes with the most images not yet
+            drawn first, so between two re-clusterings every image of a cluster is drawn once
+            before any is drawn again. Defaults to `"random"`.
     """
 
     def __init__(self, labels, classes_per_batch=20, samples_per_class=4, seed=0,
-                 steps_per_epoch=None):
+                 steps_per_epoch=None, order="random"):
         self.labels = np.asarray(labels).astype(np.int64).reshape(-1)
         if classes_per_batch < 2 or samples_per_class < 1:
             raise ValueError("Need classes_per_batch >= 2 and samples_per_class >= 1. Received: "
@@ -52,6 +60,9 @@ class ClusterBatchSampler:
         self.classes_per_batch = int(classes_per_batch)
         self.samples_per_class = int(samples_per_class)
         self.seed = int(seed)
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}. Received: order={order!r}")
+        self.order = order
         self.steps = (max(1, len(self.labels) // self.batch_size) if steps_per_epoch is None
                       else int(steps_per_epoch))
         if self.steps < 1:
@@ -93,10 +104,26 @@ class ClusterBatchSampler:
                 warnings.warn(f"Cluster {c} has {k} usable class(es); it is skipped this epoch")
         if not clusters:
             raise ValueError("No cluster has 2 classes with 2 images each: cannot form a batch")
+        walks = self._walks(clusters) if self.order == "walk" else None
         for _ in range(self.steps):
             c = clusters[self.turn % len(clusters)]
             self.turn += 1
-            yield self._draw(self._members[c], rng), c
+            yield (walks[c].draw() if walks else self._draw(self._members[c], rng)), c
+
+    def _walks(self, clusters):
+        """Each cluster's walk, where the batches drawn since the assignment was installed have
+        left it. It is replayed from the seed, the assignment's epoch and the round-robin
+        position, so a resumed run (which holds only those) continues the same walk."""
+        start = self.updated_at_epoch or 0
+        walks = {c: _ClassWalk(self._members[c], self.classes_per_batch,
+                               self.samples_per_class,
+                               np.random.default_rng([self.seed, start, WALK_STREAM, c]))
+                 for c in clusters}
+        # This epoch's counter was advanced by epoch_batches already; the turn was not yet.
+        past = max(0, (self.epoch - 1 - start)) * self.steps
+        for turn in range(self.turn - past, self.turn):
+            walks[clusters[turn % len(clusters)]].draw()
+        return walks
 
     def index_batches(self):
         """tf.data of (indices [P*M] int64, learner int32, epoch int64, step int64), one element
@@ -150,6 +177,40 @@ class ClusterBatchSampler:
         self.set_clusters(state["assignment"], state["num_clusters"], state["updated_at_epoch"])
         self.epoch = int(state["epoch"])
         self.turn = int(state.get("turn", 0))
+
+
+class _ClassWalk:
+    """One cluster's images drawn without replacement: every class's images in a shuffled
+    queue; a batch takes the P classes with the most images left (ties in a random order) and M
+    images of each; an exhausted queue is shuffled again."""
+
+    def __init__(self, members, classes_per_batch, samples_per_class, rng):
+        self.rng = rng
+        self.classes = np.array(sorted(members))
+        self.queues = [rng.permutation(members[c]) for c in self.classes]
+        self.used = np.zeros(len(self.classes), np.int64)
+        self.size = len(self.classes)
+        self.chosen = min(classes_per_batch, self.size)
+        self.counts = np.full(self.chosen, classes_per_batch * samples_per_class // self.chosen)
+        self.counts[: classes_per_batch * samples_per_class - self.counts.sum()] += 1
+
+    def draw(self):
+        left = np.array([len(q) for q in self.queues]) - self.used
+        order = np.lexsort((self.rng.random(self.size), -left))[: self.chosen]
+        return np.concatenate([self._take(i, n) for i, n in zip(order, self.counts)])
+
+    def _take(self, i, n):
+        picks = []
+        while n > 0:
+            queue = self.queues[i]
+            if self.used[i] == len(queue):
+                self.queues[i] = queue = self.rng.permutation(queue)
+                self.used[i] = 0
+            take = min(n, len(queue) - self.used[i])
+            picks.append(queue[self.used[i]: self.used[i] + take])
+            self.used[i] += take
+            n -= take
+        return np.concatenate(picks)
 
 
 def _class_members(indices, labels):

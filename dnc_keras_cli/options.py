@@ -164,6 +164,9 @@ TRAIN_OPTIONS = (
     _opt("recluster_features", str, "pass", "pass: embed all training images at each "
          "re-clustering (the papers); training: re-use the train steps' features",
          choices=("pass", "training")),
+    _opt("batch_order", str, "random", "random: each batch draws its classes and images "
+         "afresh; walk: each cluster's images without replacement between re-clusterings",
+         choices=("random", "walk")),
     _opt("kmeans_backend", str, "auto", "k-means implementation",
          choices=("auto", "faiss", "sklearn")),
     _opt("conquer_fraction", float, 0.2, "last fraction of the epochs trained on the full "

@@ -115,3 +115,53 @@ def test_two_seeds_share_no_epochs_batches():
         sampler = ClusterBatchSampler(labels, 3, 2, seed=seed)
         runs.append([tuple(tuple(i) for i, _ in sampler.epoch_batches()) for _ in range(6)])
     assert not set(runs[0]) & set(runs[1])
+
+
+def test_walk_draws_every_image_once_before_any_twice():
+    """Two clusters of uneven classes; within a period of 2 epochs, each cluster's images come
+    in rounds: none repeats before all of its cluster has been drawn."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(16), rng.integers(3, 9, 16))
+    assignment = (np.arange(16) % 2)[labels]
+    sampler = ClusterBatchSampler(labels, 4, 2, seed=5, order="walk")
+    sampler.set_clusters(assignment, 2, epoch=0)
+    drawn = {0: [], 1: []}
+    for _ in range(2):
+        for indices, cluster in sampler.epoch_batches():
+            assert len(indices) == 8 and np.all(assignment[indices] == cluster)
+            classes, counts = np.unique(labels[indices], return_counts=True)
+            assert len(classes) == 4 and np.all(counts == 2)
+            drawn[cluster] += indices.tolist()
+    for cluster, sequence in drawn.items():
+        size = int(np.sum(assignment == cluster))
+        assert len(sequence) >= size  # the period is long enough to draw them all
+        assert len(set(sequence[:size])) >= size - 8  # one batch may straddle two rounds
+        assert set(sequence) == set(np.flatnonzero(assignment == cluster).tolist())
+
+
+def test_random_order_leaves_images_undrawn_where_the_walk_does_not():
+    labels = _labels(30, 8)
+    counts = {}
+    for order in ("random", "walk"):
+        sampler = ClusterBatchSampler(labels, 5, 4, seed=2, order=order)
+        seen = set()
+        for indices, _ in sampler.epoch_batches():
+            seen.update(indices.tolist())
+        counts[order] = len(seen)
+    assert counts["walk"] == 240 and counts["random"] < 200
+
+
+def test_walk_resumes_from_state_into_the_same_batches():
+    labels = _labels(12, 6)
+    reference = ClusterBatchSampler(labels, 3, 2, seed=4, order="walk")
+    reference.set_clusters(labels % 2, 2, epoch=1)
+    epochs = [[b.tolist() for b, _ in reference.epoch_batches()] for _ in range(4)]
+    first = ClusterBatchSampler(labels, 3, 2, seed=4, order="walk")
+    first.set_clusters(labels % 2, 2, epoch=1)
+    for _ in range(2):
+        list(first.epoch_batches())
+    resumed = ClusterBatchSampler(labels, 3, 2, seed=4, order="walk")
+    resumed.set_state(first.get_state())
+    assert [[b.tolist() for b, _ in resumed.epoch_batches()] for _ in range(2)] == epochs[2:]
+    with pytest.raises(ValueError, match="order must be one of"):
+        ClusterBatchSampler(labels, 3, 2, order="sequential")

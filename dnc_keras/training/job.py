@@ -126,7 +126,8 @@ def run(config, verbose=1, overwrite=False):
         prefix=f"dnc-worker{distributed.task_id(strategy)}-")
     sampler = ClusterBatchSampler(plan.train_labels, config.classes_per_batch,
                                   config.samples_per_class, seed=config.seed,
-                                  steps_per_epoch=config.steps_per_epoch)
+                                  steps_per_epoch=config.steps_per_epoch,
+                                  order=config.batch_order)
     with strategy.scope() if strategy else contextlib.nullcontext():
         model = build_model(config, plan.input_shape, plan.preprocessing)
     if config.recluster_features == "training" and strategy is None:

@@ -12,6 +12,7 @@ from bench_harness import BENCHMARKS, REPO, load_script
 RESULTS = BENCHMARKS / "results"
 # script -> [(arguments, default results file)]: every way of running it that writes its own.
 DEFAULTS = {
+    "bench_bank_clusters": [([], "bank_clusters.json")],
     "bench_distributed": [([], "distributed.json")],
     "bench_dnc": [([], "omniglot_dnc.json"), (["--dataset", "glyphs"], "glyphs_dnc.json"),
                   (["--variants", "DnC K=4 learned"], "omniglot_dnc-k-4-learned.json"),

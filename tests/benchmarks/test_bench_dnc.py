@@ -2,6 +2,7 @@
 default results names (one per dataset and set of variants)."""
 
 import numpy as np
+import pytest
 
 from bench_harness import BENCHMARKS, load_script, read_results
 
@@ -29,13 +30,35 @@ def test_bench_dnc_tiny(tmp_path, omniglot_replica):
             values = [row[metric] for row in rows]
             assert results["summary"][name][metric]["mean"] == np.mean(values)
             assert np.isclose(results["summary"][name][metric]["std"], np.std(values, ddof=1))
-    # One run folder per variant and seed, where --runs-dir said.
+    # Paired differences against the baseline, by hand: 2 seeds, t(0.975, 1) = 12.7062.
+    single, dnc = (results["runs"][n] for n in bench.DEFAULT_VARIANTS)
+    diffs = np.array([d["MAP@R"] - s["MAP@R"] for s, d in zip(single, dnc)])
+    paired = results["differences"][bench.DEFAULT_VARIANTS[1]]["MAP@R"]
+    half = 12.7062 * diffs.std(ddof=1) / np.sqrt(2)
+    assert paired["mean"] == pytest.approx(diffs.mean())
+    assert paired["ci95"] == pytest.approx([diffs.mean() - half, diffs.mean() + half], abs=1e-4)
+    assert paired["ahead"] == (paired["ci95"][0] > 0)
+    # One run folder and one record per variant and seed.
     assert len(list((tmp_path / "runs").glob("*/metrics.json"))) == 4
+    records = sorted(p.name for p in (tmp_path / "dnc.runs").glob("*.json"))
+    assert records == ["dnc-k-4-fixed-s0.json", "dnc-k-4-fixed-s1.json",
+                       "single-k-1-s0.json", "single-k-1-s1.json"]
     table = out.with_suffix(".md").read_text()
-    assert "| variant (2 seeds, mean ± std) |" in table
     for name in bench.DEFAULT_VARIANTS:
         mean = results["summary"][name]["R@1"]["mean"]
         assert f"| {name} | {mean:.3f} ± " in table
+    assert f"{bench.DEFAULT_VARIANTS[1]} - single (K=1), MAP@R: {paired['mean']:+.3f}" in table
+
+    # A second sitting with one more seed runs only seed 2: seeds 0 and 1 are recorded.
+    for record in (tmp_path / "dnc.runs").glob("*-s0.json"):
+        record.write_text(record.read_text().replace('"seconds":', '"seconds": 0.0, "was":'))
+    argv = ["--tiny", "--data-dir", str(omniglot_replica), "--runs-dir", str(tmp_path / "runs"),
+            "--out", str(out), "--seeds", "3"]
+    bench.main(argv)
+    again = read_results(out, "bench_dnc", *argv)
+    assert [r["seed"] for r in again["runs"]["single (K=1)"]] == [0, 1, 2]
+    assert again["runs"]["single (K=1)"][0]["seconds"] == 0.0  # read back, not re-run
+    assert again["runs"]["single (K=1)"][1] == results["runs"]["single (K=1)"][1]
 
 
 def test_bench_dnc_default_out_follows_dataset_and_variants():
