@@ -116,7 +116,8 @@ class DnCScheduleCallback(keras.callbacks.Callback):
                        action.learners, "learners": reached, "status": status,
                        "seconds": round(time.perf_counter() - start, 3),
                        "embedded": self._embedded,
-                       "cluster_sizes": [n for n, _ in self.sampler.cluster_sizes()]}
+                       "cluster_sizes": [n for n, _ in self.sampler.cluster_sizes()],
+                       "cluster_classes": [c for _, c in self.sampler.cluster_sizes()]}
             self.outcomes.append(outcome)
             self._log(outcome)
 

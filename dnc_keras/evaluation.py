@@ -294,3 +294,38 @@ def evaluate(embed, evaluations, ks=(1, 2, 4, 8), nmi=True, seed=0):
                                                      ev.gallery_labels, ks=ks, nmi=nmi,
                                                      seed=seed)
     return results
+
+
+def nearest_neighbours(embeddings, k, leave_one_out=True):
+    """The k nearest items of every item (Euclidean, exact, faiss), nearest first.
+
+    With `leave_one_out` an item is removed from its own list by index (exact duplicates stay
+    neighbours), as the retrieval metrics do.
+
+    Returns:
+        int64 array [N, k] of row indices.
+    """
+    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+    n = len(embeddings)
+    k = _check_ks([k])[0]
+    if not 1 <= k <= n - (1 if leave_one_out else 0):
+        raise ValueError(f"k must be between 1 and {n - (1 if leave_one_out else 0)} for "
+                         f"{n} items. Received: k={k}")
+    index = faiss.IndexFlatL2(embeddings.shape[1])
+    index.add(embeddings)
+    _, neighbours = index.search(embeddings, k + (1 if leave_one_out else 0))
+    if not leave_one_out:
+        return neighbours.astype(np.int64)
+    is_self = neighbours == np.arange(n)[:, None]
+    is_self[~is_self.any(axis=1), -1] = True
+    return neighbours[~is_self].reshape(n, k).astype(np.int64)
+
+
+def per_class_recall(embeddings, labels, k=1):
+    """Recall@k of each class (leave-one-out): {class: fraction of its items with a class-mate
+    among their k nearest}, for finding the classes a model confuses."""
+    labels = np.asarray(labels)
+    neighbours = nearest_neighbours(embeddings, k)
+    hit = (labels[neighbours] == labels[:, None]).any(axis=1)
+    return {int(c) if np.issubdtype(labels.dtype, np.integer) else c:
+            float(hit[labels == c].mean()) for c in np.unique(labels)}

@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from events import scalars
 from PIL import Image
 
@@ -49,6 +50,19 @@ def test_train_json_run_folder_and_evaluate(tmp_path, capsys):
         assert curves.size == (960, 300)
     with Image.open(out / "test_embeddings.png") as tsne:
         assert tsne.size == (600, 600)
+    for name in ("neighbours.png", "class_recall.png", "clusters.png"):
+        assert (out / name).stat().st_size > 0, name
+    # The projector holds the test embeddings the model computes now.
+    import keras
+    from dnc_keras.training.plan import build_plan
+
+    model = keras.saving.load_model(out / "model.keras")
+    images, labels = build_plan(TrainConfig.from_file(str(out / "config.json"))).test_pixels
+    reader = tf.train.load_checkpoint(str(out / "logs" / "projector"))
+    np.testing.assert_allclose(reader.get_tensor("embedding/.ATTRIBUTES/VARIABLE_VALUE"),
+                               model.embed(images), atol=1e-6)
+    assert (out / "logs" / "projector" / "metadata.tsv").read_text().split() == \
+        [str(v) for v in labels]
     # TensorBoard shows the same per-epoch loss as history.json.
     logged = scalars(out / "logs")
     assert [v for _, v in sorted(logged["epoch_loss"])] == pytest.approx(history["loss"])

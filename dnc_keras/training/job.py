@@ -263,7 +263,8 @@ def _augmenter(config):
 
 def _write_outputs(folder, results, history, plot, model, curves=True):
     """history.json, the plots, then metrics.json last: its presence marks a finished run."""
-    from dnc_keras.training import plots
+    from dnc_keras.evaluation import per_class_recall
+    from dnc_keras.training import plots, tensorboard_logs
 
     curves_of = {k: [float(v) for v in vs] for k, vs in history.items() if k != "dnc_actions"}
     folder.write_json("history.json", {**curves_of,
@@ -272,11 +273,22 @@ def _write_outputs(folder, results, history, plot, model, curves=True):
         with atomic_path(folder.file("training_curves.png")) as tmp:
             plots.training_curves({k: v for k, v in curves_of.items() if k != "nonfinite"},
                                   tmp)
-    # On-disk test sets (up to 60k images) are not embedded a second time just for the plot.
+    actions = history.get("dnc_actions", [])
+    if curves:
+        with atomic_path(folder.file("clusters.png")) as tmp:
+            plots.clusters(actions, tmp)
+        tensorboard_logs.write_cluster_scalars(folder.file("logs"), actions)
+    # On-disk test sets (up to 60k images) are not embedded a second time just for the plots.
     if plot is not None:
         images, labels = plot
+        embeddings = model.embed(images)
         with atomic_path(folder.file("test_embeddings.png")) as tmp:
-            plots.embedding_2d(model.embed(images), labels, tmp)
+            plots.embedding_2d(embeddings, labels, tmp)
+        with atomic_path(folder.file("neighbours.png")) as tmp:
+            plots.neighbour_grid(images, labels, embeddings, tmp)
+        with atomic_path(folder.file("class_recall.png")) as tmp:
+            plots.class_recall(per_class_recall(embeddings, labels), tmp)
+        tensorboard_logs.write_projector(folder.file("logs"), embeddings, labels, images)
     folder.write_json("metrics.json", results)
 
 
