@@ -21,3 +21,35 @@ def test_fit_with_callbacks_example_runs_and_divides():
     assert len(sizes) == 2 and all(classes >= 2 for _, classes in sizes)
     # The printed metrics are the trained model's: the callback measured the same at the end.
     assert abs(metrics["MAP@R"] - history.history["val_MAP@R"][-1]) < 1e-6
+
+
+def test_own_folder_tutorial_trains_on_a_folder_and_saves_a_model_another_process_loads(
+        tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    import numpy as np
+    from image_corpus import write_photo_folder
+
+    folder = tmp_path / "photos"
+    write_photo_folder(folder, classes=8, per_class=6)
+    model, history, metrics = _load("own_folder").main(str(folder), epochs=3, size=32,
+                                                       out=str(tmp_path))
+    assert len(history.history["loss"]) == 3 and model.active_learners == 2
+    assert set(metrics) >= {"R@1", "MAP@R", "NMI"}
+    assert (tmp_path / "neighbours.png").stat().st_size > 0
+    # The saved model, in a fresh process, embeds as this one does (the record travels along).
+    from dnc_keras.preprocessing import load_files
+
+    files = sorted(str(p) for p in folder.rglob("*.*"))[:3]
+    images = np.asarray(load_files(files, model.preprocessing))
+    script = ("import json, sys, numpy as np, keras, dnc_keras; "
+              f"m = keras.saving.load_model({str(tmp_path / 'model.keras')!r}); "
+              f"x = np.load({str(tmp_path / 'x.npy')!r}); "
+              "print(json.dumps(m.predict(x, verbose=0).tolist()))")
+    np.save(tmp_path / "x.npy", images)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    np.testing.assert_allclose(json.loads(out.stdout.strip().splitlines()[-1]),
+                               model.predict(images, verbose=0), atol=1e-5)
