@@ -240,6 +240,7 @@ def _epoch_unit(name, options, args):
 
     from dnc_keras.callbacks import dnc_callbacks
     from dnc_keras.sampling import ClusterBatchSampler
+    from dnc_keras.schedule import DnCSchedule
 
     _configure_tf(options)
     x, y = _training_set(args.tiny)
@@ -249,7 +250,10 @@ def _epoch_unit(name, options, args):
         model = _dnc_model(args.learners, "xla" in options)
         dataset = sampler.as_dataset(x)
         period = 10 ** 9 if "norecluster" in options else 2
-        callbacks = dnc_callbacks(sampler, x, period=period,
+        # fit is called once per unit: the schedule spans every unit, not the first fit's
+        # epochs (a callback plans from fit's epochs when given no schedule).
+        schedule = DnCSchedule(1000, args.learners, args.learners, period)
+        callbacks = dnc_callbacks(sampler, x, period=period, schedule=schedule,
                                   feature_source="training" if "bank" in options else "pass",
                                   verbose=0)
     else:
@@ -270,13 +274,17 @@ def _epoch_unit(name, options, args):
     extra = {"train_images": int(len(x)), "steps_per_epoch": sampler.steps,
              "images_per_unit": 2 * sampler.steps * BATCH}
 
+    def _reclusterings():
+        return [o for c in callbacks for o in getattr(c, "outcomes", [])
+                if o["action"] in ("cluster", "recluster")]
+
     def _recluster_seconds():
-        return [s for c in callbacks for s in getattr(c, "seconds", [])]
+        return [o["seconds"] for o in _reclusterings()]
 
     def info():
         # Only the re-clusterings of the last unit (not the warm-up's first clustering).
         first = state["reclusterings_before"]
-        embedded = [n for c in callbacks for n in getattr(c, "embedded", [])]
+        embedded = [o["embedded"] for o in _reclusterings()]
         return {"recluster_seconds": _recluster_seconds()[first:],
                 "recluster_embedded_images": embedded[first:]}
     return unit, extra, info

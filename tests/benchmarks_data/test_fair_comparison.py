@@ -38,7 +38,7 @@ def test_run_seeds_writes_the_report(tmp_path, monkeypatch):
 
     calls = []
 
-    def fake_run(config, verbose=1):
+    def fake_run(config, verbose=1, overwrite=False):
         calls.append((config.seed, config.seeds, config.out))
         r1 = 0.5 + 0.01 * config.seed
         return {"dataset": "cub", "test": {"R@1": r1, "MAP@R": r1 / 2},
