@@ -41,8 +41,9 @@ import common  # noqa: E402
 SOP_TEST = {"n": 60_502, "classes": 11_316, "dim": 512}
 TARGET_SECONDS = 60.0
 TOLERANCE = 0.005
-# Within-class noise (relative to a unit centre) of the synthetic embeddings: NMI about 0.88.
-NOISE = 1.0
+# Within-class noise (relative to a unit centre) of the synthetic embeddings: NMI about 0.89
+# (faiss, 20 iterations, on 15,000 of them; 1.0 gave 0.94, 1.3 gave 0.92).
+NOISE = 1.6
 TINY = {"n": 3000, "classes": 561, "dim": 32, "seeds": [0, 1]}
 
 
