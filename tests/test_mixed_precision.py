@@ -177,3 +177,31 @@ def test_saved_model_loads_and_embeds_in_float32(tmp_path):
     np.testing.assert_allclose(out, reference.predict(x, verbose=0), atol=5e-3)
     logs = loaded.train_on_batch(*_batch(x, y), return_dict=True)  # and trains on
     assert logs["nonfinite"] == 0.0
+
+
+def test_the_job_builds_conv4_in_mixed_precision_and_restores_the_policy():
+    """`--mixed-precision` reaches the config; build_model makes float16 layers and loss-scaling
+    optimizers, leaves the global policy as it was, and the Conv-4 trains a step on CPU."""
+    from dnc_keras.training.config import TrainConfig
+    from dnc_keras.training.job import build_model
+    from dnc_keras_cli import build_parser
+
+    args = build_parser().parse_args(["train", "--mixed-precision"])
+    assert args.mixed_precision is True
+    assert not build_parser().parse_args(["train"]).mixed_precision
+    config = TrainConfig(learners=2, subspaces="learned", mixed_precision=True)
+    model = build_model(config, (28, 28, 1))
+    assert keras.mixed_precision.global_policy().name == "float32"
+    assert model.encoder.get_layer("embedding").compute_dtype == "float16"
+    assert model.subspaces.compute_dtype == "float32"
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert isinstance(model.mask_optimizer, keras.optimizers.LossScaleOptimizer)
+    rng = np.random.default_rng(0)
+    images = rng.random((16, 28, 28, 1), dtype=np.float32)
+    labels = np.repeat(np.arange(4), 4)
+    logs = model.train_on_batch(*_batch(images, labels, learner=0), return_dict=True)
+    assert np.isfinite(logs["loss"]) and logs["nonfinite"] == 0.0
+    assert model.predict(images, verbose=0).dtype == np.float32
+    plain = build_model(TrainConfig(learners=2), (28, 28, 1))
+    assert plain.encoder.get_layer("embedding").compute_dtype == "float32"
+    assert not isinstance(plain.optimizer, keras.optimizers.LossScaleOptimizer)
