@@ -38,6 +38,10 @@ class SubspaceMasks(keras.layers.Layer):
 
     def __init__(self, embedding_dim, max_learners=1, mode="fixed", overlap_weight=0.01,
                  inference="full", initial_learners=None, **kwargs):
+        # Float32 whatever the global policy: under mixed precision the masks, the learners'
+        # sub-embeddings and the overlap penalty stay float32 (Keras would otherwise run this
+        # layer, and read its masks, in float16).
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if mode not in SUBSPACE_MODES:
             raise ValueError(f"mode must be one of {SUBSPACE_MODES}. Received: mode={mode!r}")

@@ -74,6 +74,9 @@ class DnCModel(keras.Model):
             loss: a metric-learning loss taking (labels, embeddings), e.g. `MarginLoss()`.
             mask_optimizer: optimizer of the learned masks. Defaults to a copy of `optimizer`
                 with `mask_lr_multiplier` times its learning rate.
+
+        Under the `"mixed_float16"` policy (float16 compute), Keras wraps `optimizer` in a
+        `keras.optimizers.LossScaleOptimizer`, and the mask optimizer is wrapped likewise.
         """
         if loss is None:
             raise ValueError("DnCModel.compile needs a metric-learning loss, e.g. "
@@ -83,6 +86,11 @@ class DnCModel(keras.Model):
         if self.subspaces.mode == "learned":
             self.mask_optimizer = mask_optimizer or _scaled_copy(self.optimizer,
                                                                  self.mask_lr_multiplier)
+            if self.dtype_policy.name == "mixed_float16" and not _loss_scaled(
+                    self.mask_optimizer):
+                # As Keras's compile does for `optimizer`: float16 gradients need loss scaling.
+                self.mask_optimizer = keras.optimizers.LossScaleOptimizer(
+                    self.mask_optimizer, name="mask_loss_scale_optimizer")
             # Built here, in the strategy scope compile runs in: fit's replicas cannot create
             # its slots, and fit only builds `optimizer` ahead of the first step.
             self.mask_optimizer.build([self.subspaces.masks])
@@ -124,7 +132,13 @@ class DnCModel(keras.Model):
         learner = _learner(x)
         encoder_vars = self.encoder.trainable_variables
         mask_vars = [self.subspaces.masks] if self.mask_optimizer is not None else []
-        with tf.GradientTape() as tape:
+        groups = [(self.optimizer, encoder_vars)]
+        if mask_vars:
+            groups.append((self.mask_optimizer, mask_vars))
+        scaled = any(_loss_scaled(optimizer) for optimizer, _ in groups)
+        # Each optimizer scales the loss by its own factor, so with loss scaling each group of
+        # variables takes its gradient from its own scaled loss (the tape is read twice).
+        with tf.GradientTape(persistent=scaled and len(groups) > 1) as tape:
             f, z = self.encoder(_images(x), training=True)
             labels, z = gather_global_batch(labels, z)
             loss, overlap = self.compute_loss_for_learner(labels, z, learner)
@@ -133,11 +147,16 @@ class DnCModel(keras.Model):
             # gradient sums their embedding gradients, so the update equals one device's on the
             # global batch.
             total = (loss + overlap) / _num_replicas()
-        grads = tape.gradient(total, encoder_vars + mask_vars)
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in
-                                [tf.cast(z, tf.float32), total] + [g for g in grads
-                                                                   if g is not None]])
-        self.nonfinite_tracker.update_state(1.0 - tf.cast(finite, tf.float32))
+            # Under mixed precision, as Keras's own train_step: the LossScaleOptimizer scales
+            # the loss before the float16 backward pass and unscales the gradients it applies.
+            targets = [optimizer.scale_loss(total) for optimizer, _ in groups] if scaled else []
+        if scaled:
+            grads = [g for (_, variables), target in zip(groups, targets)
+                     for g in tape.gradient(target, variables)]
+        else:
+            grads = tape.gradient(total, encoder_vars + mask_vars)
+        self.nonfinite_tracker.update_state(
+            1.0 - tf.cast(_step_finite(z, total, grads, groups), tf.float32))
         self.apply_learner_gradients(grads, encoder_vars, mask_vars)
         bank = self.feature_bank
         if bank is not None and isinstance(x, dict) and "indices" in x and _num_replicas() == 1:
@@ -276,7 +295,42 @@ def _learner(inputs):
     return tf.constant(0, tf.int32)
 
 
+def _loss_scaled(optimizer):
+    return isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
+
+def _step_finite(z, total, grads, groups):
+    """Whether a step's embeddings, loss and gradients count as finite for `nonfinite`.
+
+    Non-finite embeddings or loss always count. A non-finite gradient of variables whose
+    optimizer is a `LossScaleOptimizer` with a loss scale above 1 does not: it is the overflow
+    that loss scaling expects now and then, and that optimizer skips the step and halves its
+    scale. At a scale of 1 or below the loss was not enlarged, so the gradient itself is
+    non-finite, and it counts (after at most log2(initial scale) skipped steps).
+    """
+    finite = [tf.reduce_all(tf.math.is_finite(tf.cast(z, tf.float32))),
+              tf.reduce_all(tf.math.is_finite(total))]
+    start = 0
+    for optimizer, variables in groups:
+        group = [g for g in grads[start:start + len(variables)] if g is not None]
+        start += len(variables)
+        if not group:
+            continue
+        group_finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in group])
+        if _loss_scaled(optimizer):
+            scale = optimizer.dynamic_scale if optimizer.built else optimizer.initial_scale
+            group_finite = tf.logical_or(group_finite, tf.convert_to_tensor(scale) > 1.0)
+        finite.append(group_finite)
+    return tf.reduce_all(finite)
+
+
 def _scaled_copy(optimizer, multiplier):
+    if _loss_scaled(optimizer):
+        return keras.optimizers.LossScaleOptimizer(
+            _scaled_copy(optimizer.inner_optimizer, multiplier),
+            initial_scale=optimizer.initial_scale,
+            dynamic_growth_steps=optimizer.dynamic_growth_steps,
+            name="mask_loss_scale_optimizer")
     config = optimizer.get_config()
     rate = config["learning_rate"]
     if not isinstance(rate, (int, float)):

@@ -208,6 +208,9 @@ TRAIN_OPTIONS = (
     _opt("deterministic", bool, False, "TensorFlow op determinism: the same seed gives the "
          "same model bit for bit, and a resumed run the model of an uninterrupted one "
          "(slower on GPU)"),
+    _opt("mixed_precision", bool, False, "float16 compute with loss scaling (mixed_float16), "
+         "for GPUs with float16 units; variables, losses, masks and metrics stay float32 "
+         "(slower on CPU, and never measured on a GPU here)"),
 )
 
 BY_NAME = {o.name: o for o in TRAIN_OPTIONS}

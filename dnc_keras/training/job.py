@@ -48,7 +48,19 @@ def build_loss(config):
 
 def build_model(config, input_shape, preprocessing=None):
     """DnCModel for the config: backbone -> embedding -> K subspaces, compiled; it carries the
-    run's `Preprocessing` record."""
+    run's `Preprocessing` record. With `mixed_precision` its layers are built under Keras's
+    "mixed_float16" policy (float16 compute; each layer keeps it, the global policy is
+    restored after) and the optimizer scales the loss."""
+    previous = keras.mixed_precision.global_policy()
+    if config.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        return _build_model(config, input_shape, preprocessing)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _build_model(config, input_shape, preprocessing):
     weights = None if str(config.weights).lower() == "none" else config.weights
     backbone = backbones.build_backbone(config.backbone, input_shape, weights=weights)
     encoder = backbones.build_encoder(backbone, config.embedding_dim,
@@ -58,8 +70,10 @@ def build_model(config, input_shape, preprocessing=None):
                               mode=config.subspaces, initial_learners=initial)
     model = DnCModel(encoder, subspaces, weight_decay=config.weight_decay,
                      preprocessing=preprocessing)
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, epsilon=1e-8),
-                  loss=build_loss(config))
+    optimizer = keras.optimizers.Adam(config.learning_rate, epsilon=1e-8)
+    if config.mixed_precision:
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    model.compile(optimizer=optimizer, loss=build_loss(config))
     return model
 
 
