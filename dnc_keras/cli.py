@@ -1,6 +1,7 @@
 """`dnc-keras`: argument parsing; every command calls one function of the package.
 
-train, evaluate; with the export extra: export, validate-export, build-index, search.
+train, evaluate; with the export extra: export, validate-export, embed, build-index, search,
+index-add, index-remove, calibrate.
 """
 
 import argparse
@@ -118,7 +119,7 @@ def build_parser():
 
 
 def _add_extra_commands(commands):
-    """export, validate-export, build-index and search (the export extra)."""
+    """export, validate-export, embed and the index commands (the export extra)."""
     from dnc_keras.export.onnx import QUANTIZE_MODES
     from dnc_keras.export.signatures import DEFAULT_BOUNDS
 
@@ -162,12 +163,59 @@ def _add_extra_commands(commands):
 
     build = commands.add_parser(
         "build-index", help="embed a gallery folder (one subfolder per class) into a faiss "
-        "index", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "index", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="flat: exact, for up to about a hundred thousand items; ivf and hnsw: "
+                    "approximate, for millions (docs/search.md). Without --nprobe / "
+                    "--ef-search, the search parameter is tuned to --target-recall.")
     build.add_argument("gallery", help="folder of <label>/<image> files")
     build.add_argument("--model", required=True, help="export folder, e.g. saved_models/NAME")
     build.add_argument("--out", required=True, help="index folder to write")
     build.add_argument("--runtime", choices=("onnx", "savedmodel"), default="onnx")
+    build.add_argument("--index", dest="kind", choices=("flat", "ivf", "hnsw"), default="flat",
+                       help="faiss index kind")
+    for flag, name, text in INDEX_PARAMETER_FLAGS:
+        build.add_argument(flag, dest=name, type=int, default=None, help=text)
+    build.add_argument("--target-recall", type=float, default=0.95,
+                       help="ivf/hnsw: recall@10 against exact search that nprobe/efSearch "
+                            "are tuned for, on 1,000 gallery items held out while tuning")
+    build.add_argument("--json", action="store_true", help="print the index's record as JSON")
     build.set_defaults(handler=build_index_command)
+
+    add = commands.add_parser(
+        "index-add", help="add images to an index under new ids (no rebuild)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add.add_argument("index", help="index folder written by `dnc-keras build-index`")
+    add.add_argument("images", nargs="+", help="image files (need --label) or gallery folders "
+                     "of <label>/<image>")
+    add.add_argument("--label", help="class label of the image files given")
+    add.add_argument("--json", action="store_true", help="print one JSON object per item added")
+    add.set_defaults(handler=index_add_command)
+
+    remove = commands.add_parser("index-remove", help="remove items from an index by id or path")
+    remove.add_argument("index", help="index folder written by `dnc-keras build-index`")
+    remove.add_argument("--ids", type=int, nargs="+", default=[], help="item ids")
+    remove.add_argument("--paths", nargs="+", default=[], help="items' image paths")
+    remove.add_argument("--compact", action="store_true",
+                        help="hnsw: rebuild the graph without the removed items (from the "
+                             "stored vectors); otherwise they are hidden from search")
+    remove.set_defaults(handler=index_remove_command)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="choose the distance beyond which search answers 'unknown'",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Searches the images of --data (folders <label>/<image>, none of them in "
+                    "the index; classes of the gallery and, to learn to say unknown, classes "
+                    "absent from it) and stores the largest distance threshold at which "
+                    "precision = correct answers / answers given reaches --precision. "
+                    "Recall = correct answers / queries of gallery classes.")
+    calibrate.add_argument("index", help="index folder written by `dnc-keras build-index`")
+    calibrate.add_argument("--data", required=True, help="validation folder <label>/<image>")
+    calibrate.add_argument("--precision", type=float, default=0.95, help="target precision")
+    calibrate.add_argument("--test", default=None,
+                           help="folder <label>/<image> of other classes to report precision "
+                                "and recall on at the chosen threshold")
+    calibrate.add_argument("--json", action="store_true")
+    calibrate.set_defaults(handler=calibrate_command)
 
     embed = commands.add_parser(
         "embed", help="embeddings of image files from a run folder (the run's evaluation "
@@ -185,9 +233,22 @@ def _add_extra_commands(commands):
     search.add_argument("index", help="index folder written by `dnc-keras build-index`")
     search.add_argument("images", nargs="+", help="query image files")
     search.add_argument("-k", type=int, default=5, help="matches per query")
+    search.add_argument("--threshold", type=float, default=None,
+                        help="answer 'unknown' when the nearest match is farther (default: the "
+                             "index's calibrated threshold, if any; inf: never)")
     search.add_argument("--json", action="store_true",
                         help="print one JSON object per query")
     search.set_defaults(handler=search_command)
+
+
+# (flag, parameter name, help) of build-index's faiss parameters.
+INDEX_PARAMETER_FLAGS = [
+    ("--nlist", "nlist", "ivf: number of lists (default 4 sqrt(N), at most N/50)"),
+    ("--nprobe", "nprobe", "ivf: lists searched per query (default: tuned)"),
+    ("--hnsw-m", "M", "hnsw: links per node (default 32)"),
+    ("--ef-construction", "efConstruction", "hnsw: beam width while building (default 80)"),
+    ("--ef-search", "efSearch", "hnsw: beam width while searching (default: tuned)"),
+]
 
 
 def train_command(args):
@@ -336,26 +397,140 @@ def embed_command(args):
 def build_index_command(args):
     from dnc_keras.export.index import EmbeddingIndex
 
-    index = EmbeddingIndex.from_folder(args.gallery, args.model, runtime=args.runtime)
+    parameters = {name: getattr(args, name) for _, name, _ in INDEX_PARAMETER_FLAGS
+                  if getattr(args, name) is not None}
+    index = EmbeddingIndex.from_folder(args.gallery, args.model, runtime=args.runtime,
+                                       kind=args.kind, parameters=parameters,
+                                       target_recall=args.target_recall)
     index.save(args.out)
+    if args.json:
+        print(json.dumps(index.describe()))
+        return
     classes = len(set(index.labels.tolist()))
     print(f"Indexed {len(index)} images of {classes} classes ({index.dim}-d) into {args.out}")
+    print(_describe_kind(index))
+
+
+def _describe_kind(index):
+    line = f"{index.kind} index of model {(index.model_hash or 'unrecorded')[:16]}"
+    if index.parameters:
+        line += ", " + ", ".join(f"{k}={v}" for k, v in index.parameters.items())
+    tuning = index.tuning
+    if tuning and tuning.get("sample"):
+        line += (f" ({tuning['parameter']} tuned: recall@10 {tuning['recall_at_10']:.3f} on "
+                 f"{tuning['sample']} held-out gallery items, target {tuning['target']}"
+                 f"{'' if tuning['reached'] else ', NOT reached'})")
+    elif tuning:
+        line += f" ({tuning['note']})"
+    return line
+
+
+def index_add_command(args):
+    from dnc_keras.export.index import EmbeddingIndex, list_gallery
+
+    index = EmbeddingIndex.load(args.index)
+    paths, labels = [], []
+    for path in args.images:
+        if os.path.isdir(path):
+            found, found_labels = list_gallery(path)
+            paths += found
+            labels += found_labels
+        elif args.label is None:
+            raise ValueError(f"{path} is a file: give its class with --label (or pass a "
+                             "folder of <label>/<image>)")
+        else:
+            paths.append(path)
+            labels.append(args.label)
+    ids = index.add_files(paths, labels)
+    index.save(args.index)
+    if args.json:
+        for i, path, label in zip(ids.tolist(), paths, labels):
+            print(json.dumps({"id": i, "label": label, "path": path}))
+        return
+    print(f"Added {len(ids)} items (ids {ids[0]}-{ids[-1]}) to {args.index}; it holds "
+          f"{len(index)}")
+
+
+def index_remove_command(args):
+    import numpy as np
+
+    from dnc_keras.export.index import EmbeddingIndex
+
+    if not args.ids and not args.paths and not args.compact:
+        raise ValueError("give the items to remove with --ids and/or --paths")
+    index = EmbeddingIndex.load(args.index)
+    ids = np.union1d(np.asarray(args.ids, np.int64), index.ids_of_paths(args.paths))
+    removed = index.remove(ids) if len(ids) else 0
+    dropped = index.compact() if args.compact else 0
+    index.save(args.index)
+    hidden = len(index.hidden)
+    note = (f"; {hidden} removed items stay in the hnsw graph, hidden from search (--compact "
+            "rebuilds it)" if hidden else "")
+    note += f"; the graph was rebuilt without {dropped} removed items" if dropped else ""
+    print(f"Removed {removed} items from {args.index}; it holds {len(index)}{note}")
+
+
+def calibrate_command(args):
+    from dnc_keras.export.index import EmbeddingIndex, list_gallery
+
+    index = EmbeddingIndex.load(args.index)
+    paths, labels = list_gallery(args.data)
+    calibration = index.calibrate_files(paths, labels, args.precision)
+    calibration["data"] = os.path.abspath(args.data)
+    report = {"index": args.index, "calibration": calibration}
+    if args.test:
+        test_paths, test_labels = list_gallery(args.test)
+        report["test"] = index.open_set_metrics_files(test_paths, test_labels)
+        report["test"]["data"] = os.path.abspath(args.test)
+        report["test"]["classes_shared_with_calibration"] = len(set(test_labels) & set(labels))
+    index.save(args.index)
+    if args.json:
+        print(json.dumps(report))
+        return
+    print(f"Threshold {calibration['threshold']:.4f} stored in {args.index} (target precision "
+          f"{args.precision})")
+    print(_describe_open_set("calibration", calibration["calibrated_on"]))
+    if args.test:
+        print(_describe_open_set("test", report["test"]))
+
+
+def _describe_open_set(name, figures):
+    def rate(value):
+        return "n/a" if value is None else f"{value:.3f}"
+
+    return (f"{name:<11s} {figures['queries']} queries ({figures['known_queries']} of gallery "
+            f"classes, {figures['unknown_queries']} of others): precision "
+            f"{rate(figures['precision'])}, recall {rate(figures['recall'])}, unknown rejected "
+            f"{rate(figures['unknown_rejection_rate'])}, accuracy {rate(figures['accuracy'])}")
 
 
 def search_command(args):
     from dnc_keras.export.index import EmbeddingIndex
 
     index = EmbeddingIndex.load(args.index)
-    found = index.search_files(args.images, k=args.k)
+    found = index.search_files(args.images, k=args.k, threshold=args.threshold)
     for i, query in enumerate(args.images):
-        matches = [{"label": found.labels[i, j], "distance": float(found.distances[i, j]),
-                    "path": found.paths[i, j]} for j in range(found.indices.shape[1])]
+        matches = [{"id": int(found.ids[i, j]), "label": found.labels[i, j],
+                    "distance": float(found.distances[i, j]), "path": found.paths[i, j]}
+                   for j in range(found.ids.shape[1]) if found.ids[i, j] >= 0]
+        unknown = bool(found.unknown[i])
+        answer = None if unknown or not matches else matches[0]["label"]
         if args.json:
-            print(json.dumps({"query": query, "matches": matches}))
+            print(json.dumps({"query": query, "label": answer, "unknown": unknown,
+                              "threshold": found.threshold, "matches": matches}))
             continue
-        print(query)
+        if not matches:
+            print(f"{query}: no match found")
+        elif found.threshold is None:
+            print(query)
+        else:
+            verdict = "unknown" if unknown else answer
+            sign = ">" if unknown else "<="
+            print(f"{query}: {verdict} (nearest {matches[0]['distance']:.4f} {sign} threshold "
+                  f"{found.threshold:.4f})")
         for rank, match in enumerate(matches, 1):
-            print(f"  {rank:2d}. {match['label']:<16s} {match['distance']:.4f}  {match['path']}")
+            print(f"  {rank:2d}. {match['label']:<16s} {match['distance']:.4f}  "
+                  f"id {match['id']:<6d} {match['path']}")
 
 
 def main(argv=None):

@@ -169,7 +169,7 @@ class EmbeddingIndex:
             threshold: distance beyond which a query is unknown. Defaults to `None`: the
                 calibrated threshold if there is one (`math.inf` turns it off).
         """
-        self.check_model_hash(model_hash, "the query embeddings")
+        self.check_model_hash(model_hash, "the model of the query embeddings")
         queries = _vectors(np.atleast_2d(embeddings), self.dim, what="query embeddings")
         if k < 1:
             raise ValueError(f"k must be >= 1. Received: k={k}")
@@ -206,8 +206,8 @@ class EmbeddingIndex:
                                  "to search() instead of files")
             model = ExportedModel(self.export["dir"], runtime=self.export["runtime"],
                                   version=self.export["version"])
-            self.check_model_hash(export_model_hash(model.manifest), f"the export in "
-                                  f"{self.export['dir']}")
+            self.check_model_hash(export_model_hash(model.manifest),
+                                  f"the model now in {self.export['dir']}")
             if model.embedding_dim != self.dim:
                 raise ValueError(f"{self.export['dir']} gives {model.embedding_dim}-d "
                                  f"embeddings; the index holds {self.dim}-d vectors")
@@ -219,8 +219,8 @@ class EmbeddingIndex:
         if other is None or self.model_hash is None or other == self.model_hash:
             return
         export = self.export or {}
-        raise ValueError(f"{source} come from model {other[:16]}, but this index holds vectors "
-                         f"of model {self.model_hash[:16]} ({export.get('name')} version "
+        raise ValueError(f"{source} is model {other[:16]}, but this index holds vectors of "
+                         f"model {self.model_hash[:16]} ({export.get('name')} version "
                          f"{export.get('version')}): embed with that model, or rebuild the "
                          "index with `dnc-keras build-index`")
 
@@ -231,7 +231,7 @@ class EmbeddingIndex:
         An IVF index files them under the centroids it was trained with: rebuild it when the
         gallery has grown several-fold (`trained_size` records its size at training).
         """
-        self.check_model_hash(model_hash, "the embeddings to add")
+        self.check_model_hash(model_hash, "the model of the embeddings to add")
         vectors = _vectors(embeddings, self.dim)
         labels, paths = _items(labels, paths, len(vectors))
         ids = np.arange(self._next_id, self._next_id + len(vectors), dtype=np.int64)

@@ -165,10 +165,11 @@ def test_model_hash_mismatch_names_both(data):
     export = {"dir": "/nowhere", "name": "glyphs", "version": 3, "runtime": "onnx",
               "model_hash": "a" * 64}
     index = EmbeddingIndex(gallery[:50], labels[:50], export=export)
-    with pytest.raises(ValueError, match=f"model {'b' * 16}, but this index holds vectors of "
+    with pytest.raises(ValueError, match=f"the model of the query embeddings is model "
+                                         f"{'b' * 16}, but this index holds vectors of "
                                          f"model {'a' * 16} \\(glyphs version 3\\)"):
         index.search(queries, model_hash="b" * 64)
-    with pytest.raises(ValueError, match="the embeddings to add come from model bbbb"):
+    with pytest.raises(ValueError, match="the model of the embeddings to add is model bbbb"):
         index.add(queries[:1], ["z"], model_hash="b" * 64)
     assert index.search(queries[:1], model_hash="a" * 64).ids.shape == (1, 5)
 
