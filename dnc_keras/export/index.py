@@ -72,8 +72,8 @@ class EmbeddingIndex:
             Defaults to `"flat"`.
         parameters: faiss parameters overriding `faiss_index.default_parameters` (`nlist`,
             `nprobe`; `M`, `efConstruction`, `efSearch`). Defaults to `None`.
-        target_recall: recall@10 against exact search that `faiss_index.tune` sets nprobe /
-            efSearch for, when `parameters` does not give it. Defaults to `0.95`.
+        target_recall: recall@10 against exact search that `faiss_index.build_tuned` sets
+            nprobe / efSearch for, when `parameters` does not give it. Defaults to `0.95`.
 
     Example:
     ```python
@@ -92,9 +92,12 @@ class EmbeddingIndex:
         faiss_index.check_kind(kind)
         parameters = {**faiss_index.default_parameters(kind, len(vectors)), **(parameters or {})}
         faiss_index.check_parameters(kind, parameters, len(vectors))
+        if not 0 < target_recall <= 1:
+            raise ValueError(f"target_recall must be in (0, 1]. Received: "
+                             f"target_recall={target_recall}")
         ids = np.arange(len(vectors), dtype=np.int64)
         stored, tuning = faiss_index.build_tuned(kind, vectors, ids, parameters, target_recall)
-        if tuning and tuning["value"] is not None:
+        if tuning:
             parameters[tuning["parameter"]] = tuning["value"]
         self._restore(stored, kind, parameters, ids, labels, paths, export,
                       {"tuning": tuning, "trained_size": len(vectors), "next_id": len(vectors),
@@ -175,6 +178,10 @@ class EmbeddingIndex:
             raise ValueError(f"k must be >= 1. Received: k={k}")
         if not len(self):
             raise ValueError("the index holds no items")
+        threshold = self.threshold if threshold is None else float(threshold)
+        if threshold is not None and not threshold >= 0:
+            raise ValueError(f"threshold must be a distance >= 0 (inf: never unknown). "
+                             f"Received: threshold={threshold}")
         k = min(int(k), len(self))
         squared, ids = faiss_index.search(self._index, queries, k, self._hidden)
         found = ids >= 0
@@ -182,10 +189,6 @@ class EmbeddingIndex:
         if not np.array_equal(self.ids[rows][found], ids[found]):
             raise RuntimeError("the faiss index returned ids its item list does not hold")
         distances = np.where(found, np.sqrt(np.maximum(squared, 0.0)), np.inf)
-        threshold = self.threshold if threshold is None else float(threshold)
-        if threshold is not None and not threshold >= 0:
-            raise ValueError(f"threshold must be a distance >= 0 (inf: never unknown). "
-                             f"Received: threshold={threshold}")
         unknown = (distances[:, 0] > threshold if threshold is not None
                    else np.zeros(len(queries), bool))
         return Neighbours(distances=distances, ids=ids,

@@ -275,3 +275,10 @@ def test_bad_thresholds_and_empty_indexes():
     index.remove([0, 1])
     with pytest.raises(ValueError, match="holds no items"):
         index.search(np.eye(1, 8))
+
+
+def test_bad_target_recall(data):
+    gallery, labels, _ = data
+    with pytest.raises(ValueError, match="target_recall must be in \\(0, 1\\]. Received: "
+                                         "target_recall=1.5"):
+        EmbeddingIndex(gallery, labels, kind="hnsw", target_recall=1.5)
