@@ -20,6 +20,7 @@ def test_tiny_run_writes_its_results(tmp_path):
     assert results["provenance"]["command"].endswith(f"--out {out}")
     assert {"git", "machine", "date"} <= set(results["provenance"])
     assert 0.9 <= results["data"]["nearest_neighbour_same_class"] <= 1.0
+    assert 0.5 <= results["data"]["exact_top10_same_class"] <= 1.0
     rows = results["indexes"]
     assert set(rows) == {"flat", "ivf", "hnsw"}
     assert rows["flat"]["recall_at_10"] == 1.0 and rows["flat"]["parameters"] == {}
@@ -31,6 +32,7 @@ def test_tiny_run_writes_its_results(tmp_path):
         assert 0.85 <= row["recall_at_10"] <= 1.0
         assert row["qps"] > 0 and row["build_s"] > 0 and row["index_bytes"] > 20_000 * 128 * 4
         assert row["sweep"][-1]["recall_at_10"] > row["sweep"][0]["recall_at_10"]
+        assert all(0 < p["top1_same_class"] <= 1 and p["qps"] > 0 for p in row["sweep"])
         assert results["goal"][kind]["met"] == (
             row["recall_at_10"] >= 0.95 and row["speedup_over_flat"]["median"] >= 10)
     recalls = [p["recall_at_10"] for p in rows["ivf"]["sweep"]]
