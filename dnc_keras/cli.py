@@ -164,33 +164,155 @@ def embed_command(args):
 def build_index_command(args):
     from dnc_keras.export.index import EmbeddingIndex
 
-    index = EmbeddingIndex.from_folder(args.gallery, args.model, runtime=args.runtime)
+    from dnc_keras_cli import INDEX_PARAMETER_FLAGS
+
+    parameters = {name: getattr(args, name) for _, name, _ in INDEX_PARAMETER_FLAGS
+                  if getattr(args, name) is not None}
+    index = EmbeddingIndex.from_folder(args.gallery, args.model, runtime=args.runtime,
+                                       kind=args.kind, parameters=parameters,
+                                       target_recall=args.target_recall)
     index.save(args.out)
+    if args.json:
+        print(json.dumps(index.describe()))
+        return
     classes = len(set(index.labels.tolist()))
     print(f"Indexed {len(index)} images of {classes} classes ({index.dim}-d) into {args.out}")
+    print(_describe_kind(index))
+
+
+def _describe_kind(index):
+    line = f"{index.kind} index of model {(index.model_hash or 'unrecorded')[:16]}"
+    if index.parameters:
+        line += ", " + ", ".join(f"{k}={v}" for k, v in index.parameters.items())
+    tuning = index.tuning
+    if tuning and tuning.get("sample"):
+        line += (f" ({tuning['parameter']} tuned: recall@10 {tuning['recall_at_10']:.3f} on "
+                 f"{tuning['sample']} held-out gallery items, target {tuning['target']}"
+                 f"{'' if tuning['reached'] else ', NOT reached'})")
+    elif tuning:
+        line += f" ({tuning['note']})"
+    return line
+
+
+def index_add_command(args):
+    from dnc_keras.export.index import EmbeddingIndex, list_gallery
+
+    index = EmbeddingIndex.load(args.index)
+    paths, labels = [], []
+    for path in args.images:
+        if os.path.isdir(path):
+            found, found_labels = list_gallery(path)
+            paths += found
+            labels += found_labels
+        elif args.label is None:
+            raise ValueError(f"{path} is a file: give its class with --label (or pass a "
+                             "folder of <label>/<image>)")
+        else:
+            paths.append(path)
+            labels.append(args.label)
+    ids = index.add_files(paths, labels)
+    index.save(args.index)
+    if args.json:
+        for i, path, label in zip(ids.tolist(), paths, labels):
+            print(json.dumps({"id": i, "label": label, "path": path}))
+        return
+    print(f"Added {len(ids)} items (ids {ids[0]}-{ids[-1]}) to {args.index}; it holds "
+          f"{len(index)}")
+
+
+def index_remove_command(args):
+    import numpy as np
+
+    from dnc_keras.export.index import EmbeddingIndex
+
+    if not args.ids and not args.paths and not args.compact:
+        raise ValueError("give the items to remove with --ids and/or --paths")
+    index = EmbeddingIndex.load(args.index)
+    ids = np.union1d(np.asarray(args.ids, np.int64), index.ids_of_paths(args.paths))
+    removed = index.remove(ids) if len(ids) else 0
+    dropped = index.compact() if args.compact else 0
+    index.save(args.index)
+    hidden = len(index.hidden)
+    if args.json:
+        print(json.dumps({"index": args.index, "removed": int(removed), "items": len(index),
+                          "hidden": hidden, "compacted": int(dropped)}))
+        return
+    note = (f"; {hidden} removed items stay in the hnsw graph, hidden from search (--compact "
+            "rebuilds it)" if hidden else "")
+    note += f"; the graph was rebuilt without {dropped} removed items" if dropped else ""
+    print(f"Removed {removed} items from {args.index}; it holds {len(index)}{note}")
+
+
+def calibrate_command(args):
+    from dnc_keras.export.index import EmbeddingIndex, list_gallery
+
+    index = EmbeddingIndex.load(args.index)
+    paths, labels = list_gallery(args.data)
+    calibration = index.calibrate_files(paths, labels, args.precision)
+    calibration["data"] = os.path.abspath(args.data)
+    report = {"index": args.index, "calibration": calibration}
+    if args.test:
+        test_paths, test_labels = list_gallery(args.test)
+        report["test"] = index.open_set_metrics_files(test_paths, test_labels)
+        report["test"]["data"] = os.path.abspath(args.test)
+        report["test"]["classes_shared_with_calibration"] = len(set(test_labels) & set(labels))
+    index.save(args.index)
+    if args.json:
+        print(json.dumps(report))
+        return
+    print(f"Threshold {calibration['threshold']:.4f} stored in {args.index} (target precision "
+          f"{args.precision})")
+    print(_describe_open_set("calibration", calibration["calibrated_on"]))
+    if args.test:
+        print(_describe_open_set("test", report["test"]))
+
+
+def _describe_open_set(name, figures):
+    def rate(value):
+        return "n/a" if value is None else f"{value:.3f}"
+
+    return (f"{name:<11s} {figures['queries']} queries ({figures['known_queries']} of gallery "
+            f"classes, {figures['unknown_queries']} of others): precision "
+            f"{rate(figures['precision'])}, recall {rate(figures['recall'])}, unknown rejected "
+            f"{rate(figures['unknown_rejection_rate'])}, accuracy {rate(figures['accuracy'])}")
 
 
 def search_command(args):
     from dnc_keras.export.index import EmbeddingIndex
 
     index = EmbeddingIndex.load(args.index)
-    found = index.search_files(args.images, k=args.k)
+    found = index.search_files(args.images, k=args.k, threshold=args.threshold)
     for i, query in enumerate(args.images):
-        matches = [{"label": found.labels[i, j], "distance": float(found.distances[i, j]),
-                    "path": found.paths[i, j]} for j in range(found.indices.shape[1])]
+        matches = [{"id": int(found.ids[i, j]), "label": found.labels[i, j],
+                    "distance": float(found.distances[i, j]), "path": found.paths[i, j]}
+                   for j in range(found.ids.shape[1]) if found.ids[i, j] >= 0]
+        unknown = bool(found.unknown[i])
+        answer = None if unknown or not matches else matches[0]["label"]
         if args.json:
-            print(json.dumps({"query": query, "matches": matches}))
+            print(json.dumps({"query": query, "label": answer, "unknown": unknown,
+                              "threshold": found.threshold, "matches": matches}))
             continue
-        print(query)
+        if not matches:
+            print(f"{query}: no match found")
+        elif found.threshold is None:
+            print(query)
+        else:
+            verdict = "unknown" if unknown else answer
+            sign = ">" if unknown else "<="
+            print(f"{query}: {verdict} (nearest {matches[0]['distance']:.4f} {sign} threshold "
+                  f"{found.threshold:.4f})")
         for rank, match in enumerate(matches, 1):
-            print(f"  {rank:2d}. {match['label']:<16s} {match['distance']:.4f}  {match['path']}")
+            print(f"  {rank:2d}. {match['label']:<16s} {match['distance']:.4f}  "
+                  f"id {match['id']:<6d} {match['path']}")
 
 
 def run(args):
     """Runs the parsed command; returns the exit code."""
     handlers = {"train": train_command, "evaluate": evaluate_command, "embed": embed_command,
                 "export": export_command, "validate-export": validate_command,
-                "build-index": build_index_command, "search": search_command}
+                "build-index": build_index_command, "search": search_command,
+                "index-add": index_add_command, "index-remove": index_remove_command,
+                "calibrate": calibrate_command}
     try:
         handlers[args.command](args)
     except ModuleNotFoundError as error:

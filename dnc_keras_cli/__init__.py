@@ -109,20 +109,79 @@ def build_parser():
 
     build = commands.add_parser(
         "build-index", help="embed a gallery folder (one subfolder per class) into a faiss "
-        "index", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "index", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="flat: exact, for up to about a hundred thousand items; ivf and hnsw: "
+                    "approximate, for millions (docs/search.md). Without --nprobe / "
+                    "--ef-search, the search parameter is tuned to --target-recall.")
     build.add_argument("gallery", help="folder of <label>/<image> files")
     build.add_argument("--model", required=True, help="export folder, e.g. saved_models/NAME")
     build.add_argument("--out", required=True, help="index folder to write")
     build.add_argument("--runtime", choices=RUNTIMES, default="onnx")
-    _add_output_flags(build, "a summary as one JSON line")
+    build.add_argument("--index", dest="kind", choices=("flat", "ivf", "hnsw"), default="flat",
+                       help="faiss index kind")
+    for flag, name, text in INDEX_PARAMETER_FLAGS:
+        build.add_argument(flag, dest=name, type=int, default=None, help=text)
+    build.add_argument("--target-recall", type=float, default=0.95,
+                       help="ivf/hnsw: recall@10 against exact search that nprobe/efSearch "
+                            "are tuned for, on 1,000 gallery items held out while tuning")
+    _add_output_flags(build, "the index's record as JSON")
 
-    search = commands.add_parser("search", help="top-k gallery matches of query images",
+    add = commands.add_parser(
+        "index-add", help="add images to an index under new ids (no rebuild)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add.add_argument("index", help="index folder written by `dnc-keras build-index`")
+    add.add_argument("images", nargs="+", help="image files (need --label) or gallery folders "
+                     "of <label>/<image>")
+    add.add_argument("--label", help="class label of the image files given")
+    _add_output_flags(add, "one JSON object per item added")
+
+    remove = commands.add_parser("index-remove", help="remove items from an index by id or path",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    remove.add_argument("index", help="index folder written by `dnc-keras build-index`")
+    remove.add_argument("--ids", type=int, nargs="+", default=[], help="item ids")
+    remove.add_argument("--paths", nargs="+", default=[], help="items' image paths")
+    remove.add_argument("--compact", action="store_true",
+                        help="hnsw: rebuild the graph without the removed items (from the "
+                             "stored vectors); otherwise they are hidden from search")
+    _add_output_flags(remove, "the counts as JSON")
+
+    calibrate = commands.add_parser(
+        "calibrate", help="choose the distance beyond which search answers 'unknown'",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Searches the images of --data (folders <label>/<image>, none of them in "
+                    "the index; classes of the gallery and, to learn to say unknown, classes "
+                    "absent from it) and stores the largest distance threshold at which "
+                    "precision = correct answers / answers given reaches --precision. "
+                    "Recall = correct answers / queries of gallery classes.")
+    calibrate.add_argument("index", help="index folder written by `dnc-keras build-index`")
+    calibrate.add_argument("--data", required=True, help="validation folder <label>/<image>")
+    calibrate.add_argument("--precision", type=float, default=0.95, help="target precision")
+    calibrate.add_argument("--test", default=None,
+                           help="folder <label>/<image> of other classes to report precision "
+                                "and recall on at the chosen threshold")
+    _add_output_flags(calibrate, "the calibration as JSON")
+
+    search = commands.add_parser("search", help="top-k gallery matches of query images, or "
+                                 "'unknown' beyond the index's threshold",
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     search.add_argument("index", help="index folder written by `dnc-keras build-index`")
     search.add_argument("images", nargs="+", help="query image files")
     search.add_argument("-k", type=int, default=5, help="matches per query")
+    search.add_argument("--threshold", type=float, default=None,
+                        help="answer 'unknown' when the nearest match is farther (default: the "
+                             "index's calibrated threshold, if any; inf: never)")
     _add_output_flags(search, "one JSON object per query")
     return parser
+
+
+# (flag, parameter name, help) of build-index's faiss parameters.
+INDEX_PARAMETER_FLAGS = [
+    ("--nlist", "nlist", "ivf: number of lists (default 4 sqrt(N), at most N/50)"),
+    ("--nprobe", "nprobe", "ivf: lists searched per query (default: tuned)"),
+    ("--hnsw-m", "M", "hnsw: links per node (default 32)"),
+    ("--ef-construction", "efConstruction", "hnsw: beam width while building (default 80)"),
+    ("--ef-search", "efSearch", "hnsw: beam width while searching (default: tuned)"),
+]
 
 
 def _add_output_flags(parser, json_help):

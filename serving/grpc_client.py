@@ -2,10 +2,15 @@
 
     python serving/grpc_client.py --server localhost:8500 --model glyphs a.png b.jpg
     python serving/grpc_client.py --server localhost:8500 --model glyphs --pixels a.png
+    python serving/grpc_client.py --server localhost:8500 --model glyphs \
+        --manifest saved_models/glyphs/manifest.json --index glyphs_index a.png
 
 Default: the files' bytes go to the `serving_bytes` signature (the server decodes them);
 --pixels decodes here and sends uint8 arrays to `serving_default`. Prints one JSON line per
-image: {"image": path, "embedding": [...]}.
+image: {"image": path, "embedding": [...]}; with --index, the image's matches in that index
+and its answer instead, "unknown" beyond the index's calibrated threshold
+({"image", "label", "unknown", "threshold", "matches": [{"id", "label", "distance",
+"path"}]}; gallery_search.py, needs faiss).
 
 Requests are checked before they are sent (image_input.py), with the same rules the server's
 graph enforces: uint8, [batch, height, width, channels], the model's channels, non-empty,

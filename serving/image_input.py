@@ -225,21 +225,38 @@ def add_client_arguments(parser, pixels_help):
                         "default: the server's channels and the default bounds)")
     parser.add_argument("--pixels", action="store_true", help=pixels_help)
     parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument("--index", help="an index folder (dnc-keras build-index): print each "
+                        "image's matches and answer, 'unknown' beyond the index's calibrated "
+                        "threshold (needs faiss; gallery_search.py)")
+    parser.add_argument("-k", type=int, default=5, help="with --index: matches per image")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="with --index: the distance beyond which an image is unknown "
+                             "(default: the index's calibrated threshold)")
 
 
 def run_client(prog, args, connect, errors):
     """Embeds `args.images` through `connect(contract)` (a client, or a context manager of
-    one) and prints them; 2 with the error on stderr where `errors` is raised."""
+    one) and prints them, or with `args.index` their matches in that index; 2 with the error
+    on stderr where `errors` (or a bad input or index) is raised."""
+    import gallery_search
+
     try:
         contract = load_contract(args.manifest) if args.manifest else Contract()
+        index = gallery_search.GalleryIndex(args.index, args.manifest) if args.index else None
         client = connect(contract)
         closing = client if hasattr(client, "__exit__") else contextlib.nullcontext(client)
         with closing:
             embeddings = client.embed_files(args.images, pixels=args.pixels)
-    except (InputError,) + tuple(errors) as error:
+        if index is not None:
+            results = index.search(embeddings, args.k, args.threshold)
+    except (InputError, gallery_search.IndexFileError) + tuple(errors) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
-    print_embeddings(args.images, embeddings)
+    if index is None:
+        print_embeddings(args.images, embeddings)
+    else:
+        for path, result in zip(args.images, results):
+            print(json.dumps({"image": path, **result}))
     return 0
 
 

@@ -10,8 +10,10 @@ Speaks TF Serving's REST predict API:
     {"signature_name": "serving_default", "instances": [<[h][w][c] uint8 lists>, ...]}
     -> 200 {"predictions": [[d floats], ...]}  or  4xx {"error": "<message>"}
 Default: files go as base64 to `serving_bytes`; --pixels decodes here and sends pixel lists
-to `serving_default` (about 4x larger requests). Prints one JSON line per image.
-Requests are checked before they are sent, as in grpc_client.py.
+to `serving_default` (about 4x larger requests). Prints one JSON line per image: its
+embedding, or with --index INDEX its matches and answer ("unknown" beyond the index's
+calibrated threshold), as in grpc_client.py. Requests are checked before they are sent, as in
+grpc_client.py.
 """
 
 import argparse

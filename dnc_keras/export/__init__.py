@@ -5,7 +5,10 @@
 - `onnx`: conversion, sessions, edge variants.
 - `parity`: the one parity routine and tolerance; `quality`: retrieval against the run's.
 - `manifest`: the one manifest schema; `loading`: `ExportedModel`; `validate`:
-  `validate_export`; `index`: `EmbeddingIndex` for search.
+  `validate_export`.
+- `index`: `EmbeddingIndex`, a gallery to search, add to and remove from, tied to its model;
+  `faiss_index`: the flat, IVF and HNSW faiss indexes behind it; `open_set`: the "unknown"
+  threshold and the precision and recall it is chosen by.
 
 Nothing here imports the training job: an export needs a model, its record and its sources.
 """

@@ -57,5 +57,6 @@ def test_help_lists_the_export_commands(capsys):
     except SystemExit:
         pass
     text = capsys.readouterr().out
-    for command in ("export", "validate-export", "build-index", "search"):
+    for command in ("export", "validate-export", "build-index", "search", "index-add",
+                    "index-remove", "calibrate"):
         assert command in text

@@ -1,0 +1,40 @@
+"""benchmarks/bench_index.py --tiny: runs in seconds and writes every figure the docs cite."""
+
+import json
+import os
+import subprocess
+import sys
+
+BENCHMARK = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "bench_index.py")
+
+
+def test_tiny_run_writes_its_results(tmp_path):
+    out = tmp_path / "index.json"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, BENCHMARK, "--tiny", "--repeats", "1", "--out",
+                           str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert results["settings"]["n"] == 20_000 and results["settings"]["queries"] == 1_000
+    assert results["settings"]["threads"] == 1 and results["settings"]["tiny"] is True
+    assert results["provenance"]["command"].endswith(f"--out {out}")
+    assert {"git", "machine", "date"} <= set(results["provenance"])
+    assert 0.9 <= results["data"]["nearest_neighbour_same_class"] <= 1.0
+    assert 0.5 <= results["data"]["exact_top10_same_class"] <= 1.0
+    rows = results["indexes"]
+    assert set(rows) == {"flat", "ivf", "hnsw"}
+    assert rows["flat"]["recall_at_10"] == 1.0 and rows["flat"]["parameters"] == {}
+    assert rows["ivf"]["parameters"]["nlist"] == 400  # min(4 sqrt(20000) = 566, 20000 / 50)
+    assert rows["hnsw"]["parameters"]["M"] == 32
+    for kind in ("ivf", "hnsw"):
+        row = rows[kind]
+        assert row["tuning"]["sample"] == 1000 and row["tuning"]["target"] == 0.95
+        assert 0.85 <= row["recall_at_10"] <= 1.0
+        assert row["qps"] > 0 and row["build_s"] > 0 and row["index_bytes"] > 20_000 * 128 * 4
+        assert row["sweep"][-1]["recall_at_10"] > row["sweep"][0]["recall_at_10"]
+        assert all(0 < p["top1_same_class"] <= 1 and p["qps"] > 0 for p in row["sweep"])
+        assert results["goal"][kind]["met"] == (
+            row["recall_at_10"] >= 0.95 and row["speedup_over_flat"]["median"] >= 10)
+    recalls = [p["recall_at_10"] for p in rows["ivf"]["sweep"]]
+    assert recalls == sorted(recalls)  # more lists probed find a superset
+    assert "goal" in done.stdout and f"wrote {out}" in done.stdout
