@@ -23,3 +23,27 @@ def omniglot_dir():
     satisfied(OMNIGLOT_DIR.is_dir(), f"Omniglot background small 1 not found at {OMNIGLOT_DIR}; "
             "set DNC_OMNIGLOT_DIR to run this")
     return OMNIGLOT_DIR.resolve()
+
+
+# Tests sharing a session fixture that trains or exports share a worker under pytest-xdist
+# (`-n 2 --dist loadgroup`, the README's command), so the fixture is built once; every other
+# file is its own group, so module fixtures are built once too.
+SHARED_FIXTURE_GROUPS = {
+    "export": ("tests/export/",),
+    "export_fidelity": ("tests/benchmarks/test_bench_export_fidelity.py",
+                        "tests/benchmarks/test_bench_inference.py"),
+}
+
+
+def _group(path):
+    for name, prefixes in SHARED_FIXTURE_GROUPS.items():
+        if path.startswith(prefixes):
+            return name
+    return path
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            path = Path(item.fspath).resolve().relative_to(REPO).as_posix()
+            item.add_marker(pytest.mark.xdist_group(_group(path)))
