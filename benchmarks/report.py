@@ -272,7 +272,32 @@ def faults(name="faults.json"):
                   rows) + "\n\n" + source(name, data))
 
 
-RENDERERS = {"faults": faults, "main_job": main_job, "dnc": dnc,
+def index(name="index.json"):
+    """bench_index.py: each faiss index kind against exact search at the benchmark's size."""
+    data = load(name)
+    settings, target = data["settings"], data["target"]
+    rows = []
+    for kind, entry in data["indexes"].items():
+        speedup = entry["speedup_over_flat"]
+        met = (entry["recall_at_10"] >= target["recall_at_10"]
+               and speedup["median"] >= target["speedup_over_flat"])
+        rows.append([kind, fmt(entry["recall_at_10"]), f"{entry['qps']:,.0f}",
+                     f"{speedup['median']:.1f} ({speedup['min']:.1f}-{speedup['max']:.1f})",
+                     f"{entry['build_s']:.1f}", f"{entry['index_bytes'] / 2 ** 20:,.0f}",
+                     ", ".join(f"{k}={v}" for k, v in entry["parameters"].items()) or "-",
+                     "-" if kind == "flat" else ("yes" if met else "no")])
+    caption = (f"{settings['n']:,} gallery and {settings['queries']:,} query embeddings, "
+               f"{settings['dim']}-d, {settings['classes']:,} classes (spread "
+               f"{settings['spread']}), faiss on {settings['threads']} thread(s), "
+               f"{settings['repeats']} rounds (speed-up: median, min-max of the rounds). Goal: "
+               f"recall@10 >= {target['recall_at_10']} at >= {target['speedup_over_flat']:g}x "
+               "flat's queries per second.")
+    return (caption + "\n\n" + table(
+        ["index", "recall@10", "queries/s", "x flat", "build s", "MiB", "parameters",
+         "goal met"], rows) + "\n\n" + source(name, data))
+
+
+RENDERERS = {"faults": faults, "index": index, "main_job": main_job, "dnc": dnc,
              "served_omniglot": served_omniglot, "export_fidelity": export_fidelity, "distributed": distributed,
              "inference": inference, "performance": performance,
              "recluster_table": recluster_table}
