@@ -42,7 +42,6 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
-RESULTS = os.path.join(common.RESULTS_DIR, "index.json")
 FULL = {"n": 1_000_000, "classes": 10_000, "queries": 10_000}
 TINY = {"n": 20_000, "classes": 200, "queries": 1_000}
 SWEEP = {"ivf": (1, 2, 4, 8, 16, 32, 64, 128), "hnsw": (16, 32, 64, 128, 256)}
@@ -107,11 +106,13 @@ def sweep(kind, index, query, truth, parameters, repeats, same_class):
     return rows
 
 
-def main(argv=None):
+def parse_args(argv=None):
+    """The arguments, `out` resolved to the results path (benchmarks/results/tiny/ with
+    --tiny)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tiny", action="store_true",
-                        help=f"{TINY['n']:,} vectors, {TINY['classes']} classes, "
-                             f"{TINY['queries']:,} queries: runs in seconds")
+    common.add_out_argument(parser, "index.json",
+                            note=f"; --tiny: {TINY['n']:,} vectors, {TINY['classes']} classes, "
+                                 f"{TINY['queries']:,} queries, seconds")
     parser.add_argument("--n", type=int, help=f"gallery size (default {FULL['n']:,})")
     parser.add_argument("--classes", type=int, help=f"default {FULL['classes']:,}")
     parser.add_argument("--queries", type=int, help=f"default {FULL['queries']:,}")
@@ -123,10 +124,14 @@ def main(argv=None):
                         help="faiss threads for every index, build and search")
     parser.add_argument("--repeats", type=int, default=3, help="timed search rounds")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args(argv)
+    args.out = common.resolve_out(args.out, "index.json", tiny=args.tiny)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     sizes = {key: getattr(args, key) or (TINY if args.tiny else FULL)[key] for key in FULL}
-    provenance = common.provenance(argv)  # the code as it was when the run started
 
     import faiss
 
@@ -185,7 +190,7 @@ def main(argv=None):
                       "speedup_over_flat": row["speedup_over_flat"]["median"],
                       "met": row["recall_at_10"] >= TARGET_RECALL
                       and row["speedup_over_flat"]["median"] >= TARGET_SPEEDUP}
-    results = {"benchmark": "index", "provenance": provenance,
+    results = {"benchmark": "index",
                "settings": {**sizes, "dim": args.dim, "spread": args.spread, "k": K,
                             "threads": args.threads, "repeats": args.repeats,
                             "seed": args.seed, "tiny": args.tiny},
@@ -205,9 +210,7 @@ def main(argv=None):
         print(f"{kind}: recall@10 {verdict['recall_at_10']:.3f} at "
               f"{verdict['speedup_over_flat']:.1f}x flat: goal "
               f"{'met' if verdict['met'] else 'NOT met'}")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2, default=common._jsonable)
+    common.write_results(results, args.out, argv, __file__)
     print(f"wrote {args.out}")
     return results
 

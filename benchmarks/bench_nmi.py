@@ -142,11 +142,75 @@ def reference(args, argv):
     return args.out
 
 
+# Routes: name -> Lloyd iterations at most of the faiss k-means behind the NMI. "package" is
+# what `dnc_keras.evaluation` computes today (clustering.kmeans, backend "auto": faiss at this
+# many clusters, 100 iterations at most, no subsampling).
+ROUTES = {"package": 100, "faiss, 20 iterations": 20}
+
+
+def route_nmi(x, labels, seed, n_iter):
+    """(NMI, seconds) of `clustering.kmeans(backend="faiss", n_iter=n_iter)` with one cluster
+    per class, scored as `dnc_keras.evaluation` scores it."""
+    from sklearn.metrics import normalized_mutual_info_score
+
+    from dnc_keras.clustering import kmeans
+
+    classes = len(np.unique(labels))
+    start = time.perf_counter()
+    predicted = kmeans(x, classes, seed=seed, n_iter=n_iter, backend="faiss")
+    seconds = time.perf_counter() - start
+    return float(normalized_mutual_info_score(labels, predicted)), seconds
+
+
+def _reference_values(args):
+    """scikit-learn's NMI per seed: computed here with --tiny, else read from the reference
+    file of the same settings (None where it has not been computed)."""
+    if args.tiny:
+        return {seed: sklearn_nmi(*sop_like_embeddings(args.n, args.classes, args.dim, seed),
+                                  seed)[0] for seed in args.seeds}
+    path = args.out.replace(os.path.basename(args.out),
+                            os.path.basename(args.out).replace("nmi", "nmi_reference", 1))
+    if not os.path.exists(path):
+        print(f"no reference at {path} (python benchmarks/bench_nmi.py --reference): "
+              "differences from scikit-learn left out", flush=True)
+        return {}
+    with open(path) as f:
+        seeds = json.load(f)["seeds"]
+    return {int(seed): entry["nmi"] for seed, entry in seeds.items()}
+
+
+def routes(args, argv):
+    """Each route on each seed: seconds, NMI, difference from scikit-learn's, targets met."""
+    references = _reference_values(args)
+    results = {"settings": vars(args), "noise": NOISE, "blas": blas_kernels(),
+               "target": {"seconds": TARGET_SECONDS, "nmi_difference": TOLERANCE},
+               "routes": {name: {"max_iterations": n_iter, "seeds": {}}
+                          for name, n_iter in ROUTES.items()}}
+    for seed in args.seeds:
+        x, labels = sop_like_embeddings(args.n, args.classes, args.dim, seed)
+        for name, n_iter in ROUTES.items():
+            busy, own = common.busy_cpu_seconds(), sum(os.times()[:2])
+            value, seconds = route_nmi(x, labels, seed, n_iter)
+            load = common.other_load(busy, sum(os.times()[:2]) - own, seconds)
+            reference_nmi = references.get(seed)
+            difference = None if reference_nmi is None else value - reference_nmi
+            results["routes"][name]["seeds"][str(seed)] = {
+                "nmi": value, "seconds": seconds, "other_load": load,
+                "sklearn_nmi": reference_nmi, "difference": difference,
+                "met": seconds <= TARGET_SECONDS and difference is not None
+                and abs(difference) <= TOLERANCE}
+            shown = "n/a" if difference is None else f"{difference:+.4f}"
+            print(f"seed {seed} {name}: NMI {value:.4f} ({shown} against scikit-learn) in "
+                  f"{seconds:.1f} s (others' load {load:.2f} cores)", flush=True)
+            common.write_results(results, args.out, argv, __file__, name="nmi")
+    return args.out
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.reference:
         return reference(args, argv)
-    raise NotImplementedError
+    return routes(args, argv)
 
 
 if __name__ == "__main__":

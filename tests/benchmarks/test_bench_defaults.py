@@ -23,6 +23,8 @@ DEFAULTS = {
     "bench_export_fidelity": [([], "export_fidelity.json")],
     "bench_faults": [([], "faults.json")],
     "bench_main_job": [([], "main_job.json")],
+    "bench_index": [([], "index.json")],
+    "bench_nmi": [([], "nmi.json"), (["--reference"], "nmi_reference.json")],
     "bench_inference": [(["saved_models/glyphs"], "inference.json"),
                         (["saved_models/cub/"], "inference_cub.json")],
     "bench_memory": [([], "memory.json"), (["--skip-job"], "memory_recluster.json"),
