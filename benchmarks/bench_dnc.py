@@ -56,6 +56,10 @@ VARIANTS = {
                                              recluster_features="training"),
     # One learner with one learned mask: does the gain of learned masks need the division?
     "single (K=1), learned mask": dict(learners=1, subspaces="learned"),
+    # K = 4 from the first epoch and CVPR's conquer (per-block-normalised concatenation,
+    # batches from all the data): the settings that put a prototype's DnC ahead (issue 14).
+    "DnC K=4 fixed, no division, cvpr conquer": dict(learners=4, subspaces="fixed",
+                                                     progressive=False, conquer_mode="cvpr"),
     # Each cluster walked without replacement, re-clustered on the train steps' features.
     "DnC K=4 fixed, walk, training features": dict(learners=4, subspaces="fixed",
                                                    batch_order="walk",

@@ -1,8 +1,8 @@
 """What a run trains and evaluates on: the data plan of a TrainConfig and its dataset's protocol.
 
 A `DataPlan` hides where the images live. The small datasets are arrays in memory; the
-benchmarks stream from disk through `dnc_keras.images` (`ImageFiles` for everything that
-embeds, `sampler_dataset` for training). Either way the plan gives the training labels and
+benchmarks stream from disk: `dnc_keras.images.ImageFiles` for everything that embeds,
+`dnc_keras.batches.FileSource` for training batches. Either way the plan gives the training labels and
 images, the evaluations of the dataset's protocol (leave-one-out on a test split; In-shop's
 queries against its gallery; one per VehicleID test list) with their Recall@K, and, in the
 fair-comparison mode, a validation split made of held-out training classes (Musgrave et al.,

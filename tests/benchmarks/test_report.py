@@ -13,9 +13,9 @@ sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 import report  # noqa: E402
 
 # A measured figure: three or more decimals, a decimal speed ratio, a timing, a memory size,
-# a decimal percentage.
-FIGURE = re.compile(r"\b\d+\.\d{3,}\b|\b\d+\.\d+x\b|\b\d[\d,.]*\s?(?:ms|MiB|GiB)\b"
-                    r"|\b\d+\.\d+%")
+# a decimal percentage, a difference in scientific notation, "a factor of N".
+FIGURE = re.compile(r"\b\d+\.\d{3,}\b|\b\d+\.\d+x\b|\b\d[\d,.]*\s?(?:ms|MiB|GiB|MB|GB)\b"
+                    r"|\b\d+\.\d+%|\b\d+\.\d+e-\d+\b|\bfactor of (?:two|three|\d)")
 # Constants quoted from others' code or documents, not measurements of ours.
 QUOTED = {"1.001e-5",  # keras.applications' BatchNorm epsilon (docs/reproducing.md)
           "103.939", "116.779",  # the caffe ImageNet mean in BGR
