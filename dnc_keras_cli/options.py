@@ -26,16 +26,19 @@ BACKBONES = {
     "conv4": "dnc_keras.backbones:conv4",
     "resnet50": "dnc_keras.backbones:resnet50",
 }
+# name -> ("module:loader" of the in-memory dataset, "module:loader" of its files), either None
+# where it does not apply: `dnc_keras.datasets.load` calls the first (the on-disk benchmarks,
+# which have none, return their files), `load_paths` the second. A dataset is one line here.
 DATASETS = {
-    "glyphs": "dnc_keras.datasets:load_glyphs",
-    "digits": "dnc_keras.datasets:load_digits",
-    "omniglot": "dnc_keras.datasets:load_omniglot",
-    "folder": "dnc_keras.datasets:load_folder",
-    "cub": "dnc_keras.datasets:load_cub",
-    "cars": "dnc_keras.datasets:load_cars",
-    "sop": "dnc_keras.datasets:load_sop",
-    "inshop": "dnc_keras.datasets:load_inshop",
-    "vehicleid": "dnc_keras.datasets:load_vehicleid",
+    "glyphs": ("dnc_keras.datasets:load_glyphs", None),
+    "digits": ("dnc_keras.datasets:load_digits", None),
+    "omniglot": ("dnc_keras.datasets:load_omniglot", "dnc_keras.datasets:load_omniglot_paths"),
+    "folder": ("dnc_keras.datasets:load_folder", "dnc_keras.datasets:load_folder_paths"),
+    "cub": (None, "dnc_keras.datasets:load_cub"),
+    "cars": (None, "dnc_keras.datasets:load_cars"),
+    "sop": (None, "dnc_keras.datasets:load_sop"),
+    "inshop": (None, "dnc_keras.datasets:load_inshop"),
+    "vehicleid": (None, "dnc_keras.datasets:load_vehicleid"),
 }
 PRESETS = ("cub", "cars", "sop", "inshop", "vehicleid")
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")

@@ -14,6 +14,7 @@ folder layouts (`"folder"`, `"omniglot"`) are available as paths too.
 
 from __future__ import annotations
 
+import importlib
 import os
 
 from dnc_keras.datasets._base import MetricDataset
@@ -35,29 +36,23 @@ from dnc_keras.datasets.inshop import load_inshop
 from dnc_keras.datasets.omniglot import load_omniglot
 from dnc_keras.datasets.sop import load_sop
 from dnc_keras.datasets.vehicleid import load_vehicleid
+from dnc_keras_cli.options import DATASETS
 
-DATASET_NAMES = ("glyphs", "digits", "omniglot", "folder")
+# Every table of names derives from the registry (dnc_keras_cli.options.DATASETS).
+DATASET_NAMES = tuple(name for name, (memory, _) in DATASETS.items() if memory)
+BENCHMARK_NAMES = tuple(name for name, (memory, _) in DATASETS.items() if not memory)
+PATH_DATASET_NAMES = BENCHMARK_NAMES + tuple(
+    name for name, (memory, files) in DATASETS.items() if memory and files)
 OMNIGLOT_ENV = "DNC_OMNIGLOT_DIR"
-
-_LOADERS = {
-    "glyphs": load_glyphs,
-    "digits": load_digits,
-    "omniglot": load_omniglot,
-    "folder": load_folder,
-}
 _LAYOUTS = {"omniglot": _omniglot.LAYOUT, "folder": _folder.LAYOUT}
 
-BENCHMARK_NAMES = ("cub", "cars", "sop", "inshop", "vehicleid")
-PATH_DATASET_NAMES = BENCHMARK_NAMES + ("folder", "omniglot")
-_PATH_LOADERS = {
-    "cub": load_cub,
-    "cars": load_cars,
-    "sop": load_sop,
-    "inshop": load_inshop,
-    "vehicleid": load_vehicleid,
-    "folder": load_folder_paths,
-    "omniglot": load_omniglot_paths,
-}
+
+def _loader(name, files):
+    """The registry's loader of `name`: of its files (`files`) or in memory."""
+    module, attribute = DATASETS[name][1 if files else 0].split(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
 _ALIASES = {"cub200": "cub", "cub-200-2011": "cub", "cub_200_2011": "cub", "cars196": "cars",
             "stanford_online_products": "sop", "in-shop": "inshop", "vid": "vehicleid"}
 
@@ -94,10 +89,10 @@ def load_paths(name, data_dir, train_classes="standard", **kwargs) -> PathDatase
         (5864, 100, 5924)
     """
     key = canonical_name(name)
-    if key not in _PATH_LOADERS:
+    if key not in PATH_DATASET_NAMES:
         raise ValueError(f"Unknown on-disk dataset {name!r}. Expected one of: "
                          f"{', '.join(PATH_DATASET_NAMES)}")
-    return _PATH_LOADERS[key](data_dir, train_classes=train_classes, **kwargs)
+    return _loader(key, files=True)(data_dir, train_classes=train_classes, **kwargs)
 
 
 def load(
@@ -130,7 +125,7 @@ def load(
     key = canonical_name(name)
     if key in BENCHMARK_NAMES:
         return load_paths(key, data_dir, train_classes=train_classes, **kwargs)
-    if key not in _LOADERS:
+    if key not in DATASET_NAMES:
         raise ValueError(f"Unknown dataset {name!r}. Expected one of: "
                          f"{', '.join(DATASET_NAMES + BENCHMARK_NAMES)}")
     if key == "omniglot" and data_dir is None:
@@ -149,7 +144,7 @@ def load(
         kwargs["image_size"] = image_size
     if key in _LAYOUTS:
         kwargs["data_dir"] = data_dir
-    return _LOADERS[key](seed=seed, train_classes=train_classes, **kwargs)
+    return _loader(key, files=False)(seed=seed, train_classes=train_classes, **kwargs)
 
 
 __all__ = [

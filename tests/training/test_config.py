@@ -1,6 +1,7 @@
 """Options defined once: the CLI, --help and config files all come from one table, and a bad
 value anywhere is a one-line error naming the key, the value and what is expected."""
 
+import importlib
 import json
 
 import keras
@@ -69,6 +70,15 @@ def test_registries_name_what_the_package_defines():
     for name in BACKBONES:
         assert callable(resolve(BACKBONES, name, "backbone"))
     assert set(DATASETS) == set(datasets.DATASET_NAMES + datasets.BENCHMARK_NAMES)
+    for name, (memory, files) in DATASETS.items():
+        # Each entry names a loader of the package: in memory, of files, or both.
+        assert memory or files, name
+        for entry in filter(None, (memory, files)):
+            module, attribute = entry.split(":")
+            assert callable(getattr(importlib.import_module(module), attribute)), entry
+    assert datasets.BENCHMARK_NAMES == ("cub", "cars", "sop", "inshop", "vehicleid")
+    assert set(datasets.PATH_DATASET_NAMES) == set(datasets.BENCHMARK_NAMES) | {"folder",
+                                                                                 "omniglot"}
     with pytest.raises(ValueError, match="unknown loss 'hinge'"):
         resolve(LOSSES, "hinge", "loss")
 
@@ -76,3 +86,29 @@ def test_registries_name_what_the_package_defines():
 def test_color_mode_applies_to_every_loader_or_is_refused(tmp_path, capsys):
     assert main(["train", "--dataset", "glyphs", "--color-mode", "rgb", "--dry-run"]) == 2
     assert "glyphs images are grey; color_mode does not apply" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("color_mode, channels", [("grayscale", 1), ("rgb", 3)])
+def test_color_mode_reaches_the_folder_loader(tmp_path, color_mode, channels):
+    """--color-mode is applied to folder data (it was recorded in config.json and ignored): the
+    images have its channels, and grayscale equals Pillow's own grey conversion."""
+    import numpy as np
+    from PIL import Image
+
+    from dnc_keras.training.plan import load_memory_dataset
+
+    rng = np.random.default_rng(0)
+    for c in range(4):
+        (tmp_path / f"class{c}").mkdir()
+        for i in range(3):
+            pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / f"class{c}" / f"{i}.png")
+    config = TrainConfig(dataset="folder", data_dir=str(tmp_path), image_size=16,
+                         color_mode=color_mode)
+    data = load_memory_dataset(config)
+    assert data.x_train.shape[1:] == (16, 16, channels)
+    if color_mode == "grayscale":
+        first = sorted((tmp_path / "class0").iterdir())[0]
+        grey = np.asarray(Image.open(first).convert("L"), np.float32) / 255
+        images = np.concatenate([data.x_train, data.x_test])
+        assert np.min(np.abs(images[..., 0] - grey).max(axis=(1, 2))) < 1 / 255 + 1e-6
