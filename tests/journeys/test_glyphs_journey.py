@@ -44,3 +44,26 @@ def test_glyphs_train_evaluate_export_serve_search(tmp_path):
     manifest = check_served_chain(tmp_path, run_dir, "glyphs", files, gallery, files[0])
     quality = manifest["quality"]["savedmodel"]["agreement"]["evaluations"]["test"]
     assert quality["run MAP@R"] == results["test"]["MAP@R"]
+
+
+def test_learned_masks_margin_loss_mixed_precision_load_in_a_new_process(tmp_path):
+    """The other model kinds a user trains load in a new process as they were trained: learned
+    masks (SubspaceMasks' learned weights), MarginLoss (its trainable beta) and a model built
+    under mixed_float16. `evaluate` in a new process recomputes the run's own metrics."""
+    run_dir = tmp_path / "runs" / "learned"
+    results = json.loads(dnc("train", "--epochs", "2", "--steps-per-epoch", "4",
+                             "--learners", "2", "--embedding-dim", "16", "--subspaces",
+                             "learned", "--loss", "margin", "--mixed-precision", "--no-nmi",
+                             "--out", run_dir, "--no-plots", "--json", cwd=tmp_path))
+    loaded = json.loads(run([sys.executable, "-c",
+                             "import json, dnc_keras, keras; m = keras.saving.load_model("
+                             f"{str(run_dir / 'model.keras')!r}); "
+                             "print(json.dumps({'masks': m.subspaces.mode, "
+                             "'learners': int(m.subspaces.max_learners), "
+                             "'policies': sorted({l.dtype_policy.name for l in "
+                             "m._flatten_layers()})}))"], tmp_path))
+    assert loaded["masks"] == "learned" and loaded["learners"] == 2
+    # The backbone computes in float16; SubspaceMasks stays float32.
+    assert loaded["policies"] == ["float32", "mixed_float16"]
+    evaluated = json.loads(dnc("evaluate", run_dir, "--json", cwd=tmp_path))
+    assert abs(evaluated["test"]["MAP@R"] - results["test"]["MAP@R"]) < 1e-6
