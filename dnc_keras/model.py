@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from dnc_keras import progress
 from dnc_keras.layers import SubspaceMasks
 from dnc_keras.preprocessing import Preprocessing
 
@@ -258,12 +259,18 @@ class DnCModel(keras.Model):
         return bool(self.conquered.numpy())
 
     def embed(self, images, output="embedding", batch_size=256):
-        """L2-normalised `"embedding"` (what predict returns) or backbone `"features"` f."""
+        """L2-normalised `"embedding"` (what predict returns) or backbone `"features"` f.
+
+        A dataset's worth takes a while: a progress bar shows on a terminal (dnc_keras.progress).
+        """
         if output not in ("embedding", "features"):
             raise ValueError(f"output must be 'embedding' or 'features'; got {output!r}")
         fn = self._embed_fn(output)
-        chunks = [fn(tf.constant(images[i:i + batch_size], tf.float32)).numpy()
-                  for i in range(0, len(images), batch_size)]
+        chunks = []
+        with progress.bar(total=len(images), desc=f"embedding ({output})", unit="img") as bar:
+            for i in range(0, len(images), batch_size):
+                chunks.append(fn(tf.constant(images[i:i + batch_size], tf.float32)).numpy())
+                bar.update(len(chunks[-1]))
         return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
 
     def _embed_fn(self, output):
