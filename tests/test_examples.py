@@ -89,3 +89,26 @@ def test_two_devices_tutorial_mirrored():
 def test_two_devices_tutorial_two_worker_processes():
     _check_two_replicas(_run_tutorial("two_devices", "multi-worker", "--steps", "2"),
                         "CollectiveAllReduceStrategy")
+
+
+def test_export_serve_query_tutorial(tmp_path):
+    import json
+
+    import numpy as np
+
+    from dnc_keras.export import load_run
+    from dnc_keras.preprocessing import load_files
+
+    report = _run_tutorial("export_serve_query", str(tmp_path))
+    assert report["queries"] == 6 and os.path.isdir(report["export"])
+    assert set(report["max_abs_diff_vs_run"]) == {"rest", "grpc", "onnxruntime"}
+    # Every route's embeddings of the files, against this process's own run of the trained
+    # model on them (the tutorial's edge child exits non-zero if it could import TensorFlow).
+    with open(tmp_path / "embeddings.json") as f:
+        found = json.load(f)
+    run = load_run(str(tmp_path / "run"))
+    expected = run.model.embed(load_files(found["files"], run.preprocessing))
+    assert expected.shape == (6, 16)
+    for route in ("rest", "grpc", "onnxruntime"):
+        np.testing.assert_allclose(found[route], expected, rtol=0, atol=1e-4, err_msg=route)
+        assert report["max_abs_diff_vs_run"][route] < 1e-4
