@@ -125,13 +125,14 @@ class DnCModel(keras.Model):
 
     def _build_compile_metrics(self):
         # Keras builds `compile(metrics=...)` from a symbolic batch, which the override above
-        # skips; their variables must be created in the strategy's scope, not in a replica.
+        # skips; their variables must be created in the strategy's scope, not in a replica
+        # (DistributedTrainer calls this too).
         compiled = self._compile_metrics
         if compiled is None or compiled.built:
             return
         labels = keras.KerasTensor((None,), "int32")
         embedding = keras.KerasTensor((None, self.subspaces.embedding_dim), "float32")
-        with self._distribute_strategy.scope():
+        with self.distribute_strategy.scope():
             compiled.build(labels, embedding)
 
     @property

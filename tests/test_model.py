@@ -186,10 +186,13 @@ class PositiveDistance(keras.metrics.Metric):
 
 
 def _metric_reference(embedding, y, batch):
-    """numpy: (mean nn_hit over all items, mean same-label distance) batch by batch."""
+    """numpy: (mean nn_hit over all items, mean same-label distance) batch by batch; `batch`
+    is a batch size (consecutive batches) or a list of index arrays."""
+    if isinstance(batch, int):
+        batch = [np.arange(s, min(s + batch, len(y))) for s in range(0, len(y), batch)]
     hits, total, count = [], 0.0, 0
-    for start in range(0, len(y), batch):
-        e, labels = embedding[start:start + batch].astype(np.float64), y[start:start + batch]
+    for indices in batch:
+        e, labels = embedding[indices].astype(np.float64), y[indices]
         dist = np.linalg.norm(e[:, None] - e[None], axis=-1)
         np.fill_diagonal(dist, np.inf)
         hits += (labels[dist.argmin(1)] == labels).tolist()
@@ -234,12 +237,27 @@ with strategy.scope():
     model.compile(optimizer=keras.optimizers.Adam(0.0), loss=t.TripletHardLoss(margin=0.2),
                   metrics=[t.nn_hit, t.PositiveDistance()])
 history = model.fit(x, y, batch_size=32, shuffle=False, epochs=1, verbose=0)
-print(json.dumps({{"logs": {{k: v[-1] for k, v in history.history.items()}},
-                  "reference": t._metric_reference(model.predict(x, verbose=0), y, 32)}}))
+found = {{"fit": {{"logs": {{k: v[-1] for k, v in history.history.items()}},
+                  "reference": t._metric_reference(model.predict(x, verbose=0), y, 32)}}}}
+
+from dnc_keras.sampling import ClusterBatchSampler
+from dnc_keras.training.distributed import DistributedTrainer
+with strategy.scope():
+    model = t._model(d=8, k=2, lr=0.0)
+    model.compile(optimizer=keras.optimizers.Adam(0.0), loss=t.TripletHardLoss(margin=0.2),
+                  metrics=[t.nn_hit, t.PositiveDistance()])
+sampler = ClusterBatchSampler(y, 4, 4, seed=0, steps_per_epoch=4)
+history = DistributedTrainer(model, sampler, sampler.as_dataset(x)).fit(1, verbose=0)
+batches = [indices for indices, _ in ClusterBatchSampler(y, 4, 4, seed=0,
+                                                         steps_per_epoch=4).epoch_batches()]
+found["trainer"] = {{"logs": {{k: v[-1] for k, v in history.history.items()}},
+                    "reference": t._metric_reference(model.predict(x, verbose=0), y, batches)}}
+print(json.dumps(found))
 """
 
 
 def test_compiled_metrics_under_mirrored_strategy_see_the_global_batch():
+    # Two replicas, each half of every batch: the metrics still see the whole (gathered) one.
     # A fresh process: the CPU splits into two logical devices only before TensorFlow starts.
     import json
     import os
@@ -252,6 +270,7 @@ def test_compiled_metrics_under_mirrored_strategy_see_the_global_batch():
                          capture_output=True, text=True, env=env, timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
     found = json.loads(out.stdout.strip().splitlines()[-1])
-    hit, positive = found["reference"]
-    assert found["logs"]["nn_hit"] == pytest.approx(hit, rel=1e-5)
-    assert found["logs"]["positive_distance"] == pytest.approx(positive, rel=1e-4)
+    for loop in ("fit", "trainer"):  # model.fit, and DistributedTrainer's custom loop
+        hit, positive = found[loop]["reference"]
+        assert found[loop]["logs"]["nn_hit"] == pytest.approx(hit, rel=1e-5), loop
+        assert found[loop]["logs"]["positive_distance"] == pytest.approx(positive, rel=1e-4)
