@@ -1,6 +1,8 @@
 import importlib.util
 import os
 
+import pytest
+
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
 
 
@@ -72,6 +74,10 @@ def _run_tutorial(name, *args, timeout=240):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+# Each tutorial below runs for about a minute in processes of its own: each is its own xdist
+# group, so the two workers share them (tests/conftest.py otherwise groups by file).
+
+
 def _check_two_replicas(result, strategy):
     assert result["strategy"] == strategy and result["replicas"] == 2
     assert result["learners"] == 2 and result["conquered"]  # divided, then conquered
@@ -81,16 +87,19 @@ def _check_two_replicas(result, strategy):
     assert 0.2 < result["metrics"]["R@1"] <= 1.0  # digits never seen (5-9): better than chance
 
 
+@pytest.mark.xdist_group("test_two_devices_tutorial_mirrored")
 def test_two_devices_tutorial_mirrored():
     _check_two_replicas(_run_tutorial("two_devices", "mirrored", "--steps", "2"),
                         "MirroredStrategy")
 
 
+@pytest.mark.xdist_group("test_two_devices_tutorial_two_worker_processes")
 def test_two_devices_tutorial_two_worker_processes():
     _check_two_replicas(_run_tutorial("two_devices", "multi-worker", "--steps", "2"),
                         "CollectiveAllReduceStrategy")
 
 
+@pytest.mark.xdist_group("test_export_serve_query_tutorial")
 def test_export_serve_query_tutorial(tmp_path):
     import json
 
