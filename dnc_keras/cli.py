@@ -313,8 +313,13 @@ def run(args):
                 "build-index": build_index_command, "search": search_command,
                 "index-add": index_add_command, "index-remove": index_remove_command,
                 "calibrate": calibrate_command}
+    from dnc_keras import progress
+
+    # --quiet: no bars for this command (an unforced setting defers to stderr being a tty).
+    quiet = progress.forced(False) if getattr(args, "quiet", False) else contextlib.nullcontext()
     try:
-        handlers[args.command](args)
+        with quiet:
+            handlers[args.command](args)
     except ModuleNotFoundError as error:
         print(f"dnc-keras {args.command}: error: {error.name} is not installed; this command "
               "needs the export extra: pip install 'dnc_keras[export]'", file=sys.stderr)

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from dnc_keras import progress
 from dnc_keras.layers import SubspaceMasks
 from dnc_keras.preprocessing import Preprocessing
 
@@ -17,6 +18,12 @@ class DnCModel(keras.Model):
     compiled loss sees normalize(mask_k * z); after `conquer()` it sees the full normalize(z),
     the masks freeze and the overlap penalty stops. `predict` returns the inference embedding
     (normalize(z) by default), `evaluate` the loss on it.
+
+    Metrics given to `compile(metrics=...)` take (labels, embeddings), as the losses do: a
+    Keras metric or a function `metric(y_true, y_pred)` returning a value per batch (averaged
+    over the epoch). They see the inference embedding (what `predict` returns) of each batch,
+    in `fit` (the global batch under `tf.distribute`) and in `evaluate`, and appear in the logs
+    and `History` under their names (`val_<name>` on validation data).
 
     Args:
         encoder: a Keras model images -> [f, z] (see `dnc_keras.backbones.build_encoder`).
@@ -72,6 +79,8 @@ class DnCModel(keras.Model):
 
         Args:
             loss: a metric-learning loss taking (labels, embeddings), e.g. `MarginLoss()`.
+            metrics: (in kwargs) metrics taking (labels, embeddings), reported in fit's and
+                evaluate's logs; computed on the inference embedding (see the class docs).
             mask_optimizer: optimizer of the learned masks. Defaults to a copy of `optimizer`
                 with `mask_lr_multiplier` times its learning rate.
 
@@ -108,14 +117,33 @@ class DnCModel(keras.Model):
         # from the same run on one device. A DnCModel is built at construction: only the
         # optimizer is left to build, in the strategy's scope.
         if self._distribute_strategy is None:
-            return
+            return  # the compiled metrics build when the train/test function is traced
+        self._build_compile_metrics()
         if self.optimizer is not None and not self.optimizer.built:
             with self._distribute_strategy.scope():
                 self.optimizer.build(self.encoder.trainable_variables)
 
+    def _build_compile_metrics(self):
+        # Keras builds `compile(metrics=...)` from a symbolic batch, which the override above
+        # skips; their variables must be created in the strategy's scope, not in a replica
+        # (DistributedTrainer calls this too).
+        compiled = self._compile_metrics
+        if compiled is None or compiled.built:
+            return
+        labels = keras.KerasTensor((None,), "int32")
+        embedding = keras.KerasTensor((None, self.subspaces.embedding_dim), "float32")
+        with self.distribute_strategy.scope():
+            compiled.build(labels, embedding)
+
     @property
     def metrics(self):
-        return [self.loss_tracker, self.overlap_tracker, self.nonfinite_tracker]
+        own = [self.loss_tracker, self.overlap_tracker, self.nonfinite_tracker]
+        return own + ([self._compile_metrics] if self._compile_metrics is not None else [])
+
+    def update_compiled_metrics(self, labels, embedding):
+        """Updates the metrics of `compile(metrics=...)` with a batch's (labels, embeddings)."""
+        if self._compile_metrics is not None:
+            self._compile_metrics.update_state(labels, embedding)
 
     def compute_loss_for_learner(self, labels, z, learner):
         """(learner loss, overlap penalty) for one batch; conquered: loss on normalize(z)."""
@@ -163,7 +191,8 @@ class DnCModel(keras.Model):
             bank.write(x["indices"], f)
         self.loss_tracker.update_state(loss)
         self.overlap_tracker.update_state(overlap)
-        return {m.name: m.result() for m in self.metrics}
+        self.update_compiled_metrics(labels, self.subspaces(z))
+        return self.get_metrics_result()
 
     def apply_learner_gradients(self, grads, encoder_vars, mask_vars):
         """Coupled L2 on encoder weights, then one optimizer step each for encoder and masks."""
@@ -182,7 +211,11 @@ class DnCModel(keras.Model):
         embedding = self(x, training=False)
         loss = self.learner_loss(labels, embedding)
         self.loss_tracker.update_state(loss)
-        return {"loss": self.loss_tracker.result()}
+        self.update_compiled_metrics(labels, embedding)
+        results = {"loss": self.loss_tracker.result()}
+        if self._compile_metrics is not None:
+            results.update(self._compile_metrics.result())
+        return results
 
     # -- divide and conquer ---------------------------------------------------------------
     @property
@@ -227,12 +260,18 @@ class DnCModel(keras.Model):
         return bool(self.conquered.numpy())
 
     def embed(self, images, output="embedding", batch_size=256):
-        """L2-normalised `"embedding"` (what predict returns) or backbone `"features"` f."""
+        """L2-normalised `"embedding"` (what predict returns) or backbone `"features"` f.
+
+        A dataset's worth takes a while: a progress bar shows on a terminal (dnc_keras.progress).
+        """
         if output not in ("embedding", "features"):
             raise ValueError(f"output must be 'embedding' or 'features'; got {output!r}")
         fn = self._embed_fn(output)
-        chunks = [fn(tf.constant(images[i:i + batch_size], tf.float32)).numpy()
-                  for i in range(0, len(images), batch_size)]
+        chunks = []
+        with progress.bar(total=len(images), desc=f"embedding ({output})", unit="img") as bar:
+            for i in range(0, len(images), batch_size):
+                chunks.append(fn(tf.constant(images[i:i + batch_size], tf.float32)).numpy())
+                bar.update(len(chunks[-1]))
         return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
 
     def _embed_fn(self, output):

@@ -505,9 +505,15 @@ def load_files(paths, record, batch_size=64):
     import numpy as np
     import tensorflow as tf
 
+    from dnc_keras import progress
+
     paths = [str(p) for p in paths]
     try:
-        chunks = [batch.numpy() for batch in files_dataset(paths, record, batch_size)]
+        with progress.bar(total=len(paths), desc="reading images", unit="img") as bar:
+            chunks = []
+            for batch in files_dataset(paths, record, batch_size):
+                chunks.append(batch.numpy())
+                bar.update(len(chunks[-1]))
     except (tf.errors.OpError, UnicodeDecodeError):
         for path in paths:  # find and name the culprit
             try:

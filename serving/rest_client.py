@@ -1,5 +1,8 @@
-"""REST client of an exported dnc_keras model on TF Serving (port 8501): HTTP with the standard
-library; numpy and Pillow (image_input.py) to read and check images.
+"""REST client of an exported dnc_keras model on TF Serving (port 8501).
+
+Needs numpy and Pillow (pip install numpy pillow): image_input.py decodes and checks the images
+with them; HTTP itself is the standard library's urllib. --index also needs faiss
+(gallery_search.py). Nothing of TensorFlow or dnc_keras.
 
     python serving/rest_client.py --url http://localhost:8501 --model glyphs a.png b.jpg
     python serving/rest_client.py --url http://localhost:8501 --model glyphs --pixels a.png

@@ -152,3 +152,125 @@ def test_resnet50_backbone_builds_without_downloading():
     encoder = build_encoder(resnet50((64, 64, 3), weights=None), 32)
     f, z = encoder(np.zeros((1, 64, 64, 3), np.float32))
     assert f.shape == (1, 2048) and z.shape == (1, 32)
+
+
+def nn_hit(y_true, y_pred):
+    """Per item: 1 if its nearest other item in the batch has its label (in-batch recall@1)."""
+    import tensorflow as tf
+
+    sim = tf.matmul(y_pred, y_pred, transpose_b=True) - 3.0 * tf.eye(tf.shape(y_pred)[0])
+    nearest = tf.gather(y_true, tf.argmax(sim, axis=1))
+    return tf.cast(tf.equal(nearest, y_true), tf.float32)
+
+
+class PositiveDistance(keras.metrics.Metric):
+    """Mean distance between same-label pairs, over every batch of the epoch."""
+
+    def __init__(self, name="positive_distance", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        import tensorflow as tf
+
+        same = tf.cast(tf.equal(y_true[:, None], y_true[None, :]), tf.float32)
+        same -= tf.eye(tf.shape(y_true)[0])
+        diff = y_pred[:, None, :] - y_pred[None, :, :]
+        dist = tf.sqrt(tf.maximum(tf.reduce_sum(diff * diff, -1), 1e-12))
+        self.total.assign_add(tf.reduce_sum(dist * same))
+        self.count.assign_add(tf.reduce_sum(same))
+
+    def result(self):
+        return self.total / self.count
+
+
+def _metric_reference(embedding, y, batch):
+    """numpy: (mean nn_hit over all items, mean same-label distance) batch by batch; `batch`
+    is a batch size (consecutive batches) or a list of index arrays."""
+    if isinstance(batch, int):
+        batch = [np.arange(s, min(s + batch, len(y))) for s in range(0, len(y), batch)]
+    hits, total, count = [], 0.0, 0
+    for indices in batch:
+        e, labels = embedding[indices].astype(np.float64), y[indices]
+        dist = np.linalg.norm(e[:, None] - e[None], axis=-1)
+        np.fill_diagonal(dist, np.inf)
+        hits += (labels[dist.argmin(1)] == labels).tolist()
+        same = (labels[:, None] == labels[None]) & ~np.eye(len(labels), dtype=bool)
+        total, count = total + dist[same].sum(), count + same.sum()
+    return np.mean(hits), total / count
+
+
+def test_compiled_metrics_take_labels_and_embeddings_in_fit_and_evaluate():
+    x, y = _blobs()
+    # Learning rate 0: the embeddings fit's metrics see are predict's, so numpy can check them.
+    model = _model(d=8, k=2, lr=0.0)
+    model.compile(optimizer=keras.optimizers.Adam(0.0), loss=TripletHardLoss(margin=0.2),
+                  metrics=[nn_hit, PositiveDistance()])
+    history = model.fit(x, y, batch_size=32, shuffle=False, epochs=2, verbose=0,
+                        validation_data=(x, y), validation_batch_size=64)
+    hit, positive = _metric_reference(model.predict(x, verbose=0), y, 32)
+    assert 0.0 < hit < 1.0  # an untrained model: the check can tell right from wrong values
+    logs = history.history
+    assert logs["nn_hit"] == pytest.approx([hit] * 2, rel=1e-5)
+    assert logs["positive_distance"] == pytest.approx([positive] * 2, rel=1e-4)
+    val_hit, val_positive = _metric_reference(model.predict(x, verbose=0), y, 64)
+    assert logs["val_nn_hit"][-1] == pytest.approx(val_hit, rel=1e-5)
+    assert logs["val_positive_distance"][-1] == pytest.approx(val_positive, rel=1e-4)
+    assert {"loss", "overlap", "nonfinite"} <= set(logs)
+    result = model.evaluate(x, y, batch_size=64, verbose=0, return_dict=True)
+    assert result["nn_hit"] == pytest.approx(val_hit, rel=1e-5)
+
+
+_MIRRORED_METRICS = """
+import json, sys
+import keras, numpy as np, tensorflow as tf
+sys.path.insert(0, {tests!r})
+import test_model as t
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+x, y = t._blobs()
+with strategy.scope():
+    model = t._model(d=8, k=2, lr=0.0)
+    model.compile(optimizer=keras.optimizers.Adam(0.0), loss=t.TripletHardLoss(margin=0.2),
+                  metrics=[t.nn_hit, t.PositiveDistance()])
+history = model.fit(x, y, batch_size=32, shuffle=False, epochs=1, verbose=0)
+found = {{"fit": {{"logs": {{k: v[-1] for k, v in history.history.items()}},
+                  "reference": t._metric_reference(model.predict(x, verbose=0), y, 32)}}}}
+
+from dnc_keras.sampling import ClusterBatchSampler
+from dnc_keras.training.distributed import DistributedTrainer
+with strategy.scope():
+    model = t._model(d=8, k=2, lr=0.0)
+    model.compile(optimizer=keras.optimizers.Adam(0.0), loss=t.TripletHardLoss(margin=0.2),
+                  metrics=[t.nn_hit, t.PositiveDistance()])
+sampler = ClusterBatchSampler(y, 4, 4, seed=0, steps_per_epoch=4)
+history = DistributedTrainer(model, sampler, sampler.as_dataset(x)).fit(1, verbose=0)
+batches = [indices for indices, _ in ClusterBatchSampler(y, 4, 4, seed=0,
+                                                         steps_per_epoch=4).epoch_batches()]
+found["trainer"] = {{"logs": {{k: v[-1] for k, v in history.history.items()}},
+                    "reference": t._metric_reference(model.predict(x, verbose=0), y, batches)}}
+print(json.dumps(found))
+"""
+
+
+def test_compiled_metrics_under_mirrored_strategy_see_the_global_batch():
+    # Two replicas, each half of every batch: the metrics still see the whole (gathered) one.
+    # A fresh process: the CPU splits into two logical devices only before TensorFlow starts.
+    import json
+    import os
+    import subprocess
+    import sys
+
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    out = subprocess.run([sys.executable, "-c", _MIRRORED_METRICS.format(tests=tests)],
+                         capture_output=True, text=True, env=env, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    for loop in ("fit", "trainer"):  # model.fit, and DistributedTrainer's custom loop
+        hit, positive = found[loop]["reference"]
+        assert found[loop]["logs"]["nn_hit"] == pytest.approx(hit, rel=1e-5), loop
+        assert found[loop]["logs"]["positive_distance"] == pytest.approx(positive, rel=1e-4)

@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 
+from dnc_keras import progress
 from dnc_keras.export import signatures as sig
 from dnc_keras.export.manifest import inside, read_manifest
 from dnc_keras.preprocessing import Preprocessing
@@ -87,12 +88,20 @@ class ExportedModel:
                 raise FileNotFoundError(f"ONNX model {path} not found")
             self._session = onnx.session(path)
 
-    def embed(self, images, batch_size=64):
-        """uint8 images [batch, h, w, channels] (one size) -> float32 [batch, d]."""
+    def embed(self, images, batch_size=64, bar=None):
+        """uint8 images [batch, h, w, channels] (one size) -> float32 [batch, d].
+
+        `bar`: a `dnc_keras.progress.bar` advanced by each image embedded (callers that embed
+        many images in several calls keep one bar); by default none."""
         images = np.asarray(images)
-        chunks = [self._run(check_images(images[i:i + batch_size], self.channels, self.bounds))
-                  for i in range(0, len(images), batch_size)] if len(images) else \
-            [self._run(check_images(images, self.channels, self.bounds))]
+        if not len(images):
+            return self._run(check_images(images, self.channels, self.bounds))
+        chunks = []
+        for i in range(0, len(images), batch_size):
+            chunks.append(self._run(check_images(images[i:i + batch_size], self.channels,
+                                                 self.bounds)))
+            if bar is not None:
+                bar.update(len(chunks[-1]))
         return np.concatenate(chunks)
 
     def _run(self, images):
@@ -107,15 +116,21 @@ class ExportedModel:
     def embed_bytes(self, encoded, batch_size=64, names=None):
         """Encoded image files (bytes) -> float32 [n, d]: SavedModel's `serving_bytes`, or the
         graph decoder then ONNX Runtime. `names` label the files in errors."""
-        from dnc_keras.preprocessing import JPEG_MAGIC, PNG_MAGIC
-
         encoded = list(encoded)
         if not encoded:
             raise ValueError("embed_bytes needs at least one encoded image")
         names = list(names or (f"image_bytes[{i}]" for i in range(len(encoded))))
+        # A gallery or a test split takes a while: a bar on a terminal (dnc_keras.progress).
+        with progress.bar(total=len(encoded), desc=f"embedding ({self.runtime})",
+                          unit="img") as bar:
+            return self._embed_bytes(encoded, batch_size, names, bar)
+
+    def _embed_bytes(self, encoded, batch_size, names, bar):
+        from dnc_keras.preprocessing import JPEG_MAGIC, PNG_MAGIC
+
         if self.runtime == "onnx":
             return self.embed_arrays([self.decode(data, name) for data, name in
-                                      zip(encoded, names)], batch_size)
+                                      zip(encoded, names)], batch_size, bar)
         import tensorflow as tf
 
         # serving_bytes takes JPEG and PNG; other formats (GIF, BMP) are decoded here.
@@ -126,9 +141,10 @@ class ExportedModel:
             chunk = served[start:start + batch_size]
             batch = tf.constant([encoded[i] for i in chunk])
             out[chunk] = self._bytes(**{sig.BYTES_KEY: batch})[sig.OUTPUT_KEY].numpy()
+            bar.update(len(chunk))
         if others:
             out[others] = self.embed_arrays([self.decode(encoded[i], names[i])
-                                             for i in others], batch_size)
+                                             for i in others], batch_size, bar)
         return out
 
     def decode(self, data, name="image"):
@@ -142,14 +158,15 @@ class ExportedModel:
         except (tf.errors.OpError, UnicodeDecodeError) as error:
             raise ValueError(f"Cannot read image {name}: {pp.error_reason(error)}") from None
 
-    def embed_arrays(self, images, batch_size=64):
-        """uint8 arrays of any sizes -> float32 [n, d]; images of one size run together."""
+    def embed_arrays(self, images, batch_size=64, bar=None):
+        """uint8 arrays of any sizes -> float32 [n, d]; images of one size run together.
+        `bar` as for `embed`."""
         out = np.zeros((len(images), self.embedding_dim), np.float32)
         by_shape = {}
         for i, image in enumerate(images):
             by_shape.setdefault(np.shape(image), []).append(i)
         for indices in by_shape.values():
-            out[indices] = self.embed(np.stack([images[i] for i in indices]), batch_size)
+            out[indices] = self.embed(np.stack([images[i] for i in indices]), batch_size, bar)
         return out
 
     def embed_files(self, paths, batch_size=64):

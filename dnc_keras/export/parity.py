@@ -16,6 +16,7 @@ import io
 import numpy as np
 
 from dnc_keras import preprocessing as pp
+from dnc_keras import progress
 from dnc_keras.export import signatures as sig
 
 # The one tolerance of every parity check: max |difference| of L2-normalised embeddings.
@@ -108,7 +109,11 @@ def check_parity(model, record, saved_model_dir, onnx_path, inputs,
     def savedmodel(batch):
         return by_pixels(**{sig.IMAGES_KEY: tf.constant(batch)})[sig.OUTPUT_KEY].numpy()
 
+    # One run per input and route, each a separate call: a bar on a terminal.
+    bar = progress.bar(total=1 + 2 * len(pixels) + 2, desc="export parity checks", unit="run")
+
     def worst(outputs, rows):
+        bar.update()
         return float(np.abs(outputs - reference[rows]).max())
 
     diffs = {
@@ -128,6 +133,7 @@ def check_parity(model, record, saved_model_dir, onnx_path, inputs,
         diffs[f"savedmodel serving_default, batch of {len(batch)}"] = worst(
             savedmodel(stacked), batch)
         diffs[f"onnxruntime, batch of {len(batch)}"] = worst(onnx.run(session, stacked), batch)
+    bar.close()
     sizes = sorted({f"{p.shape[0]}x{p.shape[1]}" for p in pixels})
     return {"inputs": len(inputs), "sizes": sizes, "names": [n for n, _ in inputs],
             "reference": "the run's evaluation path: Keras model on preprocessing.decode and "

@@ -154,7 +154,9 @@ class DistributedTrainer:
 
     # -- setup ------------------------------------------------------------------------------
     def _build_optimizers(self):
-        # Slots must exist before the step is traced: variables cannot be created in a replica.
+        # Slots (and the compiled metrics' variables) must exist before the step is traced:
+        # variables cannot be created in a replica.
+        self.model._build_compile_metrics()
         with self.strategy.scope():
             self.model.optimizer.build(self.model.encoder.trainable_variables)
             if self.model.mask_optimizer is not None:

@@ -19,6 +19,18 @@ def test_export_then_validate(trained_run, tmp_path, capsys):
     assert cli.main(["validate-export", os.path.join(out, "glyphless")]) == 0
     report = capsys.readouterr().out
     assert "FAIL" not in report and "variant float16" in report
+    # --json: the same checks, one object each, and the manifest as written to disk.
+    assert cli.main(["validate-export", os.path.join(out, "glyphless"), "--json"]) == 0
+    checks = json.loads(capsys.readouterr().out)
+    assert [c["name"] for c in checks] == [line[5:].split("  ")[0].rstrip()
+                                           for line in report.splitlines()]
+    assert all(c["passed"] is True and isinstance(c["detail"], str) for c in checks)
+    assert cli.main(["export", trained_run, "--name", "glyphless", "--version", "4",
+                     "--out", out, "--json"]) == 0
+    printed = capsys.readouterr().out
+    with open(os.path.join(out, "glyphless", "manifest.json")) as f:
+        assert json.loads(printed) == json.load(f)
+    assert json.loads(printed)["version"] == 4 and len(printed.splitlines()) == 1
 
     # The same version again is refused, cleanly.
     assert cli.main(["export", trained_run, "--name", "glyphless", "--version", "3",
@@ -35,6 +47,9 @@ def test_export_errors_are_clean(tmp_path, capsys):
     assert cli.main(["validate-export", str(tmp_path)]) == 2
     captured = capsys.readouterr()
     assert "FAIL manifest" in captured.out and "1 check(s) failed" in captured.err
+    assert cli.main(["validate-export", str(tmp_path), "--json"]) == 2
+    captured = capsys.readouterr()
+    assert [(c["name"], c["passed"]) for c in json.loads(captured.out)] == [("manifest", False)]
 
 
 def test_build_index_and_search(export_dir, gallery, tmp_path, capsys):

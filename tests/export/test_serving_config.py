@@ -33,3 +33,29 @@ def test_server_side_batching_stays_off():
     flags = yaml.safe_load(read("docker-compose.yml"))["services"]["tfserving"]["command"]
     assert not any(flag.startswith(("--enable_batching", "--batching_parameters_file"))
                    for flag in flags)
+
+
+def _third_party_imports(script):
+    """Top-level non-standard-library modules a fresh interpreter holds after importing script."""
+    import subprocess
+    import sys
+
+    code = (f"import sys; sys.path.insert(0, {os.path.abspath(SERVING)!r}); import {script}\n"
+            "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True)
+    local = {name[:-3] for name in os.listdir(SERVING) if name.endswith(".py")}
+    return {m for m in out.stdout.split() if m not in sys.stdlib_module_names
+            and not m.startswith("_") and m not in local}
+
+
+def test_client_dependencies_are_what_the_readme_says():
+    # The README's table is what a user installs on a machine without dnc_keras.
+    readme = read("README.md")
+    rows = {line.split("|")[1].strip(" `"): line for line in readme.splitlines()
+            if line.startswith("| `")}
+    assert _third_party_imports("rest_client") == {"numpy", "PIL"}
+    assert "numpy and Pillow" in rows["rest_client.py"]
+    assert "no TensorFlow" in rows["rest_client.py"]
+    assert _third_party_imports("edge_infer") == {"numpy", "PIL", "onnxruntime"}
+    assert "onnxruntime, numpy and Pillow only" in rows["edge_infer.py"]
