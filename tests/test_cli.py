@@ -242,3 +242,27 @@ def test_help_is_quick_quiet_and_loads_no_tensorflow(argv):
     assert all(stdout.startswith("usage: dnc-keras") and stderr == ""
                for stdout, stderr, _ in runs)
     assert min(seconds for _, _, seconds in runs) < 0.5
+
+
+@pytest.mark.parametrize("source", ["pass", "training"])
+def test_recluster_features_through_the_cli(tmp_path, capsys, source):
+    """--recluster-features reaches the schedule: a full pass embeds every training image at
+    each re-clustering; the train steps' features leave only the images not drawn since."""
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "digits", "--epochs", "3", "--learners", "2",
+            "--no-progressive", "--recluster-period", "1", "--embedding-dim", "16",
+            "--classes-per-batch", "4", "--samples-per-class", "4", "--steps-per-epoch", "6",
+            "--conquer-fraction", "0", "--recluster-features", source, "--no-plots",
+            "--no-nmi", "--out", str(out), "--json"]
+    assert cli.main(argv) == 0
+    assert json.loads((out / "config.json").read_text())["recluster_features"] == source
+    actions = json.loads((out / "history.json").read_text())["dnc_actions"]
+    assert [(a["epoch"], a["action"], a["status"]) for a in actions] == [
+        (0, "cluster", "done"), (1, "recluster", "done"), (2, "recluster", "done")]
+    everything = actions[0]["embedded"]  # the first clustering embeds every training image
+    assert everything > 6 * 16
+    for action in actions[1:]:
+        if source == "pass":
+            assert action["embedded"] == everything
+        else:  # an epoch draws 6 x 16 images, some twice: at least that many are not embedded
+            assert everything - 6 * 16 <= action["embedded"] < everything
