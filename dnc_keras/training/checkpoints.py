@@ -68,6 +68,13 @@ class TrainingState:
         if seeds:
             trackables["seed_generators"] = tf.train.Checkpoint(
                 **{f"state_{i}": v.value for i, v in enumerate(seeds)})
+        # The epoch's running metrics (loss, overlap, ...: sums and counts), so that an epoch
+        # resumed from a mid-epoch checkpoint logs the mean over all its steps, not only those
+        # after the resume.
+        metric_vars = [v for metric in model.metrics for v in metric.variables]
+        if metric_vars:
+            trackables["metrics"] = tf.train.Checkpoint(
+                **{f"state_{i}": v.value for i, v in enumerate(metric_vars)})
         bank = getattr(model, "feature_bank", None)
         if bank is not None:
             trackables["feature_bank"] = tf.train.Checkpoint(features=bank.features,

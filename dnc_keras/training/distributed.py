@@ -284,11 +284,12 @@ class DistributedTrainer:
             callbacks.on_train_begin()
             logs = {}
             for epoch in range(start_epoch, epochs):
-                model.reset_metrics()
+                skip = start_step if epoch == start_epoch else 0
+                if not skip:  # a resumed epoch continues the running means it checkpointed
+                    model.reset_metrics()
                 callbacks.on_epoch_begin(epoch)
                 self._broadcast_clusters()
                 epoch_state = sampler.get_state()
-                skip = start_step if epoch == start_epoch else 0
                 iterator = iter(self._dataset)
                 for _ in range(skip):  # the dataset replays the whole epoch: fast-forward
                     next(iterator)
