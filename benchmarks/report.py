@@ -97,7 +97,26 @@ def dnc(name, *variants):
     rows = [[f"{v} ({seeds[v]} seeds)"] + [f"{fmt(summary[v][m]['mean'])} ± "
                                           f"{fmt(summary[v][m]['std'])}" for m in ks]
             for v in variants]
-    return table(["variant (mean ± std)"] + ks, rows) + "\n\n" + source(name, data)
+    text = table(["variant (mean ± std)"] + ks, rows)
+    differences = {v: d for v, d in data.get("differences", {}).items() if v in variants}
+    if differences:
+        baseline = data["baseline"]
+        metrics = [m for m in ("R@1", "MAP@R", "NMI") if any(d.get(m) for d in
+                                                             differences.values())]
+        rows = [[f"{v} - {baseline}"] + [_paired_cell(d.get(m)) for m in metrics]
+                for v, d in differences.items()]
+        text += ("\n\nPaired differences against the baseline, seed by seed (mean, 95% "
+                 "Student-t interval; ahead or behind only when the interval excludes 0):\n\n"
+                 + table(["variant - baseline"] + metrics, rows))
+    return text + "\n\n" + source(name, data)
+
+
+def _paired_cell(d):
+    if not d:
+        return "n/a"
+    verdict = "ahead" if d["ci95"][0] > 0 else "behind" if d["ci95"][1] < 0 else "not ahead"
+    return (f"{d['mean']:+.3f} ({d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f}, "
+            f"{len(d['seeds'])} seeds): {verdict}")
 
 
 def served_omniglot(name="served_omniglot.json"):
