@@ -528,16 +528,19 @@ def error_reason(error):
     "message [values]", whether it ran in a graph or eagerly; any other error's first line,
     without its function-node prefix and op suffix."""
     message = getattr(error, "message", None) or str(error)
+    # A loaded SavedModel's errors open with where they were raised: keep what follows.
+    message = re.sub(r"^Graph execution error:\s*(Detected at node .*?\n(<stack traces "
+                     r"unavailable>\n|(\s+File .*\n)+)?)?", "", message.strip(), flags=re.S)
     message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", message.strip())
     message = re.sub(r"\s*\[\[\{\{node.*$", "", message, flags=re.S)
     message = re.sub(r"\s*\[Op:[^\]]*\].*$", "", message, flags=re.S)
     graph = re.match(r"assertion failed: \[(.*?)\] (\[.*\])\s*$", message, flags=re.S)
     if graph:
         return f"{graph.group(1)} {' '.join(graph.group(2).split())}"
-    eager = re.match(r"Expected .* to be true\. Summarized data: b'(.*?)'\n(.*)$", message,
-                     flags=re.S)
+    eager = re.match(r"Expected .* to be true\. Summarized data: b'(.*?)'(?:\n(.*))?$",
+                     message, flags=re.S)
     if eager:
-        values = " ".join(eager.group(2).replace(",", " ").split())
+        values = " ".join((eager.group(2) or "").replace(",", " ").split())
         return f"{eager.group(1)} [{values}]"
     return message.splitlines()[0] if message else "unreadable"
 

@@ -228,7 +228,7 @@ def check_images(images, channels, max_side=DEFAULT_MAX_SIDE, max_batch=DEFAULT_
                          "floats in [0, 1]")
     if images.ndim != 4 or images.shape[-1] != channels:
         raise InputError(f"images must be uint8 [batch, height, width, {channels}] ({channels} "
-                         f"is the model's channel count); got shape {shape}")
+                         f"is the channel count of the model); got shape {shape}")
     if images.shape[0] == 0:
         raise InputError(f"images is an empty batch; got shape {shape}")
     if images.shape[0] > max_batch:

@@ -2,7 +2,8 @@
 
 An index is a folder: `index.faiss` (exact L2 search over the L2-normalised embeddings) and
 `index.json` (label and path of every item, and which export produced the vectors, so a query
-is embedded by the same model).
+is embedded by the same model). That export is loaded through `ExportedModel`, so a query is
+refused by name when the export has changed since (its artifacts' SHA-256, its bounds).
 """
 
 import dataclasses
@@ -129,23 +130,25 @@ class EmbeddingIndex:
         return self._model
 
     def save(self, folder):
-        """Writes `index.faiss` and `index.json` into `folder`."""
+        """Writes `index.faiss` and `index.json` into `folder`, each atomically."""
         import faiss
 
+        from dnc_keras.files import atomic_path, write_json
+
         os.makedirs(folder, exist_ok=True)
-        faiss.write_index(self._index, os.path.join(folder, INDEX_FILE))
+        with atomic_path(os.path.join(folder, INDEX_FILE)) as tmp:
+            faiss.write_index(self._index, tmp)
         meta = {"format": INDEX_FORMAT, "dim": self.dim, "size": len(self),
                 "metric": "euclidean", "export": self.export,
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
                     timespec="seconds"),
                 "labels": self.labels.tolist(), "paths": self.paths.tolist()}
-        with open(os.path.join(folder, META_FILE), "w") as f:
-            json.dump(meta, f)
+        write_json(os.path.join(folder, META_FILE), meta, indent=None)
         return folder
 
     @classmethod
     def load(cls, folder):
-        """Reads an index folder written by `save`."""
+        """Reads an index folder written by `save`; ValueError naming a damaged file."""
         import faiss
 
         paths = {name: os.path.join(folder, name) for name in (INDEX_FILE, META_FILE)}
@@ -153,15 +156,26 @@ class EmbeddingIndex:
             if not os.path.exists(path):
                 raise FileNotFoundError(f"{path} not found: is {folder} an index written by "
                                         "`dnc-keras build-index`?")
-        with open(paths[META_FILE]) as f:
-            meta = json.load(f)
-        if meta.get("format") != INDEX_FORMAT:
+        try:
+            with open(paths[META_FILE], encoding="utf-8") as f:
+                meta = json.load(f)
+        except (ValueError, OSError) as error:
+            raise ValueError(f"{paths[META_FILE]} is not a readable index record ({error})") \
+                from None
+        if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
             raise ValueError(f"{paths[META_FILE]}: expected format {INDEX_FORMAT!r}. "
-                             f"Received: {meta.get('format')!r}")
-        stored = faiss.read_index(paths[INDEX_FILE])
-        if stored.ntotal != len(meta["labels"]):
+                             f"Received: {meta.get('format') if isinstance(meta, dict) else meta!r}")
+        for key in ("labels", "paths"):
+            if not isinstance(meta.get(key), list):
+                raise ValueError(f"{paths[META_FILE]}: field {key!r} must be a list")
+        try:
+            stored = faiss.read_index(paths[INDEX_FILE])
+        except RuntimeError as error:
+            raise ValueError(f"{paths[INDEX_FILE]} is not a faiss index "
+                             f"({str(error).strip().splitlines()[-1]})") from None
+        if stored.ntotal != len(meta["labels"]) or len(meta["paths"]) != len(meta["labels"]):
             raise ValueError(f"{folder}: index holds {stored.ntotal} vectors but "
-                             f"{len(meta['labels'])} labels")
+                             f"{len(meta['labels'])} labels and {len(meta['paths'])} paths")
         index = cls.__new__(cls)
         index._index = stored
         index.labels = np.asarray(meta["labels"], dtype=object)

@@ -87,8 +87,9 @@ def request_messages(channels, bounds):
     that run before ONNX Runtime, which has no assert op (`dnc_keras.export.loading`), word
     them alike; serving/image_input.py repeats them for the clients (the tests compare)."""
     return {
+        # No apostrophe: the graph's assert prints strings C-escaped (\').
         "shape": f"images must be uint8 [batch, height, width, {channels}] ({channels} is the "
-                 "model's channel count); got shape",
+                 "channel count of the model); got shape",
         "batch": "images is an empty batch; got shape",
         "max_batch": f"images holds more than the bound of {bounds.max_batch} images per "
                      "request; got shape",
