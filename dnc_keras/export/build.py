@@ -393,7 +393,7 @@ def _manifest(model, record, bounds, name, version, report, source):
         "savedmodel": {
             "path": str(version),
             "warmup": os.path.join(str(version), WARMUP_FILE),
-            "batching": {"in_graph": True, "max_batch_size": sig.BATCH_MAX_SIZE,
+            "batching": {"in_graph": True, "max_batch_size": bounds.max_batch,
                          "batch_timeout_micros": sig.BATCH_TIMEOUT_MICROS},
             "signatures": {
                 sig.DEFAULT_SIGNATURE: {"inputs": {sig.IMAGES_KEY: images_contract},

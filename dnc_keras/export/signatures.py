@@ -35,8 +35,7 @@ BYTES_SIGNATURE = "serving_bytes"
 IMAGES_KEY = "images"
 BYTES_KEY = "image_bytes"
 OUTPUT_KEY = "embeddings"
-# In-graph batching: a batch closes at this many images or after this wait.
-BATCH_MAX_SIZE = 64
+# In-graph batching: a batch closes at the request bound's max_batch images or after this wait.
 BATCH_TIMEOUT_MICROS = 2000
 
 
@@ -219,9 +218,13 @@ def graph_bounds(saved_model_dir):
     return {b: found[b].pop() for b in image_header.BOUND_NAMES}
 
 
-def batched(embed, input_shape):
-    """`embed` inside an in-graph `BatchFunction`: concurrent calls share one run."""
-    @tf.nondifferentiable_batch_function(num_batch_threads=1, max_batch_size=BATCH_MAX_SIZE,
+def batched(embed, input_shape, max_batch_size):
+    """`embed` inside an in-graph `BatchFunction`: concurrent calls share one run.
+
+    A batch closes at `max_batch_size` images (the request bound: the op refuses a single call
+    larger than that) or after `BATCH_TIMEOUT_MICROS`.
+    """
+    @tf.nondifferentiable_batch_function(num_batch_threads=1, max_batch_size=max_batch_size,
                                          batch_timeout_micros=BATCH_TIMEOUT_MICROS,
                                          max_enqueued_batches=100)
     def run(images):
@@ -253,7 +256,7 @@ def images_function(embed, record, bounds=DEFAULT_BOUNDS, checks=True, batching=
         batching: run the network in an in-graph `BatchFunction` (SavedModel; ONNX has
             none). Defaults to `True`.
     """
-    network = batched(embed, record.shape) if batching else embed
+    network = batched(embed, record.shape, bounds.max_batch) if batching else embed
 
     def serve(images):
         if checks:
@@ -269,7 +272,7 @@ def bytes_function(embed, record, bounds=DEFAULT_BOUNDS):
     Every file is checked from its header, decoded and resized on its own, so a batch may mix
     sizes and formats.
     """
-    network = batched(embed, record.shape)
+    network = batched(embed, record.shape, bounds.max_batch)
 
     def serve(image_bytes):
         image_bytes = check_bytes(image_bytes, bounds)

@@ -137,3 +137,25 @@ def test_files_that_together_exceed_the_pixel_bound_are_refused_alike(manifest, 
     assert str(error.value) == expected
     embedded = models["savedmodel"].embed_bytes(files)
     assert embedded.shape == (count, manifest["embedding"]["dim"])
+
+
+def test_the_clients_default_bounds_are_the_exports(serving_modules):
+    """serving/ cannot import dnc_keras: its copy of the default bounds is held to the one."""
+    from dnc_keras.export.signatures import DEFAULT_BOUNDS
+
+    contract = serving_modules["image_input"].Contract()
+    assert {"max_side": contract.max_side, "max_batch": contract.max_batch,
+            "max_pixels": contract.max_pixels} == DEFAULT_BOUNDS.to_dict()
+
+
+def test_a_request_of_max_batch_images_is_served(manifest, models, digits, encode):
+    """The in-graph batch function takes a whole request at the batch bound (it refuses a call
+    larger than its own maximum, which once was 64 under a bound of 256)."""
+    batch = manifest["bounds"]["max_batch"]
+    images = np.resize(digits[0], (batch, *digits[0].shape[1:]))
+    reference = models["onnx"].embed(images, batch_size=batch)
+    assert np.abs(models["savedmodel"].embed(images, batch_size=batch) - reference).max() < 1e-5
+    served = models["savedmodel"].embed_bytes([encode(image) for image in images],
+                                              batch_size=batch)
+    assert np.abs(served - reference).max() < 1e-5
+    assert manifest["savedmodel"]["batching"]["max_batch_size"] == batch
