@@ -11,6 +11,7 @@ import pytest
 
 from dnc_keras import cli
 from dnc_keras.export import ExportedModel, ManifestError
+from dnc_keras_cli.options import BOUNDS_DEFAULTS
 
 
 def edit_manifest(folder, change):
@@ -69,7 +70,8 @@ CASES = {
         "artifact hashes", "extra is not among the manifest's artifacts", ("savedmodel",)),
     "max_side lifted in the manifest": (
         lambda d, src: edit_manifest(d, lambda m: m["bounds"].__setitem__("max_side", 100000)),
-        "bounds in the graphs", "max_side 4096 in the artifact, 100000 in the manifest",
+        "bounds in the graphs",
+        f"max_side {BOUNDS_DEFAULTS['max_side']} in the artifact, 100000 in the manifest",
         ("savedmodel", "onnx")),
     "missing key": (
         lambda d, src: edit_manifest(d, lambda m: m["bounds"].pop("max_pixels")),
