@@ -551,6 +551,7 @@ def main(argv=None):
         else:
             run, export = set_up(work, rows)
         index = None if args.tiny else build_index(work, export)
+        bounds = _manifest(export)["bounds"]  # read now: the work folder goes at the end
         files = fault_files(os.path.join(work, "files"))
         image_cases(rows, work, run, export, index, files, args.tiny)
         sixteen_bit_cases(rows, work, run, export, files, args.tiny)
@@ -565,7 +566,7 @@ def main(argv=None):
         group = groups.setdefault(row["group"], {"cases": 0, "passed": 0})
         group["cases"] += 1
         group["passed"] += row["passed"]
-    results = {"subset": "tiny" if args.tiny else "all", "bounds": _manifest(export)["bounds"],
+    results = {"subset": "tiny" if args.tiny else "all", "bounds": bounds,
                "cases": len(rows), "passed": passed, "groups": groups, "rows": rows}
     print(f"{passed} of {len(rows)} cases as expected")
     return common.write_results(results, args.out, argv, __file__, name="export_faults")
