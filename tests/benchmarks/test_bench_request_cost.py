@@ -25,5 +25,13 @@ def test_bench_request_cost_tiny(tmp_path, export_fidelity_tiny):
         assert row["repeats"] == 1 and row["cpu_s"] >= 0 and row["wall_s"] > 0
         assert row["pixels"] == row["batch"] * row["height"] * row["width"]
         assert row["memory_mib"] >= row["request_mib"] >= 0
+    # One file a pixel wider than the bound, on serving_bytes: refused from its header.
+    side = results["bounds"]["max_side"]
+    beyond = [row for row in rows if row["case"].startswith("beyond")]
+    assert [(row["path"], row["batch"], row["height"], row["width"]) for row in beyond] == \
+        [("serving_bytes_png", 1, 8, side + 1)]
+    assert beyond[0]["refused"].startswith("refused before decoding") and \
+        f"[1, {side}]" in beyond[0]["refused"] and f"8 {side + 1}" in beyond[0]["refused"]
+    assert all(row["refused"] is None for row in rows if row not in beyond)
     # The tiny mode measures no request at the bounds, so it claims nothing about them.
     assert results["at_bounds"] == {} and results["within_targets"] is None
