@@ -24,6 +24,9 @@ import re
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import common  # noqa: E402
+
 REPO = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results")
 DOCUMENTS = ["README.md", "serving/README.md"] + [
@@ -316,8 +319,93 @@ def index(name="index.json"):
          "goal met"], rows) + "\n\n" + source(name, data))
 
 
+def _cell(text):
+    """Text fit for a table cell: the run's temporary work folder and the checkout's path
+    dropped (they differ between runs and clones), pipes escaped."""
+    text = re.sub(r"/tmp/export_faults-\w+/", "", str(text))
+    text = re.sub(r"\S*/(benchmarks/bench_\w+\.py)", r"\1", text)
+    return text.replace("|", "\\|")
+
+
+def export_faults(name="export_faults.json"):
+    """Each case of bench_export_faults.py: the command, what was expected, what was observed;
+    first the counts per group."""
+    data = load(name)
+    counts = [[group, entry["cases"], entry["passed"]] for group, entry in
+              data["groups"].items()]
+    counts.append([f"**all** ({data['subset']})", data["cases"], data["passed"]])
+    rows = []
+    for row in data["rows"]:
+        if _cell(row["command"]).startswith("python benchmarks/bench_export_faults.py "
+                                            "--request "):  # a request in a child process
+            observed = f"refused: {row['first_error_line']}" if row["first_error_line"] \
+                else "served"
+        elif not row["command"]:
+            observed = f"{row['stderr_lines']} message(s): {row['first_error_line']}"
+        else:
+            observed = f"exit {row['exit']}" + (f": {row['first_error_line']}"
+                                                if row["first_error_line"] else "")
+            if row.get("detail"):
+                observed += f" ({row['detail']})"
+        if row["traceback"]:
+            observed += " (traceback)"
+        rows.append([row["group"], row["case"],
+                     f"`{_cell(row['command'])}`" if row["command"] else "",
+                     _cell(row["expected"]), _cell(observed),
+                     "yes" if row["passed"] else "**no**"])
+    bounds = ", ".join(f"{k} {v}" for k, v in data["bounds"].items())
+    return (table(["group", "cases", "as expected"], counts) + "\n\n"
+            + f"Bounds of the export: {bounds}.\n\n"
+            + table(["group", "case", "command", "expected", "observed", "as expected"], rows)
+            + "\n\n" + source(name, data))
+
+
+REQUEST_PATHS = {
+    "serving_default": "`serving_default` (uint8 arrays, SavedModel)",
+    "serving_bytes_png": "`serving_bytes` (PNG files, SavedModel)",
+    "serving_bytes_jpeg": "`serving_bytes` (JPEG files, SavedModel)",
+    "onnx": "ONNX Runtime (`ExportedModel`, uint8 arrays)",
+    "edge_png": "serving/edge_infer.py (PNG files)",
+    "loader": "the loaders' decoder (`preprocessing.read_file`, FILE_LIMITS)",
+}
+
+
+def request_cost(name="request_cost.json"):
+    """bench_request_cost.py: the worst request at the bounds per path against the targets,
+    then every request measured (maxima over the repeats)."""
+    data = load(name)
+    targets = data["targets"]
+    summary = [[REQUEST_PATHS.get(path, path), fmt(entry["cpu_s"], 2), entry["cpu_case"],
+                fmt(entry["memory_mib"], 0), entry["memory_case"],
+                "yes" if entry["within_targets"] else "**no**"]
+               for path, entry in data["at_bounds"].items()]
+    rows = []
+    for row in data["requests"]:
+        outcome = f"refused: {row['refused']}" if row.get("refused") else "served"
+        rows.append([REQUEST_PATHS.get(row["path"], row["path"]), row["case"],
+                     f"{row['batch']} x {row['height']}x{row['width']}",
+                     fmt(row["request_mib"], 1), fmt(row["cpu_s"], 2), fmt(row["wall_s"], 2),
+                     fmt(row["memory_mib"], 0), _cell(outcome)])
+    bounds = ", ".join(f"{k} {v}" for k, v in data["bounds"].items())
+    limits = ", ".join(f"{k} {v}" for k, v in data["file_limits"].items())
+    export = data["export"]
+    return (f"Export: {export['dir'].replace('built: ', '')} ({export['parameters']} "
+            f"parameters, input "
+            f"{export['input'][0]}x{export['input'][1]}, {export['channels']} channel(s)). "
+            f"Bounds: {bounds}; file limits: {limits}. Targets: {fmt(targets['cpu_s'], 1)} s "
+            f"of CPU and {fmt(targets['memory_mib'], 0)} MiB per request; maxima of "
+            f"{data['repeats']} fresh processes.\n\n"
+            + table(["path", "worst CPU s", "at", "worst memory MiB", "at", "within targets"],
+                    summary) + "\n\n"
+            + table(["path", "request", "images", "request MiB", "CPU s", "wall s",
+                     "memory MiB", "outcome"], rows)
+            + "\n\n" + source(name, data))
+
+
 RENDERERS = {"faults": faults, "index": index, "main_job": main_job, "dnc": dnc,
-             "served_omniglot": served_omniglot, "export_fidelity": export_fidelity, "distributed": distributed,
+             "export_faults": export_faults, "request_cost": request_cost,
+             "served_omniglot": served_omniglot, "export_fidelity": export_fidelity,
+             "distributed": distributed,
              "inference": inference, "performance": performance,
              "recluster_table": recluster_table}
 
@@ -361,14 +449,21 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true",
                         help="change nothing; exit 1 if a table differs from its results")
+    parser.add_argument("documents", nargs="*", default=None,
+                        help="documents to render or check, relative to the repository "
+                             "(default: README.md and docs/*.md)")
     args = parser.parse_args(argv)
+    unknown = [p for p in args.documents or [] if not os.path.isfile(os.path.join(REPO, p))]
+    if unknown:
+        parser.error(f"no document {unknown[0]!r} in {REPO}; expected a path such as "
+                     "docs/performance.md")
     if args.check:
-        stale = stale_blocks()
+        stale = stale_blocks(args.documents or None)
         for path, spec in stale:
             print(f"{path}: table '{spec}' differs from benchmarks/results "
                   "(python benchmarks/report.py)")
         return 1 if stale else 0
-    for path in DOCUMENTS:
+    for path in args.documents or DOCUMENTS:
         full = os.path.join(REPO, path)
         if not os.path.exists(full):
             continue
@@ -376,8 +471,7 @@ def main(argv=None):
             text = f.read()
         rendered, specs = render_document(text)
         if rendered != text:
-            with open(full, "w") as f:
-                f.write(rendered)
+            common.write_atomic(full, rendered)
             print(f"{path}: {len(specs)} table(s) rendered")
     return 0
 

@@ -29,14 +29,15 @@ import json
 import math
 import re
 
+from dnc_keras.image_header import JPEG_MAGIC, PNG_MAGIC  # noqa: F401  (re-exported)
+from dnc_keras_cli.options import FILE_LIMITS
+
 FITS = ("stretch", "crop", "pad")
 KERNELS = ("bilinear", "bicubic", "lanczos")
 CHANNELS = (1, 3)
 # Filter support of each kernel, in input pixels at scale 1 (Pillow's Resample.c).
 _SUPPORT = {"bilinear": 1.0, "bicubic": 2.0, "lanczos": 3.0}
 _BICUBIC_A = -0.5
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-JPEG_MAGIC = b"\xff\xd8\xff"
 # Bytes scanned for an EXIF block; Exif APP1 segments are limited to 64 KiB.
 EXIF_SCAN_BYTES = 65536
 DECODING = ("EXIF orientation applied; palette and grey expanded; transparency composited over "
@@ -258,7 +259,7 @@ def geometry(record, height, width):
 
 
 def apply_geometry(images, rows, cols):
-    """float32 [b, h, w, c] -> [b, H, W, c] with rows [H, h] and cols [W, w]."""
+    """[b, h, w, c] (uint8 or float) -> float32 [b, H, W, c] with rows [H, h] and cols [W, w]."""
     import tensorflow as tf
 
     # Plain 2-D products, width first, then height (Pillow's order): TF 2.21's oneDNN batch
@@ -266,7 +267,9 @@ def apply_geometry(images, rows, cols):
     shape = tf.shape(images)
     b, h, c = shape[0], shape[1], shape[3]
     out_h, out_w = tf.shape(rows)[0], tf.shape(cols)[0]
-    x = tf.transpose(images, [0, 1, 3, 2])                            # [b, h, c, w]
+    # Transposed before the cast to float32: a uint8 request is then copied once at 4 bytes
+    # a sample, not twice (the cost of a request at its bounds, docs/reliability.md).
+    x = tf.cast(tf.transpose(images, [0, 1, 3, 2]), tf.float32)      # [b, h, c, w]
     x = tf.matmul(tf.reshape(x, [b * h * c, -1]), cols, transpose_b=True)
     x = tf.transpose(tf.reshape(x, [b, h, c, out_w]), [0, 2, 3, 1])   # [b, c, W, h]
     x = tf.matmul(tf.reshape(x, [b * c * out_w, h]), rows, transpose_b=True)
@@ -291,7 +294,7 @@ def transform(images, record):
     images = tf.convert_to_tensor(images)
     shape = tf.shape(images)
     rows, cols = geometry(record, shape[1], shape[2])
-    resized = apply_geometry(tf.cast(images, tf.float32), rows, cols)
+    resized = apply_geometry(images, rows, cols)
     out = finish(resized, record)
     out.set_shape([None, *record.shape])
     return out
@@ -372,8 +375,13 @@ def orient(image, orientation):
     return tf.switch_case(orientation - 1, branches)
 
 
-def _rgba(contents):
-    """int32 [h, w, 4] of a PNG, JPEG, GIF (first frame, opaque) or BMP (opaque)."""
+def _rgb(contents, background):
+    """uint8 [h, w, 3] of a PNG, JPEG, GIF (first frame, opaque) or BMP (opaque), transparency
+    composited over `background`.
+
+    Opaque images stay uint8 from the decoder on: only a PNG that carries transparency goes
+    through the 16-bit compositing arithmetic.
+    """
     import tensorflow as tf
 
     def png():
@@ -388,58 +396,78 @@ def _rgba(contents):
         # transparency; TensorFlow fills the alpha of other PNGs with garbage.
         alpha = (tf.equal(colour_type, 4) | tf.equal(colour_type, 6)
                  | ((trns >= 0) & ((idat < 0) | (trns < idat))))
-        channels = 4
 
-        def deep():
-            return tf.bitwise.right_shift(
-                tf.cast(tf.io.decode_png(contents, channels=channels, dtype=tf.uint16),
-                        tf.int32), 8)
+        def read(channels):
+            def deep():  # 16-bit samples -> their high byte
+                return tf.cast(tf.bitwise.right_shift(
+                    tf.io.decode_png(contents, channels=channels, dtype=tf.uint16), 8), tf.uint8)
 
-        def shallow():
-            return tf.cast(tf.io.decode_png(contents, channels=channels), tf.int32)
+            return tf.cond(tf.equal(depth, 16), deep,
+                           lambda: tf.io.decode_png(contents, channels=channels))
 
-        pixels = tf.cond(tf.equal(depth, 16), deep, shallow)
-        opaque = tf.concat([pixels[..., :3], tf.fill(tf.shape(pixels[..., 3:]), 255)], -1)
-        return tf.cond(alpha, lambda: pixels, lambda: opaque)
-
-    def with_opaque_alpha(rgb):
-        rgb = tf.cast(rgb, tf.int32)
-        return tf.concat([rgb, tf.fill(tf.shape(rgb[..., :1]), 255)], -1)
+        return tf.cond(alpha, lambda: _composite(read(4), background), lambda: read(3))
 
     def jpeg():
-        return with_opaque_alpha(tf.io.decode_jpeg(contents, channels=3,
-                                                   dct_method="INTEGER_ACCURATE"))
+        return tf.io.decode_jpeg(contents, channels=3, dct_method="INTEGER_ACCURATE")
 
     def other():
-        return with_opaque_alpha(tf.io.decode_image(contents, channels=3,
-                                                    expand_animations=False))
+        return tf.io.decode_image(contents, channels=3, expand_animations=False)
 
     is_png = tf.equal(tf.strings.substr(contents, 0, len(PNG_MAGIC)), PNG_MAGIC)
     is_jpeg = tf.io.is_jpeg(contents)
     return tf.cond(is_png, png, lambda: tf.cond(is_jpeg, jpeg, other))
 
 
-def decode(contents, record):
+def _composite(rgba, background):
+    """uint8 [h, w, 4] -> uint8 [h, w, 3] over a grey `background`, rounded as Pillow's twin:
+    (rgb a + background (255 - a) + 127) // 255, which stays below 2^16."""
+    import tensorflow as tf
+
+    rgb, alpha = tf.cast(rgba[..., :3], tf.uint16), tf.cast(rgba[..., 3:], tf.uint16)
+    out = (rgb * alpha + tf.constant(background, tf.uint16) * (255 - alpha) + 127) // 255
+    return tf.cast(out, tf.uint8)
+
+
+def _grey(rgb):
+    """uint8 [h, w, 3] -> [h, w, 1] with Pillow's integer ITU-R 601 weights."""
+    import tensorflow as tf
+
+    weighted = [tf.cast(rgb[..., k:k + 1], tf.int32) * weight
+                for k, weight in enumerate((19595, 38470, 7471))]
+    return tf.cast(tf.bitwise.right_shift(tf.add_n(weighted) + 32768, 16), tf.uint8)
+
+
+def decode(contents, record, max_side=None, max_pixels=None):
     """Encoded image bytes (scalar string) -> uint8 [h, w, record.channels], upright.
 
     The graph twin of `serving/image_input.py`'s Pillow decoder; see the module docstring.
+    The header is read first (`dnc_keras.image_header`): another format, a truncated header
+    or a declared size beyond `max_side` per side or `max_pixels` in all fails, naming the
+    declared size, before any pixel is decoded.
+
+    Args:
+        max_side, max_pixels: limits on the declared size. Defaults to `None`: `FILE_LIMITS`,
+            the limits of a file read outside a served request (an export passes its bounds).
     """
     import tensorflow as tf
 
-    rgba = _rgba(contents)
-    rgb, alpha = rgba[..., :3], rgba[..., 3:]
-    rgb = (rgb * alpha + record.background * (255 - alpha) + 127) // 255
+    from dnc_keras import image_header
+
+    max_side = FILE_LIMITS["max_side"] if max_side is None else max_side
+    max_pixels = FILE_LIMITS["max_pixels"] if max_pixels is None else max_pixels
+    with tf.control_dependencies([image_header.check_size(contents, max_side, max_pixels)]):
+        rgb = _rgb(contents, record.background)
     if record.channels == 1:
-        weights = tf.constant([19595, 38470, 7471], tf.int32)
-        rgb = tf.bitwise.right_shift(tf.reduce_sum(rgb * weights, -1, keepdims=True) + 32768, 16)
-    image = orient(tf.cast(rgb, tf.uint8), exif_orientation(contents))
+        rgb = _grey(rgb)
+    image = orient(rgb, exif_orientation(contents))
     image.set_shape([None, None, record.channels])
     return image
 
 
-def decode_and_transform(contents, record):
-    """Encoded bytes -> float32 [H, W, C]: what the model sees of one file."""
-    return transform(decode(contents, record)[None], record)[0]
+def decode_and_transform(contents, record, max_side=None, max_pixels=None):
+    """Encoded bytes -> float32 [H, W, C]: what the model sees of one file (limits as
+    `decode`)."""
+    return transform(decode(contents, record, max_side, max_pixels)[None], record)[0]
 
 
 # -- eager helpers: files and arrays in, model input out ----------------------------------
@@ -449,6 +477,30 @@ def _file_function(record):
     import tensorflow as tf
 
     return tf.function(lambda contents: decode_and_transform(contents, record),
+                       input_signature=[tf.TensorSpec([], tf.string)])
+
+
+@functools.lru_cache(maxsize=16)
+def decode_function(record, max_side=None, max_pixels=None):
+    """`decode` with these limits as a traced function of one encoded file (scalar string):
+    one trace, then no per-op Python work per file."""
+    import tensorflow as tf
+
+    return tf.function(lambda contents: decode(contents, record, max_side, max_pixels),
+                       input_signature=[tf.TensorSpec([], tf.string)])
+
+
+@functools.lru_cache(maxsize=16)
+def header_function(max_side=None, max_pixels=None):
+    """`image_header.check_size` with these limits (`FILE_LIMITS` for None) as a traced
+    function of one encoded file: its declared (height, width, pixels), refused beyond them."""
+    import tensorflow as tf
+
+    from dnc_keras import image_header
+
+    max_side = FILE_LIMITS["max_side"] if max_side is None else max_side
+    max_pixels = FILE_LIMITS["max_pixels"] if max_pixels is None else max_pixels
+    return tf.function(lambda contents: image_header.check_size(contents, max_side, max_pixels),
                        input_signature=[tf.TensorSpec([], tf.string)])
 
 
@@ -472,11 +524,24 @@ def read_file(path, record):
 
 
 def error_reason(error):
-    """A TensorFlow op error's first line, without its function-node prefix and op suffix."""
+    """One line of a TensorFlow op error: a failed check (`image_header.assert_that`) as
+    "message [values]", whether it ran in a graph or eagerly; any other error's first line,
+    without its function-node prefix and op suffix."""
     message = getattr(error, "message", None) or str(error)
+    # A loaded SavedModel's errors open with where they were raised: keep what follows.
+    message = re.sub(r"^Graph execution error:\s*(Detected at node .*?\n(<stack traces "
+                     r"unavailable>\n|(\s+File .*\n)+)?)?", "", message.strip(), flags=re.S)
     message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", message.strip())
     message = re.sub(r"\s*\[\[\{\{node.*$", "", message, flags=re.S)
     message = re.sub(r"\s*\[Op:[^\]]*\].*$", "", message, flags=re.S)
+    graph = re.match(r"assertion failed: \[(.*?)\] (\[.*\])\s*$", message, flags=re.S)
+    if graph:
+        return f"{graph.group(1)} {' '.join(graph.group(2).split())}"
+    eager = re.match(r"Expected .* to be true\. Summarized data: b'(.*?)'(?:\n(.*))?$",
+                     message, flags=re.S)
+    if eager:
+        values = " ".join((eager.group(2) or "").replace(",", " ").split())
+        return f"{eager.group(1)} [{values}]"
     return message.splitlines()[0] if message else "unreadable"
 
 

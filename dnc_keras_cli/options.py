@@ -233,6 +233,11 @@ def check_settings(values, where):
 # The export's defaults: the bounds of one request (dnc_keras.export.signatures.Bounds), the
 # edge variants and the runtimes an export can run on.
 BOUNDS_DEFAULTS = {"max_side": 4096, "max_batch": 256, "max_pixels": 40_000_000}
+# What one image file may declare in its header, checked before it is decoded, wherever a file
+# is read outside a served request (the loaders, evaluation, `dnc-keras embed RUN`): a
+# decompression bomb is refused by name instead of exhausting memory, while every camera
+# photograph passes (an export's requests are held to its own, smaller bounds).
+FILE_LIMITS = {"max_side": 16384, "max_pixels": 50_000_000}
 QUANTIZE_MODES = ("int8", "float16")
 RUNTIMES = ("savedmodel", "onnx")
 

@@ -4,7 +4,9 @@
     python edge_infer.py saved_models/glyphs/glyphs.int8.onnx a.png b.jpg --compare
 
 Copy this file, image_input.py and the .onnx file to the device: the ONNX file carries the
-export's preprocessing record and request bounds in its metadata. Prints one JSON line per
+export's preprocessing record and request bounds in its metadata. Where the export's
+manifest.json sits beside the .onnx file, the file is checked against it first (its SHA-256
+and its bounds), and refused by name if it differs. Prints one JSON line per
 image {"image", "embedding"}; with --compare, the distance matrix of the images instead
 (euclidean between unit vectors: 0 same, 2 opposite).
 
@@ -37,16 +39,30 @@ class EdgeModel:
         threads: onnxruntime intra-op threads. Defaults to `None` (onnxruntime's choice).
         providers: onnxruntime execution providers. Defaults to CUDA then CPU, among those
             the installed onnxruntime offers.
+        manifest: the export's manifest.json, checked against the file (SHA-256, bounds).
+            Defaults to `"auto"`: manifest.json beside the file when there is one (a device
+            may hold the .onnx file alone: its metadata carries the record and bounds).
+
+    Raises:
+        image_input.InputError: the file is not a dnc_keras ONNX export, differs from its
+            manifest, or holds other bounds than the manifest.
     """
 
-    def __init__(self, onnx_path, threads=None, providers=None):
+    def __init__(self, onnx_path, threads=None, providers=None, manifest="auto"):
         if not os.path.exists(onnx_path):
             raise FileNotFoundError(f"{onnx_path} not found")
+        if manifest == "auto":
+            manifest = image_input.find_manifest(onnx_path)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = int(threads)
-        self.session = ort.InferenceSession(onnx_path, options,
-                                            providers=providers or choose_providers())
+        try:
+            self.session = ort.InferenceSession(onnx_path, options,
+                                                providers=providers or choose_providers())
+        except Exception as error:  # onnxruntime's own exception types (InvalidProtobuf, Fail)
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable"
+            raise image_input.InputError(f"{onnx_path}: not a loadable ONNX model "
+                                         f"({reason})") from None
         declared = self.session.get_inputs()[0]
         if declared.name != IMAGES_KEY or declared.type != "tensor(uint8)":
             raise image_input.InputError(f"{onnx_path}: expected a uint8 input named "
@@ -56,29 +72,39 @@ class EdgeModel:
         try:
             self.record = json.loads(metadata[METADATA_PREFIX + "preprocessing"])
             self.bounds = json.loads(metadata[METADATA_PREFIX + "bounds"])
-        except (KeyError, json.JSONDecodeError) as error:
+            self.channels = int(self.record["channels"])
+            self.background = int(self.record["background"])
+            self.max_side = int(self.bounds["max_side"])
+            self.max_batch = int(self.bounds["max_batch"])
+            self.max_pixels = int(self.bounds["max_pixels"])
+        except (KeyError, TypeError, ValueError) as error:
             raise image_input.InputError(f"{onnx_path} carries no dnc_keras preprocessing "
-                                         f"record ({error}): export it again") from None
-        self.channels = int(self.record["channels"])
-        self.max_side = int(self.bounds["max_side"])
+                                         f"record and bounds ({error}): export it again") from None
+        if manifest:
+            image_input.verify_onnx(manifest, onnx_path, self.bounds)
 
     def embed(self, images):
         """uint8 images [batch, h, w, channels] -> float32 [batch, d], L2-normalised."""
         images = image_input.check_images(images, self.channels, self.max_side,
-                                          self.bounds["max_batch"], self.bounds["max_pixels"])
+                                          self.max_batch, self.max_pixels)
         return self.session.run([OUTPUT_KEY], {IMAGES_KEY: np.ascontiguousarray(images)})[0]
 
     def embed_files(self, paths):
-        """Image files of any sizes -> float32 [len(paths), d]; one run per image size."""
-        images = [image_input.read_image(p, self.channels, self.record["background"],
-                                         self.bounds["max_pixels"]) for p in paths]
+        """Image files of any sizes -> float32 [len(paths), d]; one run per image size, each
+        within the request bounds. A file is refused from its header beyond the bounds."""
+        images = [image_input.read_image(p, self.channels, self.background, self.max_pixels,
+                                         self.max_side) for p in paths]
         if not images:
             raise image_input.InputError("no images given")
         out = [None] * len(images)
         for indices in image_input.group_by_shape(images).values():
-            batch = self.embed(np.stack([images[i] for i in indices]))
-            for i, row in zip(indices, batch):
-                out[i] = row
+            h, w = images[indices[0]].shape[:2]
+            per_request = max(1, min(self.max_batch, self.max_pixels // (h * w)))
+            for start in range(0, len(indices), per_request):
+                chunk = indices[start:start + per_request]
+                batch = self.embed(np.stack([images[i] for i in chunk]))
+                for i, row in zip(chunk, batch):
+                    out[i] = row
         return np.stack(out)
 
 

@@ -151,16 +151,7 @@ class GrpcEmbeddingClient:
 
     def embed_bytes(self, encoded):
         """Encoded JPEG/PNG files (list of bytes) -> float32 embeddings [batch, d]."""
-        encoded = list(encoded)
-        if not encoded:
-            raise image_input.InputError("image_bytes is an empty batch")
-        if len(encoded) > self.contract.max_batch:
-            raise image_input.InputError(f"image_bytes holds more than the bound of "
-                                         f"{self.contract.max_batch} images per request")
-        checked = [image_input.check_encoded(data, self.contract.max_side,
-                                             name=f"image_bytes[{i}]",
-                                             max_pixels=self.contract.max_pixels)
-                   for i, data in enumerate(encoded)]
+        checked = image_input.check_encoded_batch(encoded, self.contract)
         return self.predict(BYTES_SIGNATURE, BYTES_KEY, checked)
 
     def embed_files(self, paths, pixels=False):

@@ -108,17 +108,8 @@ class RestEmbeddingClient:
 
     def embed_bytes(self, encoded):
         """Encoded JPEG/PNG files (list of bytes) -> float32 embeddings [batch, d]."""
-        encoded = list(encoded)
-        if not encoded:
-            raise image_input.InputError("image_bytes is an empty batch")
-        if len(encoded) > self.contract.max_batch:
-            raise image_input.InputError(f"image_bytes holds more than the bound of "
-                                         f"{self.contract.max_batch} images per request")
-        instances = [
-            {"b64": base64.b64encode(image_input.check_encoded(
-                data, self.contract.max_side, name=f"image_bytes[{i}]",
-                max_pixels=self.contract.max_pixels)).decode("ascii")}
-            for i, data in enumerate(encoded)]
+        instances = [{"b64": base64.b64encode(data).decode("ascii")}
+                     for data in image_input.check_encoded_batch(encoded, self.contract)]
         return self.predict(BYTES_SIGNATURE, instances)
 
     def embed_files(self, paths, pixels=False):

@@ -35,7 +35,8 @@ from dnc_keras.datasets.sources import SourceSet, folder_sources, run_sources
 from dnc_keras.export import onnx, parity, quality
 from dnc_keras.export import signatures as sig
 from dnc_keras.export.manifest import (DISTANCE, MANIFEST_COPY, MANIFEST_FORMAT, MANIFEST_NAME,
-                                       WARMUP_FILE, artifact_hashes, write_json)
+                                       WARMUP_FILE, artifact_hashes)
+from dnc_keras.files import write_json
 from dnc_keras.preprocessing import Preprocessing
 
 RECALL_KS = (1, 2, 4, 8)
@@ -244,15 +245,14 @@ def export_model(model, export_dir, preprocessing=None, name=None, version=None,
                 f"parity failed (tolerance {parity.PARITY_TOLERANCE}): "
                 f"{json.dumps(report['max_abs_diff'])}; nothing was written to {export_dir}")
         manifest = _manifest(model, record, bounds, name, version, report, provenance or {})
+        # Hashed before the checks below load the staged export, which verifies them.
+        manifest["artifacts"] = artifact_hashes(staging, [str(version), f"{name}.onnx"])
         write_json(os.path.join(staging, MANIFEST_NAME), manifest)
         if evaluation is not None:
             manifest["quality"] = _check_quality(staging, *evaluation)
         for mode in quantize:
-            manifest["variants"][mode] = _variant(staging, onnx_path, name, mode,
+            manifest["variants"][mode] = _variant(staging, manifest, onnx_path, name, mode,
                                                   evaluation[0] if evaluation else [])
-        manifest["artifacts"] = artifact_hashes(
-            staging, [str(version), f"{name}.onnx"] + [v["path"] for v in
-                                                       manifest["variants"].values()])
         write_json(os.path.join(saved_model, MANIFEST_COPY), manifest)
         write_json(os.path.join(staging, MANIFEST_NAME), manifest)
         _move_into_place(staging, export_dir, version_dir, manifest)
@@ -350,9 +350,10 @@ def read_warmup(saved_model):
     return requests
 
 
-def _variant(staging, onnx_path, name, mode, sets):
-    """Writes NAME.MODE.onnx beside the ONNX model and measures what it costs in retrieval;
-    refuses an int8 variant that loses more than `quality.INT8_MAP_LOSS` MAP@R."""
+def _variant(staging, manifest, onnx_path, name, mode, sets):
+    """Writes NAME.MODE.onnx beside the ONNX model, records it in the staged manifest and
+    measures what it costs in retrieval; refuses an int8 variant that loses more than
+    `quality.INT8_MAP_LOSS` MAP@R."""
     from dnc_keras.export.loading import ExportedModel
 
     path = os.path.join(staging, f"{name}.{mode}.onnx")
@@ -362,6 +363,9 @@ def _variant(staging, onnx_path, name, mode, sets):
     if mode == "int8":
         report["note"] = ("dynamic quantization scales activations per batch, so an image's "
                           "embedding depends slightly on the rest of its batch")
+    manifest["variants"][mode] = report
+    manifest["artifacts"].update(artifact_hashes(staging, [report["path"]]))
+    write_json(os.path.join(staging, MANIFEST_NAME), manifest)
     if sets:
         ev = sets[0]
         count = min(len(ev.query_labels), VARIANT_IMAGES)
@@ -399,7 +403,7 @@ def _manifest(model, record, bounds, name, version, report, source):
         "savedmodel": {
             "path": str(version),
             "warmup": os.path.join(str(version), WARMUP_FILE),
-            "batching": {"in_graph": True, "max_batch_size": sig.BATCH_MAX_SIZE,
+            "batching": {"in_graph": True, "max_batch_size": bounds.max_batch,
                          "batch_timeout_micros": sig.BATCH_TIMEOUT_MICROS},
             "signatures": {
                 sig.DEFAULT_SIGNATURE: {"inputs": {sig.IMAGES_KEY: images_contract},

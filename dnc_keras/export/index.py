@@ -11,6 +11,8 @@ A save writes a new vectors file under a temporary name and renames it, then ind
 same way, and only then deletes older vectors files: a save interrupted at any point leaves an
 index.json naming a vectors file that exists, so the previous index loads. `load` checks that
 the two files agree (dimension, counts, ids). One process writes an index at a time.
+The export is loaded through `ExportedModel`, so a query is refused by name when the
+export has changed since (its artifacts' SHA-256, its bounds).
 """
 
 import dataclasses

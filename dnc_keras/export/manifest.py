@@ -5,7 +5,10 @@ travels inside each version folder (assets.extra/dnc_keras_manifest.json). It ho
 preprocessing record the graph runs, the bounds of a request, the embedding's contract, the
 artifacts with their SHA-256, the source run, the parity and retrieval checks made at export,
 and the software versions. Readers never trust it blindly: `read_manifest` checks every field
-they rely on and that every path stays inside the export folder.
+they rely on and that every path stays inside the export folder, `verify_artifacts` checks
+files against their recorded SHA-256 (corruption and accidental edits, not an attacker who
+rewrites both), and `check_bounds_agree` holds the manifest's copy of the bounds to the ones
+the artifacts themselves carry (graph constants, ONNX metadata).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 
 from dnc_keras.preprocessing import Preprocessing
 
@@ -26,6 +30,7 @@ DISTANCE = "euclidean"
 _REQUIRED = {"format": str, "name": str, "version": int, "preprocessing": dict,
              "bounds": dict, "embedding": dict, "savedmodel": dict, "onnx": dict,
              "variants": dict, "model": dict}
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class ManifestError(ValueError):
@@ -64,10 +69,12 @@ def read_manifest(export_dir):
         raise FileNotFoundError(f"{path} not found: is {export_dir} a folder written by "
                                 "`dnc-keras export` (saved_models/NAME)?")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             manifest = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ManifestError(f"{path} is not valid JSON ({error})") from None
+    except OSError as error:
+        raise ManifestError(f"cannot read {path}: {error.strerror}") from None
     check_manifest(manifest, export_dir, path)
     return manifest
 
@@ -80,54 +87,116 @@ def check_manifest(manifest, export_dir, where=MANIFEST_NAME):
         raise ManifestError(f"{where}: expected format {MANIFEST_FORMAT!r}. Received: "
                             f"{manifest.get('format')!r} (re-export with this dnc_keras)")
     for key, kind in _REQUIRED.items():
-        if not isinstance(manifest.get(key), kind):
-            raise ManifestError(f"{where}: field {key!r} must be a {kind.__name__}. Received: "
-                                f"{manifest.get(key)!r:.80}")
+        _field(manifest, key, kind, where)
     try:
         Preprocessing.from_dict(manifest["preprocessing"])
-        for name in ("max_side", "max_batch", "max_pixels"):
-            value = manifest["bounds"][name]
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"bounds.{name} must be a positive int, got {value!r}")
-        if not isinstance(manifest["embedding"].get("dim"), int):
-            raise ValueError("embedding.dim must be an int")
-    except (ValueError, KeyError, TypeError) as error:
-        raise ManifestError(f"{where}: {error}") from None
+    except (ValueError, TypeError) as error:
+        raise ManifestError(f"{where}: field 'preprocessing': {error}") from None
+    for name in ("max_side", "max_batch", "max_pixels"):
+        value = _field(manifest["bounds"], name, int, where, "bounds.")
+        if value < 1:
+            raise ManifestError(f"{where}: field 'bounds.{name}' must be a positive int. "
+                                f"Received: {value!r}")
+    _field(manifest["embedding"], "dim", int, where, "embedding.")
+    _field(manifest["savedmodel"], "signatures", dict, where, "savedmodel.")
     for section in ("savedmodel", "onnx"):
-        inside(export_dir, manifest[section].get("path"))
+        inside(export_dir, _field(manifest[section], "path", str, where, f"{section}."))
+    if manifest["savedmodel"]["path"] != str(manifest["version"]):
+        raise ManifestError(f"{where}: field 'savedmodel.path' must be the version folder "
+                            f"{str(manifest['version'])!r}. Received: "
+                            f"{manifest['savedmodel']['path']!r}")
     for mode, variant in manifest["variants"].items():
         if not isinstance(variant, dict):
-            raise ManifestError(f"{where}: variants.{mode} must be an object")
-        inside(export_dir, variant.get("path"))
-    for relative in manifest.get("artifacts", {}):
+            raise ManifestError(f"{where}: field 'variants.{mode}' must be an object")
+        inside(export_dir, _field(variant, "path", str, where, f"variants.{mode}."))
+    artifacts = _field(manifest, "artifacts", dict, where)
+    for relative, digest in artifacts.items():
         inside(export_dir, relative)
+        if not isinstance(digest, str) or not _SHA256.match(digest):
+            raise ManifestError(f"{where}: field 'artifacts' must map each file to its SHA-256 "
+                                f"(64 hex digits). Received for {relative!r}: {digest!r:.80}")
 
 
-def write_json(path, value):
-    """Writes JSON to a temporary file and renames it: readers never see half a file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _field(mapping, key, kind, where, prefix=""):
+    """mapping[key], refused with one line naming it unless it is a `kind`."""
+    value = mapping.get(key)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        article = "an" if kind.__name__[0] in "aeiou" else "a"
+        state = "is missing" if key not in mapping else f"must be {article} {kind.__name__}"
+        raise ManifestError(f"{where}: field {prefix + key!r} {state}"
+                            + ("" if key not in mapping else f". Received: {value!r:.80}"))
+    return value
 
 
-def artifact_hashes(folder, names):
-    """{relative path: sha256} of files, and of every file under directories, in `folder`."""
-    hashes = {}
+def verify_artifacts(export_dir, manifest, names=None):
+    """Checks files of the export against the SHA-256 the manifest records for them.
+
+    Args:
+        names: files or folders (relative to the folder) to check: every file under a folder
+            must be listed, and every listed file under it must be there. Defaults to `None`:
+            every artifact of the manifest.
+
+    Raises:
+        ManifestError: naming the first file that is missing, changed or not listed.
+    """
+    artifacts = manifest.get("artifacts") or {}
+    if not artifacts:
+        raise ManifestError(f"{export_dir}: the manifest records no artifact hashes")
+    names = list(artifacts) if names is None else list(names)
+    for name in names:
+        path = inside(export_dir, name)
+        if os.path.isdir(path):
+            listed = {rel for rel in artifacts if rel.startswith(name.rstrip("/") + "/")}
+            present = set(artifact_files(export_dir, [name]))
+            for extra in sorted(present - listed):
+                raise ManifestError(f"{os.path.join(export_dir, extra)} is not among the "
+                                    "manifest's artifacts (added after export?)")
+            files = sorted(listed)
+        else:
+            files = [name]
+        for relative in files:
+            full = inside(export_dir, relative)
+            if relative not in artifacts:
+                raise ManifestError(f"{full} is not among the manifest's artifacts")
+            if not os.path.isfile(full):
+                raise ManifestError(f"{full} is missing (the manifest lists it)")
+            if sha256(full) != artifacts[relative]:
+                raise ManifestError(f"{full} differs from the export: its SHA-256 is not the "
+                                    "manifest's (corrupted or changed since; export again)")
+
+
+def check_bounds_agree(where, found, manifest):
+    """Raises ManifestError unless the bounds an artifact holds (`found`) are the manifest's."""
+    expected = {k: manifest["bounds"][k] for k in ("max_side", "max_batch", "max_pixels")}
+    found = {k: found.get(k) for k in expected} if isinstance(found, dict) else found
+    if found != expected:
+        diff = ", ".join(f"{k} {found.get(k) if isinstance(found, dict) else None} in the "
+                         f"artifact, {v} in the manifest" for k, v in expected.items()
+                         if not isinstance(found, dict) or found.get(k) != v)
+        raise ManifestError(f"{where} enforces other bounds than the manifest says: {diff}")
+
+
+def artifact_files(folder, names):
+    """Relative paths of the files `names` in `folder`, and of every file under those that are
+    directories (the manifest copy of a version folder aside: it holds the hashes)."""
+    files = []
     for name in names:
         path = os.path.join(folder, name)
         if os.path.isdir(path):
-            for root, _, files in os.walk(path):
-                for file in sorted(files):
-                    full = os.path.join(root, file)
-                    relative = os.path.relpath(full, folder)
+            for root, _, found in os.walk(path):
+                for file in sorted(found):
+                    relative = os.path.relpath(os.path.join(root, file), folder)
                     if relative != os.path.join(name, MANIFEST_COPY):
-                        hashes[relative] = sha256(full)
+                        files.append(relative)
         else:
-            hashes[name] = sha256(path)
-    return dict(sorted(hashes.items()))
+            files.append(name)
+    return sorted(files)
+
+
+def artifact_hashes(folder, names):
+    """{relative path: sha256} of `artifact_files(folder, names)`."""
+    return {relative: sha256(os.path.join(folder, relative))
+            for relative in artifact_files(folder, names)}
 
 
 def model_hash(manifest):

@@ -25,7 +25,9 @@ import dataclasses
 
 import tensorflow as tf
 
+from dnc_keras import image_header
 from dnc_keras import preprocessing as pp
+from dnc_keras.image_header import assert_that, bound_constant
 from dnc_keras_cli.options import BOUNDS_DEFAULTS
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -33,8 +35,7 @@ BYTES_SIGNATURE = "serving_bytes"
 IMAGES_KEY = "images"
 BYTES_KEY = "image_bytes"
 OUTPUT_KEY = "embeddings"
-# In-graph batching: a batch closes at this many images or after this wait.
-BATCH_MAX_SIZE = 64
+# In-graph batching: a batch closes at the request bound's max_batch images or after this wait.
 BATCH_TIMEOUT_MICROS = 2000
 
 
@@ -79,8 +80,23 @@ def bytes_spec():
     return tf.TensorSpec([None], tf.string, name=BYTES_KEY)
 
 
-def _assert(condition, message, *values, name):
-    return tf.debugging.Assert(condition, [message, *values], summarize=8, name=name)
+def request_messages(channels, bounds):
+    """{check: message} of the request checks, each followed by the request's shape
+    `[batch height width channels]`: the graph's asserts (`check_images`) and the numpy checks
+    that run before ONNX Runtime, which has no assert op (`dnc_keras.export.loading`), word
+    them alike; serving/image_input.py repeats them for the clients (the tests compare)."""
+    return {
+        # No apostrophe: the graph's assert prints strings C-escaped (\').
+        "shape": f"images must be uint8 [batch, height, width, {channels}] ({channels} is the "
+                 "channel count of the model); got shape",
+        "batch": "images is an empty batch; got shape",
+        "max_batch": f"images holds more than the bound of {bounds.max_batch} images per "
+                     "request; got shape",
+        "empty": "images must have height and width >= 1; got shape",
+        "max_side": f"images larger than the serving bound of {bounds.max_side} px per side; "
+                    "got shape",
+        "max_pixels": f"request larger than the bound of {bounds.max_pixels} pixels; got shape",
+    }
 
 
 def check_images(images, channels, bounds):
@@ -91,6 +107,8 @@ def check_images(images, channels, bounds):
     shape through `placeholder_with_default(shape=None)` and compare the element count with
     the product of the first four dimensions: an input of any rank that is not
     [batch, h, w, channels] fails the shape check whether or not the rank test was folded.
+    The bounds are named constants (`image_header.bound_constant`), which `graph_bounds` reads
+    back out of the saved graph.
     """
     dynamic = tf.compat.v1.placeholder_with_default(images, shape=None)
     actual = tf.shape(dynamic, out_type=tf.int64)
@@ -101,23 +119,20 @@ def check_images(images, channels, bounds):
     is_image_batch = tf.logical_and(
         tf.logical_and(tf.equal(tf.rank(dynamic), 4), tf.equal(depth, channels)),
         tf.equal(tf.size(dynamic, out_type=tf.int64), tf.reduce_prod(shape)))
+    max_side = bound_constant("max_side", bounds.max_side)
+    message = request_messages(channels, bounds)
     checks = [
-        _assert(tf.logical_or(is_image_batch, tf.equal(tf.size(dynamic), 0)),
-                f"images must be uint8 [batch, height, width, {channels}] ({channels} is the "
-                "model's channel count); got shape", actual, name="check_shape"),
-        _assert(batch > 0, "images is an empty batch; got shape", actual, name="check_batch"),
-        _assert(batch <= bounds.max_batch, f"images holds more than the bound of "
-                f"{bounds.max_batch} images per request; got shape", actual,
-                name="check_max_batch"),
-        _assert(tf.logical_and(height > 0, width > 0),
-                "images must have height and width >= 1; got shape", actual,
-                name="check_empty"),
-        _assert(tf.logical_and(height <= bounds.max_side, width <= bounds.max_side),
-                f"images larger than the serving bound of {bounds.max_side} px per side; got "
-                "shape", actual, name="check_max_side"),
-        _assert(batch * height * width <= bounds.max_pixels,
-                f"request larger than the bound of {bounds.max_pixels} pixels; got shape",
-                actual, name="check_max_pixels"),
+        assert_that(tf.logical_or(is_image_batch, tf.equal(tf.size(dynamic), 0)),
+                    message["shape"], actual, name="check_shape"),
+        assert_that(batch > 0, message["batch"], actual, name="check_batch"),
+        assert_that(batch <= bound_constant("max_batch", bounds.max_batch),
+                    message["max_batch"], actual, name="check_max_batch"),
+        assert_that(tf.logical_and(height > 0, width > 0), message["empty"], actual,
+                    name="check_empty"),
+        assert_that(tf.logical_and(height <= max_side, width <= max_side),
+                    message["max_side"], actual, name="check_max_side"),
+        assert_that(batch * height * width <= bound_constant("max_pixels", bounds.max_pixels),
+                    message["max_pixels"], actual, name="check_max_pixels"),
     ]
     with tf.control_dependencies(checks):
         checked = tf.reshape(images, tf.cast(shape, tf.int32))
@@ -134,14 +149,14 @@ def check_bytes(image_bytes, bounds):
     is_vector = tf.logical_and(tf.equal(tf.rank(dynamic), 1),
                                tf.equal(tf.size(dynamic, out_type=tf.int64), count))
     checks = [
-        _assert(tf.logical_or(is_vector, tf.equal(tf.size(dynamic), 0)),
-                "image_bytes must be a string vector [batch] of encoded JPEG/PNG files; got "
-                "shape", actual, name="check_bytes_shape"),
-        _assert(count > 0, "image_bytes is an empty batch; got shape", actual,
-                name="check_bytes_batch"),
-        _assert(count <= bounds.max_batch, f"image_bytes holds more than the bound of "
-                f"{bounds.max_batch} images per request; got shape", actual,
-                name="check_bytes_max_batch"),
+        assert_that(tf.logical_or(is_vector, tf.equal(tf.size(dynamic), 0)),
+                    "image_bytes must be a string vector [batch] of encoded JPEG/PNG files; got "
+                    "shape", actual, name="check_bytes_shape"),
+        assert_that(count > 0, "image_bytes is an empty batch; got shape", actual,
+                    name="check_bytes_batch"),
+        assert_that(count <= bound_constant("max_batch", bounds.max_batch),
+                    f"image_bytes holds more than the bound of {bounds.max_batch} images per "
+                    "request; got shape", actual, name="check_bytes_max_batch"),
     ]
     with tf.control_dependencies(checks):
         checked = tf.reshape(image_bytes, [-1])
@@ -149,49 +164,67 @@ def check_bytes(image_bytes, bounds):
     return checked
 
 
-def encoded_size(encoded):
-    """(height, width) of a PNG (IHDR) or JPEG (SOF) file from its header, before decoding."""
-    def png():
-        header = tf.cast(tf.io.decode_raw(tf.strings.substr(encoded, 16, 8), tf.uint8),
-                         tf.int64)
-        width = header[0] * 2 ** 24 + header[1] * 2 ** 16 + header[2] * 2 ** 8 + header[3]
-        height = header[4] * 2 ** 24 + header[5] * 2 ** 16 + header[6] * 2 ** 8 + header[7]
-        return tf.stack([height, width])
-
-    is_png = tf.equal(tf.strings.substr(encoded, 0, len(pp.PNG_MAGIC)), pp.PNG_MAGIC)
-    return tf.cond(is_png, png, lambda: tf.cast(tf.image.extract_jpeg_shape(encoded)[:2],
-                                                tf.int64))
-
-
 def check_encoded(encoded, bounds):
-    """Asserts one JPEG or PNG file within the side bound, read from its header before
-    decoding (a 140 KB file can declare 12,000 x 12,000 pixels); returns its (h, w)."""
+    """Asserts one JPEG or PNG file within the bounds, read from its header before decoding
+    (a 140 KB file can declare 12,000 x 12,000 pixels); returns its declared
+    (height, width, pixels)."""
     is_png = tf.equal(tf.strings.substr(encoded, 0, len(pp.PNG_MAGIC)), pp.PNG_MAGIC)
     is_jpeg = tf.equal(tf.strings.substr(encoded, 0, len(pp.JPEG_MAGIC)), pp.JPEG_MAGIC)
-    length = tf.strings.length(encoded)
-    format_ok = tf.group(
-        # Raw bytes in the message would make it invalid UTF-8 for gRPC and Python: print
-        # them as numbers.
-        _assert(tf.logical_or(is_png, is_jpeg), "image_bytes holds something that is not a "
-                "JPEG or PNG file; its first bytes are",
-                tf.io.decode_raw(tf.strings.substr(encoded, 0, 8), tf.uint8),
-                name="check_format"),
-        _assert(tf.logical_or(tf.logical_not(is_png), length >= 33),
-                "image_bytes holds a truncated PNG file of", length, "bytes",
-                name="check_png_header"))
+    format_ok = assert_that(
+        tf.logical_or(is_png, is_jpeg), "image_bytes holds something that is not a JPEG or "
+        "PNG file; its first bytes are",
+        tf.io.decode_raw(tf.strings.substr(encoded, 0, 8), tf.uint8), name="check_served_format")
     with tf.control_dependencies([format_ok]):
-        size = encoded_size(encoded)
-    size_ok = _assert(
-        tf.logical_and(tf.reduce_all(size <= bounds.max_side), tf.reduce_all(size > 0)),
-        f"encoded image must have sides in [1, {bounds.max_side}] (the serving bound); got "
-        "height, width", size, name="check_encoded_size")
-    with tf.control_dependencies([size_ok]):
-        return tf.identity(size)
+        return image_header.check_size(encoded, bounds.max_side, bounds.max_pixels)
 
 
-def batched(embed, input_shape):
-    """`embed` inside an in-graph `BatchFunction`: concurrent calls share one run."""
-    @tf.nondifferentiable_batch_function(num_batch_threads=1, max_batch_size=BATCH_MAX_SIZE,
+def graph_bounds(saved_model_dir):
+    """{bound: value} the SavedModel's graphs enforce, read from their named constants
+    (`image_header.bound_constant`) in saved_model.pb, without loading the model.
+
+    Raises:
+        ValueError: a bound is missing, or two of its constants disagree.
+    """
+    import os
+
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    path = os.path.join(saved_model_dir, "saved_model.pb")
+    proto = saved_model_pb2.SavedModel()
+    try:
+        with open(path, "rb") as f:
+            proto.ParseFromString(f.read())
+    except OSError as error:
+        raise ValueError(f"cannot read {path}: {error.strerror}") from None
+    except Exception as error:  # protobuf's DecodeError: a damaged file
+        raise ValueError(f"{path} is not a SavedModel ({error})") from None
+    found = {}
+    for graph in proto.meta_graphs:
+        functions = list(graph.graph_def.library.function)
+        nodes = [n for f in functions for n in f.node_def] + list(graph.graph_def.node)
+        for node in nodes:
+            name = node.name.rsplit("/", 1)[-1]
+            if node.op == "Const" and name.startswith("bound_"):
+                bound = name[len("bound_"):].rstrip("_0123456789") or name
+                tensor = node.attr["value"].tensor
+                found.setdefault(bound, set()).update(tensor.int64_val)
+    missing = [b for b in image_header.BOUND_NAMES if not found.get(b)]
+    if missing:
+        raise ValueError(f"{path} holds no bound constant for {', '.join(missing)}: exported "
+                         "by an older dnc_keras? Export it again")
+    mixed = {b: sorted(v) for b, v in found.items() if len(v) > 1}
+    if mixed:
+        raise ValueError(f"{path} enforces more than one value of a bound: {mixed}")
+    return {b: found[b].pop() for b in image_header.BOUND_NAMES}
+
+
+def batched(embed, input_shape, max_batch_size):
+    """`embed` inside an in-graph `BatchFunction`: concurrent calls share one run.
+
+    A batch closes at `max_batch_size` images (the request bound: the op refuses a single call
+    larger than that) or after `BATCH_TIMEOUT_MICROS`.
+    """
+    @tf.nondifferentiable_batch_function(num_batch_threads=1, max_batch_size=max_batch_size,
                                          batch_timeout_micros=BATCH_TIMEOUT_MICROS,
                                          max_enqueued_batches=100)
     def run(images):
@@ -223,7 +256,7 @@ def images_function(embed, record, bounds=DEFAULT_BOUNDS, checks=True, batching=
         batching: run the network in an in-graph `BatchFunction` (SavedModel; ONNX has
             none). Defaults to `True`.
     """
-    network = batched(embed, record.shape) if batching else embed
+    network = batched(embed, record.shape, bounds.max_batch) if batching else embed
 
     def serve(images):
         if checks:
@@ -239,20 +272,24 @@ def bytes_function(embed, record, bounds=DEFAULT_BOUNDS):
     Every file is checked from its header, decoded and resized on its own, so a batch may mix
     sizes and formats.
     """
-    network = batched(embed, record.shape)
+    network = batched(embed, record.shape, bounds.max_batch)
 
     def serve(image_bytes):
         image_bytes = check_bytes(image_bytes, bounds)
         sizes = tf.map_fn(lambda encoded: check_encoded(encoded, bounds), image_bytes,
-                          fn_output_signature=tf.TensorSpec([2], tf.int64))
-        total = tf.reduce_sum(sizes[:, 0] * sizes[:, 1])
-        total_ok = _assert(total <= bounds.max_pixels, f"request larger than the bound of "
-                           f"{bounds.max_pixels} pixels; its files declare", total, "pixels",
-                           name="check_encoded_pixels")
+                          fn_output_signature=tf.TensorSpec([3], tf.int64))
+        total = tf.reduce_sum(sizes[:, 2])
+        total_ok = assert_that(total <= bound_constant("max_pixels", bounds.max_pixels),
+                               f"request larger than the bound of {bounds.max_pixels} pixels; "
+                               "the pixels its files declare", total,
+                               name="check_encoded_pixels")
         with tf.control_dependencies([total_ok]):
             image_bytes = tf.identity(image_bytes)
-        images = tf.map_fn(lambda encoded: pp.decode_and_transform(encoded, record),
-                           image_bytes,
+        # One file at a time (map_fn's graph default is 10 at once): a request's memory is
+        # then that of its largest file, not of ten of them.
+        images = tf.map_fn(lambda encoded: pp.decode_and_transform(
+                               encoded, record, bounds.max_side, bounds.max_pixels),
+                           image_bytes, parallel_iterations=1,
                            fn_output_signature=tf.TensorSpec(record.shape, tf.float32))
         return {OUTPUT_KEY: tf.cast(network(images), tf.float32)}
 

@@ -15,7 +15,8 @@ import numpy as np
 
 from dnc_keras.export import parity, quality
 from dnc_keras.export import signatures as sig
-from dnc_keras.export.manifest import inside, read_manifest, sha256
+from dnc_keras.export.manifest import (check_bounds_agree, inside, read_manifest,
+                                       verify_artifacts)
 from dnc_keras.preprocessing import Preprocessing
 
 
@@ -67,22 +68,17 @@ def _check_manifest(state):
     manifest = read_manifest(state["dir"])
     state["manifest"] = manifest
     state["record"] = Preprocessing.from_dict(manifest["preprocessing"])
-    state["bounds"] = sig.Bounds(**manifest["bounds"])
+    state["bounds"] = sig.Bounds(**{k: manifest["bounds"][k]
+                                    for k in ("max_side", "max_batch", "max_pixels")})
     return (f"{manifest['name']} version {manifest['version']}, d={manifest['embedding']['dim']}"
             f", input {list(state['record'].shape)}, {state['record'].describe()}")
 
 
 def _check_hashes(state):
-    artifacts = state["manifest"].get("artifacts")
-    if not artifacts:
-        raise ValueError("the manifest records no artifact hashes")
-    bad = [rel for rel, digest in artifacts.items()
-           if not os.path.exists(inside(state["dir"], rel))
-           or sha256(inside(state["dir"], rel)) != digest]
-    if bad:
-        raise ValueError(f"{len(bad)} artifact(s) missing or changed since export: "
-                         f"{', '.join(bad[:5])}")
-    return f"{len(artifacts)} files match their SHA-256"
+    manifest = state["manifest"]
+    verify_artifacts(state["dir"], manifest)
+    verify_artifacts(state["dir"], manifest, [manifest["savedmodel"]["path"]])
+    return f"{len(manifest['artifacts'])} files match their SHA-256"
 
 
 def _loaded(state):
@@ -121,12 +117,18 @@ def _compare(signature, side, specs, contract):
 
 
 def _check_bounds(state):
-    """The graph's own max side and the ONNX file's metadata agree with the manifest."""
+    """The bounds the SavedModel's graphs hold (their named constants, and a request one pixel
+    beyond max_side, refused) and each ONNX file's metadata agree with the manifest."""
+    import json
+
     import tensorflow as tf
 
     from dnc_keras.export import onnx
 
-    bounds, channels = state["bounds"], state["record"].channels
+    manifest, bounds, channels = state["manifest"], state["bounds"], state["record"].channels
+    saved_model = inside(state["dir"], manifest["savedmodel"]["path"])
+    check_bounds_agree(f"{saved_model} (its graph constants)", sig.graph_bounds(saved_model),
+                       manifest)
     serve = _loaded(state).signatures[sig.DEFAULT_SIGNATURE]
     serve(**{sig.IMAGES_KEY: tf.zeros([1, bounds.max_side, 1, channels], tf.uint8)})
     try:
@@ -136,11 +138,17 @@ def _check_bounds(state):
     else:
         raise ValueError(f"the SavedModel accepts a side of {bounds.max_side + 1}; the manifest "
                          f"says {bounds.max_side}")
-    stored = onnx.read_metadata(inside(state["dir"], state["manifest"]["onnx"]["path"]))
-    if stored.get("bounds") != bounds.to_dict() or \
-            Preprocessing.from_dict(stored.get("preprocessing", {"size": 0})) != state["record"]:
-        raise ValueError(f"the ONNX file's metadata ({stored}) differs from the manifest")
-    return f"max side {bounds.max_side} enforced; ONNX metadata agrees"
+    files = [manifest["onnx"]["path"]] + [v["path"] for v in manifest["variants"].values()]
+    for relative in files:
+        path = inside(state["dir"], relative)
+        stored = onnx.read_metadata(path)
+        check_bounds_agree(f"{path} (its metadata)", stored.get("bounds"), manifest)
+        if Preprocessing.from_dict(stored.get("preprocessing", {"size": 0})) != state["record"]:
+            raise ValueError(f"{path}: its preprocessing record "
+                             f"{json.dumps(stored.get('preprocessing'))} differs from the "
+                             "manifest's")
+    return (f"max side {bounds.max_side}, max batch {bounds.max_batch}, max pixels "
+            f"{bounds.max_pixels}: the SavedModel's graphs and {len(files)} ONNX file(s) agree")
 
 
 def _check_warmup(state):

@@ -52,7 +52,7 @@ def test_every_document_has_its_tables():
             specs += [m["spec"] for m in report.BLOCK.finditer(f.read())]
     names = {spec.split()[0] for spec in specs}
     assert {"main_job", "dnc", "distributed", "performance", "inference",
-            "export_fidelity", "served_omniglot"} <= names
+            "export_fidelity", "served_omniglot", "export_faults", "request_cost"} <= names
 
 
 @pytest.mark.parametrize("path", report.DOCUMENTS)
@@ -92,3 +92,83 @@ def test_commands_name_no_path_outside_the_repository():
     assert report._local_paths(command) == (
         f"python benchmarks/bench_served_quality.py --data-dir omniglot_small1 --out {inside} "
         "--package-dir old")
+
+
+def _results(tmp_path, monkeypatch, name, data):
+    """`data` as benchmarks/results/NAME in a temporary results folder, with a provenance."""
+    import json
+
+    data = {"provenance": {"command": f"python benchmarks/{name}", "date": "2026-01-02 03:04:05",
+                           "git": {"commit": "a" * 40, "dirty": False}}, **data}
+    (tmp_path / name).write_text(json.dumps(data))
+    monkeypatch.setattr(report, "RESULTS", str(tmp_path))
+
+
+def _lines(text, start):
+    return [line for line in text.splitlines() if line.startswith(start)]
+
+
+def test_export_faults_lists_every_case_and_its_counts(tmp_path, monkeypatch):
+    rows = [
+        {"group": "image files", "case": "bomb via edge_infer.py",
+         "command": "python serving/edge_infer.py /work/x/digits.onnx files/bomb.png",
+         "expected": "exit 2, one line naming the file", "exit": 2,
+         "first_error_line": "edge_infer: error: /tmp/export_faults-ab_12/files/bomb.png: "
+                             "refused | before decoding", "stderr_lines": 1, "traceback": False,
+         "passed": True},
+        {"group": "oversized requests", "case": "empty batch (edge_infer)",
+         "command": "python /some/clone/benchmarks/bench_export_faults.py --request edge_infer "
+                    "exports/digits  # uint8 [0, 8, 8, 1]", "expected": "refused: ...",
+         "exit": 0, "first_error_line": "", "stderr_lines": 0, "traceback": True,
+         "passed": False},
+    ]
+    _results(tmp_path, monkeypatch, "export_faults.json", {
+        "subset": "all", "bounds": {"max_side": 7, "max_batch": 8, "max_pixels": 9},
+        "cases": 2, "passed": 1, "rows": rows,
+        "groups": {"image files": {"cases": 1, "passed": 1},
+                   "oversized requests": {"cases": 1, "passed": 0}}})
+    text = report.render_block("export_faults")
+    assert _lines(text, "| image files | 1 | 1 |") and \
+        _lines(text, "| oversized requests | 1 | 0 |") and _lines(text, "| **all** (all) | 2 | 1 |")
+    assert "max_side 7, max_batch 8, max_pixels 9" in text
+    bomb, empty = _lines(text, "| image files | bomb"), _lines(text, "| oversized requests | empty")
+    # The work folder and the clone's path dropped, the pipe escaped.
+    assert bomb == ["| image files | bomb via edge_infer.py | `python serving/edge_infer.py "
+                    "/work/x/digits.onnx files/bomb.png` | exit 2, one line naming the file | "
+                    "exit 2: edge_infer: error: files/bomb.png: refused \\| before decoding | "
+                    "yes |"]
+    assert empty == ["| oversized requests | empty batch (edge_infer) | `python benchmarks/"
+                     "bench_export_faults.py --request edge_infer exports/digits  # uint8 "
+                     "[0, 8, 8, 1]` | refused: ... | served (traceback) | **no** |"]
+    assert text.rstrip().endswith("(commit aaaaaaa, 2026-01-02 03:04:05).")
+
+
+def test_request_cost_names_the_paths_beyond_their_targets(tmp_path, monkeypatch):
+    request = {"path": "edge_png", "case": "bound: one image of max pixels", "batch": 1,
+               "height": 4096, "width": 2, "request_mib": 0.0, "cpu_s": 3.25, "wall_s": 1.5,
+               "memory_mib": 612.4, "refused": None}
+    refused = {**request, "path": "serving_bytes_png", "case": "beyond: too wide", "width": 4097,
+               "cpu_s": 0.01, "memory_mib": 4.0, "refused": "refused before decoding"}
+    _results(tmp_path, monkeypatch, "request_cost.json", {
+        "export": {"dir": "built: a model", "parameters": 12, "input": [64, 64], "channels": 3},
+        "bounds": {"max_side": 4096}, "file_limits": {"max_side": 16384},
+        "targets": {"cpu_s": 2.0, "memory_mib": 476.8}, "repeats": 2,
+        "requests": [request, refused],
+        "at_bounds": {"edge_png": {"cpu_s": 3.25, "cpu_case": request["case"],
+                                   "memory_mib": 612.4, "memory_case": request["case"],
+                                   "within_targets": False}}})
+    text = report.render_block("request_cost")
+    assert text.startswith("Export: a model (12 parameters, input 64x64, 3 channel(s)). Bounds: "
+                           "max_side 4096; file limits: max_side 16384. Targets: 2.0 s of CPU "
+                           "and 477 MiB per request; maxima of 2 fresh processes.")
+    edge = report.REQUEST_PATHS["edge_png"]
+    assert _lines(text, f"| {edge} | 3.25 |") == [
+        f"| {edge} | 3.25 | bound: one image of max pixels | 612 | bound: one image of max "
+        "pixels | **no** |"]
+    assert _lines(text, f"| {edge} | bound") == [
+        f"| {edge} | bound: one image of max pixels | 1 x 4096x2 | 0.0 | 3.25 | 1.50 | 612 | "
+        "served |"]
+    png = report.REQUEST_PATHS["serving_bytes_png"]
+    assert _lines(text, f"| {png} | beyond") == [
+        f"| {png} | beyond: too wide | 1 x 4096x4097 | 0.0 | 0.01 | 1.50 | 4 | refused: "
+        "refused before decoding |"]
