@@ -90,22 +90,41 @@ class EdgeModel:
         return self.session.run([OUTPUT_KEY], {IMAGES_KEY: np.ascontiguousarray(images)})[0]
 
     def embed_files(self, paths):
-        """Image files of any sizes -> float32 [len(paths), d]; one run per image size, each
-        within the request bounds. A file is refused from its header beyond the bounds."""
-        images = [image_input.read_image(p, self.channels, self.background, self.max_pixels,
-                                         self.max_side) for p in paths]
-        if not images:
+        """Image files of any sizes -> float32 [len(paths), d], each request within the bounds.
+
+        Every file is checked from its header first (refused beyond the bounds before anything
+        is decoded); files then go in requests of at most `max_batch` files and `max_pixels`
+        declared pixels, and only one request's files are decoded at a time, so a long list
+        of large files costs one request's memory, not the whole list's."""
+        paths = [str(p) for p in paths]
+        if not paths:
             raise image_input.InputError("no images given")
-        out = [None] * len(images)
-        for indices in image_input.group_by_shape(images).values():
-            h, w = images[indices[0]].shape[:2]
-            per_request = max(1, min(self.max_batch, self.max_pixels // (h * w)))
-            for start in range(0, len(indices), per_request):
-                chunk = indices[start:start + per_request]
-                batch = self.embed(np.stack([images[i] for i in chunk]))
-                for i, row in zip(chunk, batch):
+        pixels = [image_input.check_declared(image_input.read_bytes(p), p,
+                                             self.max_side, self.max_pixels)[2] for p in paths]
+        out = [None] * len(paths)
+        for chunk in _requests(pixels, self.max_batch, self.max_pixels):
+            images = {i: image_input.read_image(paths[i], self.channels, self.background,
+                                                self.max_pixels, self.max_side) for i in chunk}
+            # One run per decoded size (EXIF rotation may swap a file's declared sides).
+            for indices in image_input.group_by_shape([images[i] for i in chunk]).values():
+                picked = [chunk[k] for k in indices]
+                for i, row in zip(picked, self.embed(np.stack([images[i] for i in picked]))):
                     out[i] = row
         return np.stack(out)
+
+
+def _requests(pixels, max_batch, max_pixels):
+    """Consecutive index lists, each of at most `max_batch` files and `max_pixels` pixels in
+    total (a single file within the bounds always fits)."""
+    chunk, total = [], 0
+    for i, count in enumerate(pixels):
+        if chunk and (len(chunk) == max_batch or total + count > max_pixels):
+            yield chunk
+            chunk, total = [], 0
+        chunk.append(i)
+        total += count
+    if chunk:
+        yield chunk
 
 
 def choose_providers(available=None):

@@ -159,3 +159,33 @@ def test_a_request_of_max_batch_images_is_served(manifest, models, digits, encod
                                               batch_size=batch)
     assert np.abs(served - reference).max() < 1e-5
     assert manifest["savedmodel"]["batching"]["max_batch_size"] == batch
+
+
+def test_edge_files_go_in_requests_within_the_bounds_and_embed_as_alone(
+        tmp_path, digits, encode, serving_modules, export_dir):
+    """edge_infer.py plans requests from the files' headers (at most max_batch files and
+    max_pixels pixels each) and decodes one request at a time; every file's embedding equals
+    the one it gets alone."""
+    edge = serving_modules["edge_infer"].EdgeModel(os.path.join(export_dir, "digits.onnx"))
+    images, _ = digits
+    paths = []
+    for i, side in enumerate([8, 12, 8, 20, 9, 8, 16]):
+        image = np.kron(images[i], np.ones((side // 4, side // 4, 1), np.uint8))[:side, :side]
+        image = np.pad(image, ((0, side - image.shape[0]), (0, side - image.shape[1]), (0, 0)))
+        path = tmp_path / f"{i}.png"
+        path.write_bytes(encode(image))
+        paths.append(str(path))
+    alone = np.stack([edge.embed_files([p])[0] for p in paths])
+    calls = []
+    embed = edge.embed
+    edge.embed = lambda batch: calls.append(batch.shape) or embed(batch)
+    edge.max_batch, edge.max_pixels = 3, 500
+    together = edge.embed_files(paths)
+    np.testing.assert_allclose(together, alone, rtol=0, atol=1e-6)
+    # Requests (by declared pixels 64 144 64 | 400 81 | 64 256): never more than 3 files or
+    # 500 pixels, split further by decoded size.
+    planned = list(serving_modules["edge_infer"]._requests(
+        [8 * 8, 12 * 12, 8 * 8, 20 * 20, 9 * 9, 8 * 8, 16 * 16], 3, 500))
+    assert planned == [[0, 1, 2], [3, 4], [5, 6]]
+    assert sorted(calls) == sorted([(2, 8, 8, 1), (1, 12, 12, 1), (1, 20, 20, 1),
+                                    (1, 9, 9, 1), (1, 8, 8, 1), (1, 16, 16, 1)])
