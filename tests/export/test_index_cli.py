@@ -218,7 +218,17 @@ def test_search_refuses_queries_of_another_model(folders, export_dir, tmp_path, 
     manifest_path = copy / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     before = model_hash(manifest)
-    manifest["artifacts"][manifest["onnx"]["path"]] = "0" * 64  # as a re-export would change
+    # As a re-export changes it: other ONNX bytes, and the manifest's hash of them.
+    import hashlib
+
+    import onnx
+
+    onnx_path = copy / manifest["onnx"]["path"]
+    model = onnx.load(str(onnx_path))
+    model.metadata_props.add(key="re-exported", value="yes")
+    onnx.save(model, str(onnx_path))
+    manifest["artifacts"][manifest["onnx"]["path"]] = hashlib.sha256(
+        onnx_path.read_bytes()).hexdigest()
     manifest_path.write_text(json.dumps(manifest))
     after = model_hash(manifest)
     query = list_gallery(folders["test"])[0][0]
