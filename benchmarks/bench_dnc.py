@@ -60,6 +60,9 @@ VARIANTS = {
     # batches from all the data): the settings that put a prototype's DnC ahead (issue 14).
     "DnC K=4 fixed, no division, cvpr conquer": dict(learners=4, subspaces="fixed",
                                                      progressive=False, conquer_mode="cvpr"),
+    # One learner drawing its batches as the walk does (each class's images without
+    # replacement): separates what the batch order brings from what the division brings.
+    "single (K=1), walk": dict(learners=1, batch_order="walk"),
     # Each cluster walked without replacement, re-clustered on the train steps' features.
     "DnC K=4 fixed, walk, training features": dict(learners=4, subspaces="fixed",
                                                    batch_order="walk",
