@@ -52,7 +52,8 @@ def test_every_document_has_its_tables():
             specs += [m["spec"] for m in report.BLOCK.finditer(f.read())]
     names = {spec.split()[0] for spec in specs}
     assert {"main_job", "dnc", "distributed", "performance", "inference",
-            "export_fidelity", "served_omniglot", "export_faults", "request_cost"} <= names
+            "export_fidelity", "served_omniglot", "export_faults", "request_cost", "faults",
+            "index"} <= names
 
 
 @pytest.mark.parametrize("path", report.DOCUMENTS)
