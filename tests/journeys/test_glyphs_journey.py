@@ -51,8 +51,10 @@ def test_learned_masks_margin_loss_mixed_precision_load_in_a_new_process(tmp_pat
     masks (SubspaceMasks' learned weights), MarginLoss (its trainable beta) and a model built
     under mixed_float16. `evaluate` in a new process recomputes the run's own metrics."""
     run_dir = tmp_path / "runs" / "learned"
-    results = json.loads(dnc("train", "--epochs", "2", "--steps-per-epoch", "4",
-                             "--learners", "2", "--embedding-dim", "16", "--subspaces",
+    results = json.loads(dnc("train", "--dataset", "digits", "--epochs", "2",
+                             "--steps-per-epoch", "4", "--classes-per-batch", "4",
+                             "--samples-per-class", "4", "--learners", "2",
+                             "--embedding-dim", "16", "--subspaces",
                              "learned", "--loss", "margin", "--mixed-precision", "--no-nmi",
                              "--out", run_dir, "--no-plots", "--json", cwd=tmp_path))
     loaded = json.loads(run([sys.executable, "-c",
