@@ -87,12 +87,17 @@ def _check_two_replicas(result, strategy):
     assert 0.2 < result["metrics"]["R@1"] <= 1.0  # digits never seen (5-9): better than chance
 
 
+@pytest.mark.slow  # tests/distributed/test_mirrored.py checks two replicas in the README's command
 @pytest.mark.xdist_group("test_two_devices_tutorial_mirrored")
 def test_two_devices_tutorial_mirrored():
     _check_two_replicas(_run_tutorial("two_devices", "mirrored", "--steps", "2"),
                         "MirroredStrategy")
 
 
+# In the slow set (python -m pytest -m slow) with the mirrored run: two worker processes cost
+# over a minute, and tests/distributed/test_multi_worker.py checks the same cluster in the
+# README's test command.
+@pytest.mark.slow
 @pytest.mark.xdist_group("test_two_devices_tutorial_two_worker_processes")
 def test_two_devices_tutorial_two_worker_processes():
     _check_two_replicas(_run_tutorial("two_devices", "multi-worker", "--steps", "2"),

@@ -22,7 +22,7 @@ def test_bench_request_cost_tiny(tmp_path, export_fidelity_tiny):
     rows = results["requests"]
     assert {row["path"] for row in rows} == PATHS
     for row in rows:
-        assert row["repeats"] == 1 and row["cpu_s"] >= 0 and row["wall_s"] > 0
+        assert row["repeats"] == 1 and row["cpu_s"] >= 0 and row["wall_s"] >= 0  # rounded
         assert row["pixels"] == row["batch"] * row["height"] * row["width"]
         assert row["memory_mib"] >= row["request_mib"] >= 0
     # One file a pixel wider than the bound, on serving_bytes: refused from its header.
