@@ -58,7 +58,9 @@ class ArraySource:
                 batch = self.augment(batch, stream_seed(seed, AUGMENT_STREAM, epoch, step))
             return _inputs(batch, learner, indices), tf.gather(labels, indices)
 
-        return index_batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+        # deterministic=True: a user's Options(deterministic=False) must not reorder the steps
+        # (each batch's learner and augmentation seed belong to its position in the epoch).
+        return index_batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 class FileSource:
