@@ -26,8 +26,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 # The defaults of dnc_keras.export.signatures.Bounds; an export records its own.
 DEFAULT_MAX_SIDE = 4096
-DEFAULT_MAX_BATCH = 256
-DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_BATCH = 128
+DEFAULT_MAX_PIXELS = 4096 * 3072
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -316,29 +316,35 @@ def decode_image(data, channels, background=255, name="image", max_pixels=DEFAUL
         with img:
             img.load()
             opaque = img.format in ("GIF", "BMP")
-            rgba = _rgba(ImageOps.exif_transpose(img), opaque)
+            rgb, alpha = _rgb_alpha(ImageOps.exif_transpose(img), opaque)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise InputError(f"{name}: corrupt or unreadable image ({error})") from None
-    rgb, alpha = rgba[..., :3], rgba[..., 3:]
-    rgb = (rgb * alpha + int(background) * (255 - alpha) + 127) // 255
+    if alpha is not None and alpha.min() < 255:
+        # int32 holds every intermediate (at most 255 * 255 + 255 * 255 + 127).
+        alpha = alpha.astype(np.int32)
+        rgb = (rgb * alpha + int(background) * (255 - alpha) + 127) // 255
+    # Opaque pixels composite to themselves ((255 v + 127) // 255 = v): no copy is made.
     if channels == 1:
-        rgb = (rgb @ np.array([19595, 38470, 7471], np.int64) + 32768)[..., None] >> 16
-    return rgb.astype(np.uint8)
+        r, g, b = (rgb[..., i].astype(np.int32) for i in range(3))
+        rgb = ((r * 19595 + g * 38470 + b * 7471 + 32768) >> 16)[..., None]
+    return rgb.astype(np.uint8, copy=False)
 
 
-def _rgba(img, opaque):
-    """int64 [h, w, 4] of a decoded Pillow image (see `decode_image`)."""
+def _rgb_alpha(img, opaque):
+    """(rgb [h, w, 3], alpha [h, w, 1] or None) of a decoded Pillow image (see
+    `decode_image`): uint8 where Pillow gives 8 bits, so a large photograph costs its own size
+    a few times over, not eight-byte integers per sample."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        grey = np.asarray(img).astype(np.int64) >> 8
-        return np.stack([grey, grey, grey, np.full_like(grey, 255)], -1)
+        grey = (np.asarray(img).astype(np.int32) >> 8).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1), None
     if img.mode == "CMYK":
-        cmyk = np.asarray(img).astype(np.int64)
-        rgb = (255 - cmyk[..., :3]) * (255 - cmyk[..., 3:]) // 255
-        return np.concatenate([rgb, np.full_like(rgb[..., :1], 255)], -1)
-    if opaque:
-        rgb = np.asarray(img.convert("RGB")).astype(np.int64)
-        return np.concatenate([rgb, np.full_like(rgb[..., :1], 255)], -1)
-    return np.asarray(img.convert("RGBA")).astype(np.int64)
+        cmyk = np.asarray(img).astype(np.int32)
+        return ((255 - cmyk[..., :3]) * (255 - cmyk[..., 3:]) // 255).astype(np.uint8), None
+    if opaque or img.mode in ("1", "L", "P", "RGB", "CMYK", "YCbCr", "HSV", "LAB") and \
+            "transparency" not in img.info:
+        return np.asarray(img.convert("RGB")), None
+    rgba = np.asarray(img.convert("RGBA"))
+    return rgba[..., :3], rgba[..., 3:]
 
 
 def read_bytes(path):

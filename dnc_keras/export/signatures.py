@@ -46,10 +46,11 @@ class Bounds:
     Args:
         max_side: largest image height or width. Defaults to `4096`: every camera photo
             passes, a 100-megapixel request does not.
-        max_batch: most images per request. Defaults to `256`.
+        max_batch: most images per request. Defaults to `128`.
         max_pixels: most pixels per request, summed over its images. Defaults to
-            `40_000_000`: about 2 s of CPU for the resize on a 2-core machine
-            (docs/reliability.md).
+            `4096 * 3072` (12.6 megapixels: a 12-megapixel phone photo, 4032 x 3024, fits):
+            with `max_batch`, chosen so one request costs at most ~2 s of CPU and ~500 MB on a
+            2-core machine on every path (docs/reliability.md measures it).
     """
 
     max_side: int = BOUNDS_DEFAULTS["max_side"]

@@ -11,8 +11,11 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-BOUND = 4096
-MAX_BATCH = 256
+from dnc_keras_cli.options import BOUNDS_DEFAULTS
+
+BOUND = BOUNDS_DEFAULTS["max_side"]
+MAX_BATCH = BOUNDS_DEFAULTS["max_batch"]
+MAX_PIXELS = BOUNDS_DEFAULTS["max_pixels"]
 BAD_IMAGES = {
     # name: (array, message the graph and the clients give)
     "wrong dtype": (np.zeros((2, 8, 8, 1), np.float32), "uint8"),
@@ -23,7 +26,7 @@ BAD_IMAGES = {
     "zero width": (np.zeros((1, 8, 0, 1), np.uint8), "height and width"),
     "too large": (np.zeros((1, BOUND + 1, 8, 1), np.uint8), f"serving bound of {BOUND}"),
     "too many": (np.zeros((MAX_BATCH + 1, 8, 8, 1), np.uint8), f"bound of {MAX_BATCH} images"),
-    "too many pixels": (np.zeros((4, 4000, 3000, 1), np.uint8), "bound of 40000000 pixels"),
+    "too many pixels": (np.zeros((4, 4000, 3000, 1), np.uint8), f"bound of {MAX_PIXELS} pixels"),
 }
 
 
