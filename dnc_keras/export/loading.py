@@ -21,8 +21,8 @@ import numpy as np
 
 from dnc_keras import progress
 from dnc_keras.export import signatures as sig
-from dnc_keras.export.manifest import (MANIFEST_COPY, ManifestError, check_bounds_agree,
-                                       check_manifest, inside, read_manifest, verify_artifacts)
+from dnc_keras.export.manifest import (MANIFEST_COPY, check_bounds_agree, inside,
+                                       read_manifest, read_manifest_file, verify_artifacts)
 from dnc_keras.preprocessing import Preprocessing
 from dnc_keras_cli.options import RUNTIMES
 
@@ -290,16 +290,8 @@ class ExportedModel:
 
 def _version_manifest(export_dir, version):
     """The manifest copy inside version folder `version` (each version keeps its own)."""
-    import json
-
     path = inside(export_dir, os.path.join(str(version), MANIFEST_COPY))
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: version {version} is not an export of "
                                 "this dnc_keras")
-    try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except (ValueError, OSError) as error:
-        raise ManifestError(f"{path} is not a readable manifest ({error})") from None
-    check_manifest(manifest, export_dir, path)
-    return manifest
+    return read_manifest_file(path, export_dir)

@@ -68,6 +68,12 @@ def read_manifest(export_dir):
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: is {export_dir} a folder written by "
                                 "`dnc-keras export` (saved_models/NAME)?")
+    return read_manifest_file(path, export_dir)
+
+
+def read_manifest_file(path, export_dir):
+    """The manifest at `path` (the export's own or a version folder's copy), checked against
+    `export_dir`; ManifestError if it is not JSON or not a manifest this dnc_keras reads."""
     try:
         with open(path, encoding="utf-8") as f:
             manifest = json.load(f)

@@ -2,7 +2,6 @@
 oracle, ids that survive additions and removals, atomic saves, files that must agree, and the
 model hash that ties an index to its model."""
 
-import json
 import math
 import os
 
@@ -12,6 +11,7 @@ import pytest
 from dnc_keras.export import faiss_index
 from dnc_keras.export import index as index_module
 from dnc_keras.export.index import EmbeddingIndex
+from json_files import edit_json
 
 DIM = 32
 
@@ -226,12 +226,7 @@ def test_an_unchanged_index_rewrites_only_its_record(data, tmp_path):
 
 
 def _tamper(folder, change):
-    path = os.path.join(folder, "index.json")
-    with open(path) as f:
-        meta = json.load(f)
-    change(meta)
-    with open(path, "w") as f:
-        json.dump(meta, f)
+    edit_json(os.path.join(folder, "index.json"), change)
 
 
 @pytest.mark.parametrize("change, message", [

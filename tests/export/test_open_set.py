@@ -83,19 +83,32 @@ def _cloud(centres, classes, per_class, spread, rng):
         [f"c{v}" for v in labels]
 
 
+def _scene(rng, classes, dim, known, unknown, per_query, spread):
+    """(gallery, calibration queries, test queries) on `classes` unit-norm class centres: the
+    gallery holds classes 0..known-1 (5 items each); the unknown classes are the last
+    `unknown` ones. Calibration draws the first half of the known and of the unknown classes,
+    the test the other halves, so the classes it reports on were never calibrated on."""
+    centres = rng.standard_normal((classes, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    first_unknown = len(centres) - unknown
+    gallery = _cloud(centres, np.arange(known), 5, spread, rng)
+    half, unknown_half = known // 2, first_unknown + unknown // 2
+    calibration = _cloud(centres, np.r_[0:half, first_unknown:unknown_half], per_query,
+                         spread, rng)
+    test = _cloud(centres, np.r_[half:known, unknown_half:len(centres)], per_query, spread,
+                  rng)
+    return gallery, calibration, test
+
+
 def test_calibrated_on_some_classes_holds_on_disjoint_ones():
     """Gallery: classes 0-19. Calibration queries: classes 0-9 (in the gallery) and 40-49
     (absent); test queries: classes 10-19 (in the gallery) and 50-59 (absent). Classes are
     tight clusters far apart, so a query's nearest item is of its class at distance about 0.2
     if the class is in the gallery, and at about 1.4 if not: any threshold between answers
     every test query right."""
-    rng = np.random.default_rng(0)
-    centres = rng.standard_normal((60, 64))
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    gallery, gallery_labels = _cloud(centres, np.arange(20), 5, 0.02, rng)
+    (gallery, gallery_labels), calibration, test = _scene(
+        np.random.default_rng(0), classes=60, dim=64, known=20, unknown=20, per_query=4, spread=0.02)
     index = EmbeddingIndex(gallery, gallery_labels)
-    calibration = _cloud(centres, np.r_[0:10, 40:50], 4, 0.02, rng)
-    test = _cloud(centres, np.r_[10:20, 50:60], 4, 0.02, rng)
 
     record = index.calibrate(*calibration, precision=0.95)
     threshold = record["threshold"]
@@ -122,13 +135,9 @@ def test_overlapping_classes_trade_recall_for_precision():
     """Spread classes: some nearest neighbours are of the wrong class and some absent
     classes come close. The figures at the calibrated threshold equal the brute-force
     oracle's on the disjoint test classes, and a stricter target never gives more recall."""
-    rng = np.random.default_rng(1)
-    centres = rng.standard_normal((200, 16))
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    gallery, gallery_labels = _cloud(centres, np.arange(100), 5, 0.25, rng)
+    (gallery, gallery_labels), calibration, test = _scene(
+        np.random.default_rng(1), classes=200, dim=16, known=100, unknown=100, per_query=3, spread=0.25)
     index = EmbeddingIndex(gallery, gallery_labels)
-    calibration = _cloud(centres, np.r_[0:50, 100:150], 3, 0.25, rng)
-    test = _cloud(centres, np.r_[50:100, 150:200], 3, 0.25, rng)
     recalls = []
     for target in (0.8, 0.9, 0.97):
         record = index.calibrate(*calibration, precision=target)

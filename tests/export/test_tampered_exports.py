@@ -3,7 +3,6 @@ both runtimes, `dnc-keras validate-export` (exit 2, naming the failed check), an
 loads it, and edge_infer.py reading the ONNX file beside its manifest. Each case is a copy of
 the session's export with one thing changed."""
 
-import json
 import os
 import shutil
 
@@ -12,15 +11,11 @@ import pytest
 from dnc_keras import cli
 from dnc_keras.export import ExportedModel, ManifestError
 from dnc_keras_cli.options import BOUNDS_DEFAULTS
+from json_files import edit_json
 
 
 def edit_manifest(folder, change):
-    path = os.path.join(folder, "manifest.json")
-    with open(path) as f:
-        manifest = json.load(f)
-    change(manifest)
-    with open(path, "w") as f:
-        json.dump(manifest, f)
+    edit_json(os.path.join(folder, "manifest.json"), change)
 
 
 def flip_byte(path):
