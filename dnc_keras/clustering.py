@@ -13,6 +13,8 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 
+from dnc_keras import faiss_devices
+
 BACKENDS = ("auto", "faiss", "sklearn")
 
 # Thresholds of the "auto" rule. Measured with faiss-cpu 1.15.1 and scikit-learn 1.9.1 on 2 shared
@@ -113,10 +115,11 @@ def kmeans(x, num_clusters, seed=0, n_iter=100, backend="auto", max_points_per_c
         num_clusters: K, between 1 and N. K=1 returns zeros without running k-means.
         seed: random seed of the initialisation. Defaults to `0`.
         n_iter: maximum number of Lloyd iterations. Defaults to `100` (both official codes).
-        backend: `"faiss"` (`faiss.Kmeans` on the CPU), `"sklearn"`
+        backend: `"faiss"` (`faiss.Kmeans`, on every GPU faiss reports, else the CPU),
+            `"sklearn"`
             (`KMeans(n_init=1, algorithm="lloyd")`) or `"auto"`: faiss when K >= 32, D >= 1024,
-            or K >= 16 with D >= 512 or N <= 10,000; else scikit-learn, from timings
-            on this project's CPUs (see `_FAISS_MIN_CLUSTERS` in the source). Defaults to
+            or K >= 16 with D >= 512 or N <= 10,000, or whenever faiss reports a GPU; else
+            scikit-learn, from timings on this project's CPUs (see `_FAISS_MIN_CLUSTERS` in the source). Defaults to
             `"auto"`.
         max_points_per_centroid: faiss only: train on a random subsample of at most this many
             rows per cluster, then assign every row. Defaults to `None`: no subsampling (faiss's
@@ -136,7 +139,8 @@ def kmeans(x, num_clusters, seed=0, n_iter=100, backend="auto", max_points_per_c
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}. Received: backend={backend!r}")
     if backend == "auto":
-        backend = _choose_backend(dim, num_clusters, n)
+        # With a GPU, faiss's k-means wins at every size; the CPU rule is measured below.
+        backend = "faiss" if faiss_devices.num_gpus() else _choose_backend(dim, num_clusters, n)
     if num_clusters == 1:
         return np.zeros(n, dtype=np.int64)
     if backend == "faiss":
@@ -145,7 +149,7 @@ def kmeans(x, num_clusters, seed=0, n_iter=100, backend="auto", max_points_per_c
         # min_points_per_centroid=1 silences faiss's warning for small splits; it changes nothing.
         km = faiss.Kmeans(dim, num_clusters, niter=n_iter, seed=seed, verbose=False,
                           max_points_per_centroid=int(max_points_per_centroid),
-                          min_points_per_centroid=1)
+                          min_points_per_centroid=1, **faiss_devices.kmeans_device_options())
         km.train(x)
         _, assignment = km.index.search(x, 1)
         return assignment[:, 0].astype(np.int64)

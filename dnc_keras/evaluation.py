@@ -26,7 +26,7 @@ import faiss
 import numpy as np
 from sklearn.metrics import normalized_mutual_info_score
 
-from dnc_keras import progress
+from dnc_keras import faiss_devices, progress
 from dnc_keras.clustering import kmeans
 
 # Queries per faiss search. With faiss's default database blocks of 1,024 rows its distance
@@ -88,7 +88,7 @@ def _neighbour_scores(query, query_ids, gallery, gallery_ids, ks, batch_size, le
     r = class_counts[query_ids] - (1 if leave_one_out else 0)
     searchable = len(gallery) - (1 if leave_one_out else 0)
     depth = min(max(min(max(ks), _MAX_SEARCH_DEPTH), int(r.max())), searchable)
-    index = faiss.IndexFlatL2(gallery.shape[1])
+    index = faiss_devices.flat_l2(gallery.shape[1], max_k=depth)
     index.add(gallery)
     with _faiss_database_block(_FAISS_DATABASE_BLOCK):
         first_hit, average_precision, r_precision = _search_scores(
@@ -315,7 +315,7 @@ def nearest_neighbours(embeddings, k, leave_one_out=True):
     if not 1 <= k <= n - (1 if leave_one_out else 0):
         raise ValueError(f"k must be between 1 and {n - (1 if leave_one_out else 0)} for "
                          f"{n} items. Received: k={k}")
-    index = faiss.IndexFlatL2(embeddings.shape[1])
+    index = faiss_devices.flat_l2(embeddings.shape[1], max_k=k + 1)
     index.add(embeddings)
     _, neighbours = index.search(embeddings, k + (1 if leave_one_out else 0))
     if not leave_one_out:
