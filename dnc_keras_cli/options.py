@@ -232,7 +232,7 @@ def check_settings(values, where):
 
 # The export's defaults: the bounds of one request (dnc_keras.export.signatures.Bounds), the
 # edge variants and the runtimes an export can run on.
-BOUNDS_DEFAULTS = {"max_side": 4096, "max_batch": 128, "max_pixels": 4096 * 3072}
+BOUNDS_DEFAULTS = {"max_side": 4096, "max_batch": 128, "max_pixels": 4032 * 3024}
 # What one image file may declare in its header, checked before it is decoded, wherever a file
 # is read outside a served request (the loaders, evaluation, `dnc-keras embed RUN`): a
 # decompression bomb is refused by name instead of exhausting memory, while every camera

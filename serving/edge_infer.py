@@ -108,7 +108,9 @@ class EdgeModel:
             # One run per decoded size (EXIF rotation may swap a file's declared sides).
             for indices in image_input.group_by_shape([images[i] for i in chunk]).values():
                 picked = [chunk[k] for k in indices]
-                for i, row in zip(picked, self.embed(np.stack([images[i] for i in picked]))):
+                batch = (images[picked[0]][None] if len(picked) == 1  # a view, not a copy
+                         else np.stack([images.pop(i) for i in picked]))
+                for i, row in zip(picked, self.embed(batch)):
                     out[i] = row
         return np.stack(out)
 

@@ -27,7 +27,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # The defaults of dnc_keras.export.signatures.Bounds; an export records its own.
 DEFAULT_MAX_SIDE = 4096
 DEFAULT_MAX_BATCH = 128
-DEFAULT_MAX_PIXELS = 4096 * 3072
+DEFAULT_MAX_PIXELS = 4032 * 3024
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -340,7 +340,9 @@ def _rgb_alpha(img, opaque):
     if img.mode == "CMYK":
         cmyk = np.asarray(img).astype(np.int32)
         return ((255 - cmyk[..., :3]) * (255 - cmyk[..., 3:]) // 255).astype(np.uint8), None
-    if opaque or img.mode in ("1", "L", "P", "RGB", "CMYK", "YCbCr", "HSV", "LAB") and \
+    if img.mode == "RGB":
+        return np.asarray(img), None  # no conversion copy: a photograph's usual mode
+    if opaque or img.mode in ("1", "L", "P", "YCbCr", "HSV", "LAB") and \
             "transparency" not in img.info:
         return np.asarray(img.convert("RGB")), None
     rgba = np.asarray(img.convert("RGBA"))

@@ -48,7 +48,7 @@ class Bounds:
             passes, a 100-megapixel request does not.
         max_batch: most images per request. Defaults to `128`.
         max_pixels: most pixels per request, summed over its images. Defaults to
-            `4096 * 3072` (12.6 megapixels: a 12-megapixel phone photo, 4032 x 3024, fits):
+            `4032 * 3024` (a 12-megapixel phone photo; 12,192,768 pixels):
             with `max_batch`, chosen so one request costs at most ~2 s of CPU and ~500 MB on a
             2-core machine on every path (docs/reliability.md measures it).
     """
