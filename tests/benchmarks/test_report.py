@@ -173,3 +173,19 @@ def test_request_cost_names_the_paths_beyond_their_targets(tmp_path, monkeypatch
     assert _lines(text, f"| {png} | beyond") == [
         f"| {png} | beyond: too wide | 1 x 4096x4097 | 0.0 | 0.01 | 1.50 | 4 | refused: "
         "refused before decoding |"]
+
+
+def test_every_committed_results_file_records_its_provenance():
+    """Each results file was written by a benchmark (not edited by hand): it carries the
+    command, the git commit and the date that `common.write_results` records."""
+    import glob
+    import json
+
+    missing = []
+    for path in sorted(glob.glob(os.path.join(report.RESULTS, "*.json"))):
+        with open(path) as f:
+            provenance = json.load(f).get("provenance") or {}
+        commit = (provenance.get("git") or {}).get("commit")
+        if not (provenance.get("command") and commit and provenance.get("date")):
+            missing.append(os.path.basename(path))
+    assert not missing, f"results files without provenance: {missing}"
