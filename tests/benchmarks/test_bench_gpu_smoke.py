@@ -12,23 +12,23 @@ from bench_harness import BENCHMARKS, read_results, run_script, script_env
 
 
 @pytest.mark.bench_processes
-def test_gpu_smoke_tiny_gathers_each_benchmark(tmp_path, export_fidelity_tiny):
-    _, workdir = export_fidelity_tiny
-    export_dir = workdir / "exports" / "digits"
+def test_gpu_smoke_tiny_gathers_each_benchmark(tmp_path):
+    """The evaluation benchmark only (each benchmark's tiny mode has its own test; inference
+    needs an export, which the failure case below stands in for)."""
+    export_dir = tmp_path / "export"
+    export_dir.mkdir()
     out = tmp_path / "gpu_smoke.json"
-    run_script("gpu_smoke", export_dir, "--tiny", "--benchmarks", "evaluation", "inference",
-               "--out", out, cwd=tmp_path, timeout=600)
+    run_script("gpu_smoke", export_dir, "--tiny", "--benchmarks", "evaluation", "--out", out,
+               cwd=tmp_path, timeout=600)
     results = read_results(out, "gpu_smoke", export_dir, "--tiny")
     assert results["devices"]["tensorflow_gpus"] == [] and results["devices"]["faiss_gpus"] == 0
     assert results["devices"]["onnxruntime_chosen"] == ["CPUExecutionProvider"]
     assert results["gpu_seen"] is False and results["failed"] == []
-    assert sorted(results["benchmarks"]) == ["evaluation", "inference"]
-    for name, script in (("evaluation", "bench_evaluation"), ("inference", "bench_inference")):
-        inner = results["benchmarks"][name]["results"]
-        assert f"benchmarks/{script}.py" in inner["provenance"]["command"]
-        assert "--tiny" in inner["provenance"]["command"]
-    rows = results["benchmarks"]["inference"]["results"]["results"]
-    assert {row["runtime"] for row in rows} >= {"tf_savedmodel", "onnxruntime"}
+    assert list(results["benchmarks"]) == ["evaluation"]
+    inner = results["benchmarks"]["evaluation"]["results"]
+    assert "benchmarks/bench_evaluation.py" in inner["provenance"]["command"]
+    assert "--tiny" in inner["provenance"]["command"]
+    assert inner["metrics"] and inner["seconds"]
 
 
 def test_gpu_smoke_records_a_failed_benchmark_and_exits_1(tmp_path):
