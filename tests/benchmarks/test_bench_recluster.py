@@ -31,6 +31,22 @@ def test_bench_recluster_tiny(tmp_path):
     assert np.isclose(row["train_between_s"], 2 * 10 * results["train_step_s"])
     assert np.isclose(row["share"], row["recluster_s"] / row["train_between_s"])
     assert 0 <= row["bank"]["unseen_images"] <= 800
+    assert 0 <= row["walk_bank"]["unseen_images"] <= row["bank"]["unseen_images"]
+    assert np.isclose(row["walk_bank"]["share"], row["walk_bank"]["recluster_s"]
+                      / row["walk_bank"]["train_between_s"])
+    assert results["max_share_walk_bank"] == row["walk_bank"]["share"]
     assert results["max_share"] == row["share"] > 0
     assert results["met"] == (row["share"] <= 0.05)
     assert "| 800 | 16 | 2 |" in results["table"]
+
+
+def test_the_walk_draws_every_image_where_random_batches_miss_some():
+    """40 classes of 4 images in one cluster, 2 epochs of 2 batches of 20 x 4: the walk's
+    first epoch takes every class once (all 160 images); random batches pick 20 of the 40
+    classes 4 times, missing a class with probability 1/16."""
+    bench = load_script("bench_recluster")
+    labels = np.repeat(np.arange(40), 4)
+    one_cluster = np.zeros(len(labels), np.int64)
+    assert bench.images_left_unseen(labels, one_cluster, 1, order="walk") == 0
+    unseen = bench.images_left_unseen(labels, one_cluster, 1, order="random")
+    assert unseen % 4 == 0 and 0 < unseen < 40
