@@ -219,12 +219,15 @@ def wait_for_quiet(threshold=0.25, max_wait=60.0, window=1.0):
 def git_state(folder=None):
     """{"commit", "dirty"} of the repository holding `folder` (this one by default), or None.
 
-    "dirty": a tracked file differs from the commit (untracked files are not counted)."""
+    "dirty": a tracked file differs from the commit (untracked files are not counted), other
+    than the results files in benchmarks/results/: a series of benchmarks run from one checkout
+    writes them as it goes, and they are outputs, not the code that produced the figures."""
     folder = folder or HERE
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True,
                                 text=True, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                 ":(top)", ":(top,exclude)benchmarks/results"],
                                 cwd=folder, capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
