@@ -8,7 +8,12 @@ import lazily.
 
 import importlib
 
+from dnc_keras import blas_kernels
+
 __version__ = "0.1.0"
+
+# Before anything loads faiss (whose bundled OpenBLAS reads it once): see blas_kernels.
+blas_kernels.choose()
 
 # Registration: these modules define Keras-serializable classes.
 from dnc_keras import backbones, layers, losses, model  # noqa: E402, F401
