@@ -25,7 +25,7 @@ training between two re-clusterings). "share (bank)" is the same with
 (timed interleaved with the plain step), and only the images the sampler did not draw in the
 2 epochs ("unseen": counted by running the sampler over the k-means clusters of the row) are
 embedded, at the measured images/s. "share (walk + bank)" is the same with `--batch-order
-walk` (each cluster's images drawn without replacement), which leaves (nearly) none unseen.
+walk` (each cluster's images drawn without replacement), which leaves fewer unseen.
 Writes benchmarks/results/recluster.json; another grid
 (--sizes, --dims, --ks, --embed-batch-size) by default a file named after it, e.g.
 recluster_ks-2-4-8-16-32.json (`--out NAME` writes benchmarks/results/NAME.json, as for the
@@ -225,7 +225,7 @@ def main(argv=None):
                 bank_cost_s = embed[n] * unseen["random"] / n + kmeans_s
                 bank_share = bank_cost_s / bank_train_s
                 # The same with `--batch-order walk`: each cluster's images drawn without
-                # replacement, so (nearly) every image's features are in the bank.
+                # replacement, so more of them have their features in the bank.
                 walk_cost_s = embed[n] * unseen["walk"] / n + kmeans_s
                 walk_share = walk_cost_s / bank_train_s
                 entry = {"n": n, "dim": dim, "k": k, "sklearn_iterations": iters,
