@@ -63,6 +63,9 @@ VARIANTS = {
     # One learner drawing its batches as the walk does (each class's images without
     # replacement): separates what the batch order brings from what the division brings.
     "single (K=1), walk": dict(learners=1, batch_order="walk"),
+    # Each cluster walked without replacement, re-clustered with the papers' full pass:
+    # separates what the walk brings from what the train steps' features bring.
+    "DnC K=4 fixed, walk": dict(learners=4, subspaces="fixed", batch_order="walk"),
     # Each cluster walked without replacement, re-clustered on the train steps' features.
     "DnC K=4 fixed, walk, training features": dict(learners=4, subspaces="fixed",
                                                    batch_order="walk",
