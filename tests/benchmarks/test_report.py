@@ -189,19 +189,3 @@ def test_every_committed_results_file_records_its_provenance():
         if not (provenance.get("command") and commit and provenance.get("date")):
             missing.append(os.path.basename(path))
     assert not missing, f"results files without provenance: {missing}"
-
-
-def test_every_committed_results_file_records_its_provenance():
-    """Each results file was written by a benchmark (not edited by hand): it carries the
-    command, the git commit and the date that `common.write_results` records."""
-    import glob
-    import json
-
-    missing = []
-    for path in sorted(glob.glob(os.path.join(report.RESULTS, "*.json"))):
-        with open(path) as f:
-            provenance = json.load(f).get("provenance") or {}
-        commit = (provenance.get("git") or {}).get("commit")
-        if not (provenance.get("command") and commit and provenance.get("date")):
-            missing.append(os.path.basename(path))
-    assert not missing, f"results files without provenance: {missing}"
