@@ -315,9 +315,10 @@ def nearest_neighbours(embeddings, k, leave_one_out=True):
     if not 1 <= k <= n - (1 if leave_one_out else 0):
         raise ValueError(f"k must be between 1 and {n - (1 if leave_one_out else 0)} for "
                          f"{n} items. Received: k={k}")
-    index = faiss_devices.flat_l2(embeddings.shape[1], max_k=k + 1)
+    depth = k + (1 if leave_one_out else 0)  # leave one out: the item finds itself first
+    index = faiss_devices.flat_l2(embeddings.shape[1], max_k=depth)
     index.add(embeddings)
-    _, neighbours = index.search(embeddings, k + (1 if leave_one_out else 0))
+    _, neighbours = index.search(embeddings, depth)
     if not leave_one_out:
         return neighbours.astype(np.int64)
     is_self = neighbours == np.arange(n)[:, None]

@@ -35,8 +35,3 @@ def kmeans_device_options():
     """Keyword arguments of `faiss.Kmeans` that train on all GPUs when faiss reports any."""
     gpus = num_gpus()
     return {"gpu": gpus} if gpus else {}
-
-
-def on_gpu(index):
-    """Whether `index` was cloned onto a GPU (its class is one of faiss's Gpu* indexes)."""
-    return type(index).__name__.startswith(("Gpu", "IndexReplicas", "IndexShards"))

@@ -108,7 +108,9 @@ class EdgeModel:
             # One run per decoded size (EXIF rotation may swap a file's declared sides).
             for indices in image_input.group_by_shape([images[i] for i in chunk]).values():
                 picked = [chunk[k] for k in indices]
-                batch = (images[picked[0]][None] if len(picked) == 1  # a view, not a copy
+                # Each decoded image leaves `images` as it is batched; one alone is batched as
+                # a view, not a copy.
+                batch = (images.pop(picked[0])[None] if len(picked) == 1
                          else np.stack([images.pop(i) for i in picked]))
                 for i, row in zip(picked, self.embed(batch)):
                     out[i] = row

@@ -342,8 +342,8 @@ def _rgb_alpha(img, opaque):
         return ((255 - cmyk[..., :3]) * (255 - cmyk[..., 3:]) // 255).astype(np.uint8), None
     if img.mode == "RGB":
         return np.asarray(img), None  # no conversion copy: a photograph's usual mode
-    if opaque or img.mode in ("1", "L", "P", "YCbCr", "HSV", "LAB") and \
-            "transparency" not in img.info:
+    if opaque or (img.mode in ("1", "L", "P", "YCbCr", "HSV", "LAB")
+                  and "transparency" not in img.info):
         return np.asarray(img.convert("RGB")), None
     rgba = np.asarray(img.convert("RGBA"))
     return rgba[..., :3], rgba[..., 3:]
