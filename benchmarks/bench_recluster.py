@@ -29,7 +29,7 @@ walk` (each cluster's images drawn without replacement), which leaves fewer unse
 Writes benchmarks/results/recluster.json; another grid
 (--sizes, --dims, --ks, --embed-batch-size) by default a file named after it, e.g.
 recluster_ks-2-4-8-16-32.json (`--out NAME` writes benchmarks/results/NAME.json, as for the
-the grid above). `--tiny`: N = 800, d = 16,
+grid above). `--tiny`: N = 800, d = 16,
 K = 2, 1 round, 2 steps per unit, into benchmarks/results/tiny/recluster.json.
 """
 
@@ -221,13 +221,14 @@ def main(argv=None):
                 cost = embed[n] + kmeans_s
                 share = cost / train_s
                 # feature_source="training": only the unseen images are embedded (at the
-                # measured images/s), the rest is read from the bank.
-                bank_cost_s = embed[n] * unseen["random"] / n + kmeans_s
-                bank_share = bank_cost_s / bank_train_s
-                # The same with `--batch-order walk`: each cluster's images drawn without
-                # replacement, so more of them have their features in the bank.
-                walk_cost_s = embed[n] * unseen["walk"] / n + kmeans_s
-                walk_share = walk_cost_s / bank_train_s
+                # measured images/s), the rest is read from the bank; "bank" with random
+                # batches, "walk_bank" with `--batch-order walk`.
+                banks = {}
+                for key, order in (("bank", "random"), ("walk_bank", "walk")):
+                    bank_cost_s = embed[n] * unseen[order] / n + kmeans_s
+                    banks[key] = {"unseen_images": unseen[order], "recluster_s": bank_cost_s,
+                                  "train_between_s": bank_train_s,
+                                  "share": bank_cost_s / bank_train_s}
                 entry = {"n": n, "dim": dim, "k": k, "sklearn_iterations": iters,
                          "other_load": load,
                          "auto_backend": auto,
@@ -235,19 +236,13 @@ def main(argv=None):
                          "faiss_equal_over_sklearn": common.paired_ratios(
                              times["faiss_equal_iters"], times["sklearn"]),
                          "recluster_s": cost, "train_between_s": train_s, "share": share,
-                         "share_kmeans_only": kmeans_s / train_s,
-                         "bank": {"unseen_images": unseen["random"],
-                                  "recluster_s": bank_cost_s,
-                                  "train_between_s": bank_train_s, "share": bank_share},
-                         "walk_bank": {"unseen_images": unseen["walk"],
-                                       "recluster_s": walk_cost_s,
-                                       "train_between_s": bank_train_s, "share": walk_share}}
+                         "share_kmeans_only": kmeans_s / train_s, **banks}
                 results["kmeans"].append(entry)
                 rows.append((n, dim, k, iters, med["sklearn"], med["faiss_equal_iters"],
                              med["faiss"], med["faiss_256_per_centroid"], auto, embed[n],
                              train_s, f"{share:.1%}", f"{unseen['random'] / n:.1%}",
-                             f"{bank_share:.1%}", f"{unseen['walk'] / n:.1%}",
-                             f"{walk_share:.1%}", round(load, 2)))
+                             f"{banks['bank']['share']:.1%}", f"{unseen['walk'] / n:.1%}",
+                             f"{banks['walk_bank']['share']:.1%}", round(load, 2)))
                 print(common.table([rows[-1]], _HEADERS).splitlines()[-1], flush=True)
     table = common.table(rows, _HEADERS)
     print(table)

@@ -23,15 +23,9 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-# name -> (script, arguments before --tiny/--out); the export folder is added for inference.
-BENCHMARKS = {
-    "train_step": ("bench_train_step.py", []),
-    "recluster": ("bench_recluster.py", []),
-    "evaluation": ("bench_evaluation.py", []),
-    "inference": ("bench_inference.py", []),
-}
+# name -> script; the inference benchmark also takes the export folder.
+BENCHMARKS = {"train_step": "bench_train_step.py", "recluster": "bench_recluster.py",
+              "evaluation": "bench_evaluation.py", "inference": "bench_inference.py"}
 
 
 def devices():
@@ -40,7 +34,7 @@ def devices():
     import onnxruntime as ort
     import tensorflow as tf
 
-    sys.path.insert(0, os.path.join(REPO, "serving"))
+    sys.path.insert(0, os.path.join(common.REPO, "serving"))
     import edge_infer
 
     from dnc_keras import faiss_devices
@@ -53,14 +47,13 @@ def devices():
 
 def run_benchmark(name, export_dir, tiny, folder):
     """Runs one benchmark in a subprocess; its results (or its failure) as a dict."""
-    script, extra = BENCHMARKS[name]
     out = os.path.join(folder, f"{name}.json")
-    argv = [sys.executable, os.path.join(HERE, script), *extra]
+    argv = [sys.executable, os.path.join(common.HERE, BENCHMARKS[name])]
     if name == "inference":
         argv.append(str(export_dir))
     argv += (["--tiny"] if tiny else []) + ["--out", out]
     print(f"gpu_smoke: {name}: {' '.join(argv[1:])}", flush=True)
-    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run(argv, cwd=common.REPO, capture_output=True, text=True)
     if done.returncode != 0 or not os.path.exists(out):
         tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
         return {"exit_code": done.returncode, "error": tail}

@@ -2,6 +2,8 @@
 benchmarks/report.py renders from benchmarks/results, and prose outside the tables quotes no
 measured figure."""
 
+import glob
+import json
 import os
 import re
 import sys
@@ -68,7 +70,6 @@ def test_prose_quotes_no_measured_figure(path):
 
 def test_a_changed_result_makes_its_table_stale(tmp_path, monkeypatch):
     """The check can fail: render, then change a number in a results file copy."""
-    import json
     import shutil
 
     results = tmp_path / "results"
@@ -97,8 +98,6 @@ def test_commands_name_no_path_outside_the_repository():
 
 def _results(tmp_path, monkeypatch, name, data):
     """`data` as benchmarks/results/NAME in a temporary results folder, with a provenance."""
-    import json
-
     data = {"provenance": {"command": f"python benchmarks/{name}", "date": "2026-01-02 03:04:05",
                            "git": {"commit": "a" * 40, "dirty": False}}, **data}
     (tmp_path / name).write_text(json.dumps(data))
@@ -178,9 +177,6 @@ def test_request_cost_names_the_paths_beyond_their_targets(tmp_path, monkeypatch
 def test_every_committed_results_file_records_its_provenance():
     """Each results file was written by a benchmark (not edited by hand): it carries the
     command, the git commit and the date that `common.write_results` records."""
-    import glob
-    import json
-
     missing = []
     for path in sorted(glob.glob(os.path.join(report.RESULTS, "*.json"))):
         with open(path) as f:
