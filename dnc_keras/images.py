@@ -88,10 +88,9 @@ class RandomResizedCrop:
         image = pp.decode(contents, record)
         size = tf.shape(image)
         y, x, h, w = _crop_window(size[0], size[1], self.scale, self.ratio, crop_seed)
-        window = tf.cast(image[None, y:y + h, x:x + w], tf.float32)
-        rows = pp.resize_matrix(h, record.size[0], record.kernel)
-        cols = pp.resize_matrix(w, record.size[1], record.kernel)
-        resized = pp.finish(pp.apply_geometry(window, rows, cols), record)[0]
+        window = image[None, y:y + h, x:x + w]
+        rows, cols = pp.geometry(dataclasses.replace(record, fit="stretch", resize_to=None), h, w)
+        resized = pp.finish(pp.apply_geometry(window, rows, cols, record.rounding), record)[0]
         if self.flip:
             flip = tf.random.stateless_uniform([], flip_seed) < 0.5
             resized = tf.cond(flip, lambda: tf.image.flip_left_right(resized), lambda: resized)

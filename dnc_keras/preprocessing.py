@@ -8,10 +8,13 @@ runs. So a model is served on exactly what it was trained and evaluated on.
 
 Resizing is antialiased (Pillow's definition of each filter: the kernel is stretched by the
 downscale factor, every output pixel is a normalised weighted sum of the input pixels under it)
-and written as two matrix products, height then width, with weights computed from the input's
-shape inside the graph. TensorFlow's own antialiased kernel (ScaleAndTranslate) does not
-convert to ONNX; two MatMuls convert and run alike in both runtimes. The weights match
-Pillow's float ("F" mode) resampling to float32 precision (tests/test_preprocessing.py).
+and written as two matrix products, width then height (Pillow's order), with weights computed
+from the input's shape inside the graph. TensorFlow's own antialiased kernel (ScaleAndTranslate)
+does not convert to ONNX; two MatMuls convert and run alike in both runtimes. With
+`rounding="uint8"` (the default) the weights are Pillow's 22-bit coefficients, summed exactly in
+float64, and each pass is rounded to 8 bits: Pillow's 8-bit resize to the bit, so a model
+trained on Pillow-resized images is served the same pixels, and TensorFlow and ONNX Runtime
+cannot round a sample apart (tests/test_preprocessing.py).
 
 Decoding (`decode`) is the graph version of what `serving/image_input.py` does with Pillow, and
 both produce the same uint8 pixels (tests compare them bit for bit): EXIF orientation applied
@@ -34,6 +37,8 @@ from dnc_keras_cli.options import FILE_LIMITS
 
 FITS = ("stretch", "crop", "pad")
 KERNELS = ("bilinear", "bicubic", "lanczos")
+ROUNDINGS = ("uint8", "float")
+PILLOW_PRECISION_BITS = 22  # fractional bits of Pillow's 8-bit resampling coefficients
 CHANNELS = (1, 3)
 # Filter support of each kernel, in input pixels at scale 1 (Pillow's Resample.c).
 _SUPPORT = {"bilinear": 1.0, "bicubic": 2.0, "lanczos": 3.0}
@@ -67,6 +72,12 @@ class Preprocessing:
             Defaults to `False`.
         background: grey level (0-255) transparent pixels are composited over.
             Defaults to `255` (white).
+        rounding: the samples between and after the two resize passes. `"uint8"` rounds
+            (half up) and clips each pass to 0-255, as Pillow's `Image.resize` does on an 8-bit
+            image (and so torchvision's `Resize` on one): a filter's overshoot is cut between
+            the passes. `"float"` keeps float passes and clips once at the end (Pillow on an
+            `"F"` image); records written before this field existed mean it. Defaults to
+            `"uint8"`.
     """
 
     size: tuple[int, int]
@@ -76,6 +87,7 @@ class Preprocessing:
     kernel: str = "lanczos"
     invert: bool = False
     background: int = 255
+    rounding: str = "uint8"
 
     def __post_init__(self):
         size = self.size
@@ -90,6 +102,7 @@ class Preprocessing:
         _check_choice("channels", self.channels, CHANNELS)
         _check_choice("fit", self.fit, FITS)
         _check_choice("kernel", self.kernel, KERNELS)
+        _check_choice("rounding", self.rounding, ROUNDINGS)
         if self.resize_to is not None:
             if self.fit != "crop":
                 raise ValueError(f"resize_to applies to fit='crop' only. Received: fit="
@@ -135,7 +148,8 @@ class Preprocessing:
         missing = sorted({"size"} - set(values))
         if missing:
             raise ValueError(f"preprocessing record lacks {missing}")
-        fields = {k: v for k, v in values.items() if k in known}
+        # Records written before `rounding` existed resized with float passes.
+        fields = {"rounding": "float", **{k: v for k, v in values.items() if k in known}}
         fields["size"] = tuple(fields["size"]) if isinstance(fields["size"], list) \
             else fields["size"]
         return cls(**fields)
@@ -150,7 +164,8 @@ class Preprocessing:
         geometry = {"stretch": f"resize to {h}x{w}",
                     "crop": f"shorter side {self.crop_side}, centre crop {h}x{w}",
                     "pad": f"fit inside {h}x{w}, pad black"}[self.fit]
-        return (f"{colour}, {geometry} ({self.kernel}, antialiased), x/255"
+        passes = "8-bit passes" if self.rounding == "uint8" else "float passes"
+        return (f"{colour}, {geometry} ({self.kernel}, antialiased, {passes}), x/255"
                 + (", inverted" if self.invert else ""))
 
 
@@ -186,8 +201,8 @@ def _sinc(x):
     return tf.where(zero, tf.ones_like(x), tf.sin(px) / px)
 
 
-def resize_matrix(in_size, out_size, kernel):
-    """float32 [out_size, in_size]: row i holds the weights of output pixel i over the input.
+def resize_matrix(in_size, out_size, kernel, dtype="float32"):
+    """[out_size, in_size] of `dtype`: row i holds the weights of output pixel i over the input.
 
     Pillow's antialiased resampling: scale = in / out, the filter stretched by max(scale, 1),
     output pixel i centred at (i + 0.5) * scale, weights normalised to sum to 1 over the input
@@ -202,14 +217,23 @@ def resize_matrix(in_size, out_size, kernel):
     # an exact integer numerator and one rounding, so large images lose no precision.
     numerator = ((2 * tf.range(in_size) + 1)[None, :] * out_size
                  - (2 * tf.range(out_size) + 1)[:, None] * in_size)
-    distance = tf.cast(numerator, tf.float32) / tf.cast(2 * tf.maximum(in_size, out_size),
-                                                        tf.float32)
+    distance = tf.cast(numerator, dtype) / tf.cast(2 * tf.maximum(in_size, out_size), dtype)
     weights = kernel_weights(kernel, distance)
     weights = weights / tf.reduce_sum(weights, axis=1, keepdims=True)
     # No tf.cond: it would become an ONNX If node, which onnxruntime's quantizer mangles.
     identity = tf.cast(tf.equal(tf.range(out_size)[:, None], tf.range(in_size)[None, :]),
-                       tf.float32)
+                       dtype)
     return tf.where(tf.equal(in_size, out_size), identity, weights)
+
+
+def _pillow_coefficients(weights):
+    """float64 weights as Pillow's 8-bit resampling stores them: multiples of 2^-22, rounded
+    half away from zero. Sums of 8-bit samples times these are integers times 2^-22 below
+    2^53, exact in float64 whatever the order: TensorFlow and ONNX Runtime round alike."""
+    import tensorflow as tf
+
+    scale = float(2 ** PILLOW_PRECISION_BITS)
+    return tf.sign(weights) * tf.floor(tf.abs(weights) * scale + 0.5) / scale
 
 
 def _axis_matrix(record, in_size, resized, out_size, offset):
@@ -217,7 +241,10 @@ def _axis_matrix(record, in_size, resized, out_size, offset):
     from `offset` (a crop when offset >= 0, black padding where offset < 0)."""
     import tensorflow as tf
 
-    full = resize_matrix(in_size, resized, record.kernel)
+    if record.rounding == "uint8":
+        full = _pillow_coefficients(resize_matrix(in_size, resized, record.kernel, tf.float64))
+    else:
+        full = resize_matrix(in_size, resized, record.kernel)
     rows = tf.range(out_size) + offset
     inside = (rows >= 0) & (rows < resized)
     picked = tf.gather(full, tf.clip_by_value(rows, 0, resized - 1))
@@ -258,9 +285,15 @@ def geometry(record, height, width):
     return (_axis_matrix(record, h, rh, out_h, -top), _axis_matrix(record, w, rw, out_w, -left))
 
 
-def apply_geometry(images, rows, cols):
-    """[b, h, w, c] (uint8 or float) -> float32 [b, H, W, c] with rows [H, h] and cols [W, w]."""
+def apply_geometry(images, rows, cols, rounding="float"):
+    """[b, h, w, c] (uint8 or float) -> float32 [b, H, W, c] with rows [H, h] and cols [W, w]
+    (computed in their dtype); `rounding="uint8"` rounds each pass to 0-255 integers as
+    Pillow's 8-bit resize does."""
     import tensorflow as tf
+
+    def settle(x):
+        # Round half up (Pillow adds half its fixed-point unit, then shifts), then clip.
+        return tf.clip_by_value(tf.floor(x + 0.5), 0.0, 255.0) if rounding == "uint8" else x
 
     # Plain 2-D products, width first, then height (Pillow's order): TF 2.21's oneDNN batch
     # matmul corrupts memory when it broadcasts its second operand over 128+ images.
@@ -269,11 +302,11 @@ def apply_geometry(images, rows, cols):
     out_h, out_w = tf.shape(rows)[0], tf.shape(cols)[0]
     # Transposed before the cast to float32: a uint8 request is then copied once at 4 bytes
     # a sample, not twice (the cost of a request at its bounds, docs/reliability.md).
-    x = tf.cast(tf.transpose(images, [0, 1, 3, 2]), tf.float32)      # [b, h, c, w]
-    x = tf.matmul(tf.reshape(x, [b * h * c, -1]), cols, transpose_b=True)
+    x = tf.cast(tf.transpose(images, [0, 1, 3, 2]), rows.dtype)       # [b, h, c, w]
+    x = settle(tf.matmul(tf.reshape(x, [b * h * c, -1]), cols, transpose_b=True))
     x = tf.transpose(tf.reshape(x, [b, h, c, out_w]), [0, 2, 3, 1])   # [b, c, W, h]
-    x = tf.matmul(tf.reshape(x, [b * c * out_w, h]), rows, transpose_b=True)
-    return tf.transpose(tf.reshape(x, [b, c, out_w, out_h]), [0, 3, 2, 1])
+    x = settle(tf.matmul(tf.reshape(x, [b * c * out_w, h]), rows, transpose_b=True))
+    return tf.cast(tf.transpose(tf.reshape(x, [b, c, out_w, out_h]), [0, 3, 2, 1]), tf.float32)
 
 
 def finish(resized, record):
@@ -294,7 +327,7 @@ def transform(images, record):
     images = tf.convert_to_tensor(images)
     shape = tf.shape(images)
     rows, cols = geometry(record, shape[1], shape[2])
-    resized = apply_geometry(images, rows, cols)
+    resized = apply_geometry(images, rows, cols, record.rounding)
     out = finish(resized, record)
     out.set_shape([None, *record.shape])
     return out
