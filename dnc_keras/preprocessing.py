@@ -10,11 +10,12 @@ Resizing is antialiased (Pillow's definition of each filter: the kernel is stret
 downscale factor, every output pixel is a normalised weighted sum of the input pixels under it)
 and written as two matrix products, width then height (Pillow's order), with weights computed
 from the input's shape inside the graph. TensorFlow's own antialiased kernel (ScaleAndTranslate)
-does not convert to ONNX; two MatMuls convert and run alike in both runtimes. With
-`rounding="uint8"` (the default) the weights are Pillow's 22-bit coefficients, summed exactly in
-float64, and each pass is rounded to 8 bits: Pillow's 8-bit resize to the bit, so a model
-trained on Pillow-resized images is served the same pixels, and TensorFlow and ONNX Runtime
-cannot round a sample apart (tests/test_preprocessing.py).
+does not convert to ONNX; two MatMuls convert and run alike in both runtimes. By default the
+passes are float, and match Pillow's float ("F" mode) resampling to float32 precision. With
+`rounding="uint8"` the weights are Pillow's 22-bit coefficients, summed exactly in float64, and
+each pass is rounded to 8 bits: Pillow's 8-bit resize to the bit, so a model trained on
+Pillow-resized images is served the same pixels, and TensorFlow and ONNX Runtime cannot round
+a sample apart (tests/test_preprocessing.py).
 
 Decoding (`decode`) is the graph version of what `serving/image_input.py` does with Pillow, and
 both produce the same uint8 pixels (tests compare them bit for bit): EXIF orientation applied
@@ -72,12 +73,13 @@ class Preprocessing:
             Defaults to `False`.
         background: grey level (0-255) transparent pixels are composited over.
             Defaults to `255` (white).
-        rounding: the samples between and after the two resize passes. `"uint8"` rounds
-            (half up) and clips each pass to 0-255, as Pillow's `Image.resize` does on an 8-bit
-            image (and so torchvision's `Resize` on one): a filter's overshoot is cut between
-            the passes. `"float"` keeps float passes and clips once at the end (Pillow on an
-            `"F"` image); records written before this field existed mean it. Defaults to
-            `"uint8"`.
+        rounding: the samples between and after the two resize passes. `"float"` keeps float
+            passes and clips once at the end (Pillow on an `"F"` image). `"uint8"` rounds (half
+            up) and clips each pass to 0-255 with Pillow's 22-bit coefficients, summed exactly
+            in float64: Pillow's `Image.resize` on an 8-bit image (and so torchvision's
+            `Resize` on one) to the bit, a filter's overshoot cut between the passes. It costs
+            about 3x the float resize on a 12 MP request; Omniglot's record uses it, as its
+            models were trained on Pillow-resized drawings. Defaults to `"float"`.
     """
 
     size: tuple[int, int]
@@ -87,7 +89,7 @@ class Preprocessing:
     kernel: str = "lanczos"
     invert: bool = False
     background: int = 255
-    rounding: str = "uint8"
+    rounding: str = "float"
 
     def __post_init__(self):
         size = self.size
@@ -148,8 +150,7 @@ class Preprocessing:
         missing = sorted({"size"} - set(values))
         if missing:
             raise ValueError(f"preprocessing record lacks {missing}")
-        # Records written before `rounding` existed resized with float passes.
-        fields = {"rounding": "float", **{k: v for k, v in values.items() if k in known}}
+        fields = {k: v for k, v in values.items() if k in known}
         fields["size"] = tuple(fields["size"]) if isinstance(fields["size"], list) \
             else fields["size"]
         return cls(**fields)

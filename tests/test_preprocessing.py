@@ -74,7 +74,7 @@ def test_stretch_equals_pillows_float_resize(kernel):
     rng = np.random.default_rng(0)
     for h, w, size in [(105, 105, (28, 28)), (41, 97, (32, 20)), (7, 5, (16, 16))]:
         image = rng.integers(0, 256, (h, w), np.uint8)
-        record = Preprocessing(size=size, channels=1, kernel=kernel, rounding="float")
+        record = Preprocessing(size=size, channels=1, kernel=kernel)
         got = pp.transform(image[None, :, :, None], record).numpy()[0, :, :, 0]
         reference = np.asarray(Image.fromarray(image.astype(np.float32), "F").resize(
             (size[1], size[0]), PIL_FILTERS[kernel]))
@@ -105,7 +105,7 @@ def test_stretch_equals_pillows_8bit_resize(kernel):
     photo = rng.integers(0, 256, (3024, 4032), np.uint8)  # a 12 MP phone photo's size
     for image, size in [(strokes, (28, 28)), (noise, (32, 20)), (noise[:7, :5], (16, 16)),
                         (photo, (224, 224))]:
-        record = Preprocessing(size=size, channels=1, kernel=kernel)
+        record = Preprocessing(size=size, channels=1, kernel=kernel, rounding="uint8")
         got = pp.transform(image[None, :, :, None], record).numpy()[0, :, :, 0]
         reference = np.asarray(pillow_two_pass(Image.fromarray(image, "L"),
                                                (size[1], size[0]), PIL_FILTERS[kernel]))
@@ -114,7 +114,8 @@ def test_stretch_equals_pillows_8bit_resize(kernel):
 
 def test_8bit_crop_is_torchvision_resize_then_centre_crop_on_a_pillow_image():
     image = np.random.default_rng(5).integers(0, 256, (300, 451, 3), np.uint8)
-    record = Preprocessing(size=224, channels=3, fit="crop", resize_to=256, kernel="bilinear")
+    record = Preprocessing(size=224, channels=3, fit="crop", resize_to=256, kernel="bilinear",
+                           rounding="uint8")
     got = pp.transform(image[None], record).numpy()[0]
     full = np.asarray(pillow_two_pass(Image.fromarray(image), (384, 256), Image.BILINEAR))
     assert_pillow_8bit(got, full[16:240, 80:304].astype(np.float32))
@@ -124,7 +125,21 @@ def test_records_without_rounding_keep_the_float_passes_they_were_trained_with()
     old = Preprocessing(size=28, channels=1).to_dict()
     del old["rounding"]
     assert Preprocessing.from_dict(old).rounding == "float"
-    assert Preprocessing.from_dict(Preprocessing(size=28).to_dict()).rounding == "uint8"
+    record = Preprocessing(size=28, rounding="uint8")
+    assert Preprocessing.from_dict(record.to_dict()) == record
+    with pytest.raises(ValueError, match="rounding must be one of"):
+        Preprocessing(size=28, rounding="int")
+
+
+def test_omniglot_serves_what_pillow_fed_the_models_trained_before_the_record():
+    # The loader of those models: Pillow's 8-bit Lanczos of the 105x105 drawing, inverted.
+    from dnc_keras.datasets import omniglot
+
+    drawing = np.where(np.random.default_rng(6).random((105, 105)) < 0.1, 0, 255)
+    drawing = drawing.astype(np.uint8)
+    pillow = np.asarray(Image.fromarray(drawing, "L").resize((28, 28), Image.LANCZOS))
+    got = pp.transform(drawing[None, :, :, None], omniglot.preprocessing()).numpy()[0, ..., 0]
+    np.testing.assert_allclose(got, 1.0 - pillow / 255.0, atol=1e-6)
 
 
 def test_equal_size_is_the_identity_exactly():
@@ -137,8 +152,7 @@ def test_crop_is_torchvision_resize_then_centre_crop():
     # A 300x451 image, shorter side to 256: 256 x int(256 * 451 / 300) = 256 x 384, then the
     # centre 224 x 224 starts at round(32 / 2) = 16 and round(160 / 2) = 80.
     image = np.random.default_rng(2).integers(0, 256, (300, 451), np.uint8)
-    record = Preprocessing(size=224, channels=1, fit="crop", resize_to=256, kernel="bilinear",
-                           rounding="float")
+    record = Preprocessing(size=224, channels=1, fit="crop", resize_to=256, kernel="bilinear")
     got = pp.transform(image[None, :, :, None], record).numpy()[0, :, :, 0]
     full = oracle_matrix(300, 256, "bilinear") @ image @ oracle_matrix(451, 384, "bilinear").T
     np.testing.assert_allclose(got, np.clip(full[16:240, 80:304], 0, 255) / 255, atol=3e-5)

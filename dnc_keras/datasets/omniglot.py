@@ -57,11 +57,13 @@ def _class_dirs(root):
 
 
 def preprocessing(image_size=28, invert=True, color_mode="grayscale"):
-    """Omniglot's record: Lanczos (Pillow's antialiased filter) to `image_size`, inverted."""
+    """Omniglot's record: Lanczos (Pillow's antialiased filter) to `image_size`, 8-bit passes
+    as Pillow resized the drawings before the record existed (models trained then are served
+    the pixels they learned from), inverted."""
     from dnc_keras.preprocessing import Preprocessing
 
     return Preprocessing(size=image_hw(image_size), channels=_channels(color_mode),
-                         fit="stretch", kernel="lanczos", invert=bool(invert))
+                         fit="stretch", kernel="lanczos", invert=bool(invert), rounding="uint8")
 
 
 def _channels(color_mode):

@@ -41,31 +41,24 @@ def _pattern(height, width, seed):
 
 
 def _oracle(grey, fit, size):
-    """Pillow's 8-bit Lanczos resize (width pass, then height pass: Pillow's order) with each
-    fit's geometry, in grey levels: an independent reference of the loader's record."""
+    """Pillow's float ("F") Lanczos resize with each fit's geometry, [0, 1]: an independent
+    reference of the loader's record (Pillow resamples "F" images without rounding)."""
+    from PIL import ImageOps
+
     h, w = size
-    image = Image.fromarray(grey, "L")
-    iw, ih = image.size
-
-    def resize(width, height):
-        lanczos = Image.Resampling.LANCZOS
-        return image.resize((width, ih), lanczos).resize((width, height), lanczos)
-
+    image = Image.fromarray(grey.astype(np.float32), "F")
+    lanczos = Image.Resampling.LANCZOS
     if fit == "stretch":
-        out = resize(w, h)
-    elif fit == "pad":  # ImageOps.pad: fit inside, centre on black
-        if iw / ih > w / h:
-            rw, rh = w, round(ih / iw * w)
-        else:
-            rw, rh = round(iw / ih * h), h
-        out = Image.new("L", (w, h), 0)
-        out.paste(resize(rw, rh), (round((w - rw) / 2), round((h - rh) / 2)))
+        out = image.resize((w, h), lanczos)
+    elif fit == "pad":
+        out = ImageOps.pad(image, (w, h), lanczos, color=0)
     else:  # torchvision's Resize(max(size)) of the shorter side, then CenterCrop(size)
         side = max(size)
+        iw, ih = image.size
         rw, rh = (side, int(side * ih / iw)) if iw <= ih else (int(side * iw / ih), side)
         top, left = int(round((rh - h) / 2.0)), int(round((rw - w) / 2.0))
-        out = resize(rw, rh).crop((left, top, left + w, top + h))
-    return np.asarray(out).astype(np.float32)
+        out = image.resize((rw, rh), lanczos).crop((left, top, left + w, top + h))
+    return np.clip(np.asarray(out), 0, 255) / 255.0
 
 
 @pytest.mark.parametrize("fit", ["stretch", "crop", "pad"])
@@ -79,8 +72,8 @@ def test_grayscale_fit_modes_match_pillow(tmp_path, fit, source):
                      train_classes="all")
     assert ds.x_train.shape == (4, 12, 20, 1) and ds.num_classes_train == 2
     grey = np.asarray(Image.fromarray(_pattern(*source, seed=1)).convert("L"))
-    np.testing.assert_allclose(ds.x_train[ds.y_train == 1][0, ..., 0] * 255,
-                               _oracle(grey, fit, (12, 20)), atol=1e-3)
+    np.testing.assert_allclose(ds.x_train[ds.y_train == 1][0, ..., 0],
+                               _oracle(grey, fit, (12, 20)), atol=1e-4)
 
 
 def test_single_image_class_raises_or_warns(tmp_path):
