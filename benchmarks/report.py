@@ -169,7 +169,9 @@ def export_fidelity(name="export_fidelity.json"):
         geometry = {"stretch": "resize", "crop": f"shorter side {record['resize_to']}, crop",
                     "pad": "pad"}[record["fit"]]
         rows.append([row["case"], f"{geometry} to {record['size'][0]}x{record['size'][1]}, "
-                     f"{record['kernel']}" + (", inverted" if record["invert"] else ""),
+                     f"{record['kernel']}"
+                     + (", 8-bit passes" if record.get("rounding") == "uint8" else "")
+                     + (", inverted" if record["invert"] else ""),
                      fmt(row["in_run"]["MAP@R"]), fmt(row["savedmodel"]["MAP@R"]),
                      fmt(row["onnx"]["MAP@R"]), fmt(row["in_run"]["R@1"]),
                      fmt(row["savedmodel"]["R@1"]),
