@@ -80,8 +80,24 @@ def paired_ratios(numerator, denominator):
     the machine at that moment; the median of the per-round ratios is the figure to report.
     """
     ratios = [a / b for a, b in zip(numerator, denominator)]
-    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
-            "all": [round(r, 4) for r in ratios]}
+    out = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
+           "all": [round(r, 4) for r in ratios]}
+    out.update(ratio_interval(ratios))
+    return out
+
+
+def ratio_interval(ratios):
+    """The geometric mean of per-round ratios with a two-sided 95% Student-t interval on their
+    logarithms ({} with fewer than 2 rounds): "faster" needs the whole interval above 1."""
+    import numpy as np
+    from scipy import stats
+
+    logs = np.log(np.asarray(ratios, float))
+    if len(logs) < 2:
+        return {}
+    half = stats.t.ppf(0.975, len(logs) - 1) * logs.std(ddof=1) / np.sqrt(len(logs))
+    return {"geometric_mean": float(np.exp(logs.mean())),
+            "ci95": [float(np.exp(logs.mean() - half)), float(np.exp(logs.mean() + half))]}
 
 
 def paired(baseline, other, metric):
