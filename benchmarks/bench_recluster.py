@@ -17,10 +17,13 @@ What is timed, all in this process, interleaved where compared:
   as SOP), both backends of `dnc_keras.clustering.kmeans`: scikit-learn's Lloyd (n_init=1, stops
   when converged, at most 100 iterations) and faiss (always runs its iterations) at the package
   default (100 iterations, no subsampling), at equal work (faiss with as many iterations as
-  scikit-learn needed) and with faiss's own subsampling (256 points per centroid);
+  scikit-learn needed), and "auto", what re-clustering runs: fitted on a seeded sample of
+  max(256 K, 4,096) rows, every row then assigned (`clustering.auto_sample_size`);
 - the acceptance check and `match_clusters` (the Hungarian matching).
-The share is (embedding + k-means of the backend "auto" picks + acceptance + matching) / (the
-training between two re-clusterings). "share (bank)" is the same with
+Cluster agreement (adjusted Rand index): "auto" against the same backend rule fitted on every
+row (same seed), next to two seeds of every row against each other, k-means' own variation.
+The share is (embedding + "auto" k-means + acceptance + matching) / (the training between two
+re-clusterings). "share (bank)" is the same with
 `feature_source="training"`: the train step also writes its features to a `FeatureBank`
 (timed interleaved with the plain step), and only the images the sampler did not draw in the
 2 epochs ("unseen": counted by running the sampler over the k-means clusters of the row) are
@@ -114,6 +117,7 @@ def images_left_unseen(labels, assignment, k, order="random"):
 def time_kmeans(x, labels, k, repeats):
     """Seconds of each backend variant on one problem, interleaved; plus sklearn's iterations."""
     from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score
 
     from dnc_keras import clustering
 
@@ -131,13 +135,19 @@ def time_kmeans(x, labels, k, repeats):
         "sklearn": sklearn,
         "faiss": lambda: clustering.kmeans(x, k, backend="faiss"),
         "faiss_equal_iters": lambda: clustering.kmeans(x, k, n_iter=equal, backend="faiss"),
-        "faiss_256_per_centroid": lambda: clustering.kmeans(x, k, backend="faiss",
-                                                            max_points_per_centroid=256),
+        "auto": lambda: clustering.kmeans(x, k),  # what re-clustering runs
     }
     loads = {}
     times = common.interleaved(candidates, repeats, warmup=0, loads=loads)
     assignment = clustering.kmeans(x, k)
     old = np.random.default_rng(2).integers(0, k, len(x))
+    # How far the sample's clusters are from those of every row (the same backend rule, seed)
+    # against how far two seeds of every row are from each other: k-means' own variation.
+    all_rows = clustering._choose_backend(x.shape[1], k, len(x))
+    full = [clustering.kmeans(x, k, seed=seed, backend=all_rows) for seed in (0, 1)]
+    agreement = {"all_rows_backend": all_rows,
+                 "ari_auto_vs_all_rows": float(adjusted_rand_score(full[0], assignment)),
+                 "ari_seed_vs_seed_all_rows": float(adjusted_rand_score(full[0], full[1]))}
 
     def accept_and_match():
         clustering.is_acceptable(assignment, labels, k)
@@ -145,7 +155,8 @@ def time_kmeans(x, labels, k, repeats):
     times["accept_and_match"] = common.interleaved({"m": accept_and_match}, repeats)["m"]
     unseen = {order: images_left_unseen(labels, assignment, k, order)
               for order in ("random", "walk")}
-    return times, equal, statistics.median(v for vs in loads.values() for v in vs), unseen
+    load = statistics.median(v for vs in loads.values() for v in vs)
+    return times, equal, load, unseen, agreement
 
 
 def parse_args(argv=None):
@@ -214,10 +225,11 @@ def main(argv=None):
         for dim in args.dims:
             x, labels = synthetic_features(n, dim)
             for k in args.ks:
-                times, iters, load, unseen = time_kmeans(x, labels, k, args.repeats)
+                times, iters, load, unseen, agreement = time_kmeans(x, labels, k, args.repeats)
                 med = {name: statistics.median(t) for name, t in times.items()}
-                auto = clustering._choose_backend(dim, k, n)
-                kmeans_s = med[auto] + med["accept_and_match"]
+                sample = min(n, clustering.auto_sample_size(k))
+                auto = f"{clustering._choose_backend(dim, k, sample)} on {sample:,}"
+                kmeans_s = med["auto"] + med["accept_and_match"]
                 cost = embed[n] + kmeans_s
                 share = cost / train_s
                 # feature_source="training": only the unseen images are embedded (at the
@@ -231,7 +243,7 @@ def main(argv=None):
                                   "share": bank_cost_s / bank_train_s}
                 entry = {"n": n, "dim": dim, "k": k, "sklearn_iterations": iters,
                          "other_load": load,
-                         "auto_backend": auto,
+                         "auto_backend": auto, **agreement,
                          "seconds": {name: common.summary(t) for name, t in times.items()},
                          "faiss_equal_over_sklearn": common.paired_ratios(
                              times["faiss_equal_iters"], times["sklearn"]),
@@ -239,7 +251,9 @@ def main(argv=None):
                          "share_kmeans_only": kmeans_s / train_s, **banks}
                 results["kmeans"].append(entry)
                 rows.append((n, dim, k, iters, med["sklearn"], med["faiss_equal_iters"],
-                             med["faiss"], med["faiss_256_per_centroid"], auto, embed[n],
+                             med["faiss"], auto, med["auto"],
+                             round(agreement["ari_auto_vs_all_rows"], 3),
+                             round(agreement["ari_seed_vs_seed_all_rows"], 3), embed[n],
                              train_s, f"{share:.1%}", f"{unseen['random'] / n:.1%}",
                              f"{banks['bank']['share']:.1%}", f"{unseen['walk'] / n:.1%}",
                              f"{banks['walk_bank']['share']:.1%}", round(load, 2)))
@@ -265,7 +279,8 @@ def main(argv=None):
 
 
 _HEADERS = ["N", "d", "K", "sklearn iters", "sklearn s", "faiss equal iters s",
-            "faiss 100 it s", "faiss 256/centroid s", "auto", "embed s", "train between s",
+            "faiss 100 it s", "auto: rows fitted", "auto s", "ARI auto vs all rows",
+            "ARI seed 0 vs 1", "embed s", "train between s",
             "share", "unseen", "share (bank)", "unseen (walk)", "share (walk + bank)",
             "others' load (cores)"]
 

@@ -76,6 +76,36 @@ def test_faiss_does_not_subsample_by_default(monkeypatch):
     assert seen["niter"] == 100 and seen["seed"] == 0
 
 
+def _fit_sizes(monkeypatch):
+    """Rows each scikit-learn k-means of `clustering` is fitted on."""
+    sizes = []
+    original = clustering.KMeans
+
+    class Recording(original):
+        def fit(self, x, *args, **kwargs):
+            sizes.append(len(x))
+            return super().fit(x, *args, **kwargs)
+
+    monkeypatch.setattr(clustering, "KMeans", Recording)
+    return sizes
+
+
+def test_auto_fits_a_sample_of_many_rows_and_assigns_every_row(monkeypatch):
+    sizes = _fit_sizes(monkeypatch)
+    # 8 blobs of 1,000 rows: 8,000 > max(256 x 8, 4,096): fitted on 4,096, all rows assigned.
+    x, _, blob = _blobs(8, classes_per_blob=200, images_per_class=5)
+    got = kmeans(x, 8, seed=1)
+    assert sizes == [4096] and len(got) == len(x)
+    assert _same_partition(got, blob)
+    np.testing.assert_array_equal(got, kmeans(x, 8, seed=1))  # the sample is seeded
+
+
+def test_auto_fits_every_row_up_to_4096(monkeypatch):
+    sizes = _fit_sizes(monkeypatch)
+    x, _, blob = _blobs(2, classes_per_blob=400, images_per_class=5)  # 4,000 rows, K = 2
+    assert _same_partition(kmeans(x, 2), blob) and sizes == [4000]
+
+
 def test_auto_rule():
     assert clustering._choose_backend(128, 8) == "sklearn"
     assert clustering._choose_backend(128, 2) == "sklearn"

@@ -23,10 +23,13 @@ def test_bench_recluster_tiny(tmp_path):
     assert ratio_ok(embedding["share_of_training"])
     [row] = results["kmeans"]
     assert (row["n"], row["dim"], row["k"]) == (800, 16, 2)
-    assert row["auto_backend"] in ("sklearn", "faiss")
+    assert row["auto_backend"] in ("sklearn on 800", "faiss on 800")  # 800 <= 4,096: all rows
+    assert row["all_rows_backend"] == row["auto_backend"].split()[0]
+    assert row["ari_auto_vs_all_rows"] == 1.0  # the same k-means on the same rows
+    assert -1 <= row["ari_seed_vs_seed_all_rows"] <= 1
     assert 1 <= row["sklearn_iterations"] <= 100
-    assert set(row["seconds"]) == {"sklearn", "faiss", "faiss_equal_iters",
-                                   "faiss_256_per_centroid", "accept_and_match"}
+    assert set(row["seconds"]) == {"sklearn", "faiss", "faiss_equal_iters", "auto",
+                                   "accept_and_match"}
     # 2 epochs of 800 // 80 steps between two re-clusterings.
     assert np.isclose(row["train_between_s"], 2 * 10 * results["train_step_s"])
     assert np.isclose(row["share"], row["recluster_s"] / row["train_between_s"])
