@@ -27,6 +27,8 @@ def test_bench_recluster_tiny(tmp_path):
     assert row["all_rows_backend"] == row["auto_backend"].split()[0]
     assert row["ari_auto_vs_all_rows"] == 1.0  # the same k-means on the same rows
     assert -1 <= row["ari_seed_vs_seed_all_rows"] <= 1
+    assert row["objective_auto_over_all_rows"] == 1.0 and row["objective_seed_1_over_seed_0"] > 0
+
     assert 1 <= row["sklearn_iterations"] <= 100
     assert set(row["seconds"]) == {"sklearn", "faiss", "faiss_equal_iters", "auto",
                                    "accept_and_match"}
@@ -53,3 +55,10 @@ def test_the_walk_draws_every_image_where_random_batches_miss_some():
     assert bench.images_left_unseen(labels, one_cluster, 1, order="walk") == 0
     unseen = bench.images_left_unseen(labels, one_cluster, 1, order="random")
     assert unseen % 4 == 0 and 0 < unseen < 40
+
+
+def test_objective_is_the_sum_of_squares_around_the_cluster_means():
+    bench = load_script("bench_recluster")
+    x = np.array([[0.0, 0.0], [2.0, 0.0], [5.0, 5.0], [5.0, 7.0], [5.0, 9.0]])
+    # cluster 0: mean (1, 0), 1 + 1; cluster 1: mean (5, 7), 4 + 0 + 4
+    assert bench.objective(x, np.array([0, 0, 1, 1, 1])) == 10.0
