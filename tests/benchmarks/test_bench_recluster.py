@@ -28,7 +28,6 @@ def test_bench_recluster_tiny(tmp_path):
     assert row["ari_auto_vs_all_rows"] == 1.0  # the same k-means on the same rows
     assert -1 <= row["ari_seed_vs_seed_all_rows"] <= 1
     assert row["objective_auto_over_all_rows"] == 1.0 and row["objective_seed_1_over_seed_0"] > 0
-
     assert 1 <= row["sklearn_iterations"] <= 100
     assert set(row["seconds"]) == {"sklearn", "faiss", "faiss_equal_iters", "auto",
                                    "accept_and_match"}
