@@ -1,6 +1,6 @@
 """Approximate search (IVF, HNSW) against exact search (flat) at a product catalogue's size.
 
-    nice python benchmarks/bench_index.py              # 1,000,000 x 128, about 40 min on 1 thread
+    nice python benchmarks/bench_index.py              # 1,000,000 x 128, 1.5 hours on 1 thread
     python benchmarks/bench_index.py --tiny            # 20,000 x 128, seconds
 
 Target (issue 15): recall@10 >= 0.95 against exact search at >= 10x the flat index's queries
@@ -133,9 +133,12 @@ def main(argv=None):
     args = parse_args(argv)
     sizes = {key: getattr(args, key) or (TINY if args.tiny else FULL)[key] for key in FULL}
 
-    import faiss
-
+    # dnc_keras first: importing it picks faiss's BLAS kernels (dnc_keras.blas_kernels), which
+    # OpenBLAS reads once, when faiss loads. Loaded first, faiss ran OpenBLAS's generic SSE3
+    # kernels on Intel Xeons, about 3x slower exact search, so every "x flat" was inflated.
     from dnc_keras.export import faiss_index
+
+    import faiss  # noqa: E402  (after dnc_keras, see above)
 
     faiss.omp_set_num_threads(args.threads)
     start = time.perf_counter()
