@@ -77,9 +77,10 @@ class Preprocessing:
             passes and clips once at the end (Pillow on an `"F"` image). `"uint8"` rounds (half
             up) and clips each pass to 0-255 with Pillow's 22-bit coefficients, summed exactly
             in float64: Pillow's `Image.resize` on an 8-bit image (and so torchvision's
-            `Resize` on one) to the bit, a filter's overshoot cut between the passes. It costs
-            about 3x the float resize on a 12 MP request; Omniglot's record uses it, as its
-            models were trained on Pillow-resized drawings. Defaults to `"float"`.
+            `Resize` on one) to the bit, a filter's overshoot cut between the passes. Its
+            float64 sums cost more CPU and memory on large requests than the float passes;
+            Omniglot's record uses it, as its models were trained on Pillow-resized drawings.
+            Defaults to `"float"`.
     """
 
     size: tuple[int, int]
