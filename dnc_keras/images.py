@@ -89,8 +89,8 @@ class RandomResizedCrop:
         size = tf.shape(image)
         y, x, h, w = _crop_window(size[0], size[1], self.scale, self.ratio, crop_seed)
         window = image[None, y:y + h, x:x + w]
-        rows, cols = pp.geometry(dataclasses.replace(record, fit="stretch", resize_to=None), h, w)
-        resized = pp.finish(pp.apply_geometry(window, rows, cols, record.rounding), record)[0]
+        stretch = dataclasses.replace(record, fit="stretch", resize_to=None)
+        resized = pp.finish(pp.resize(window, stretch), record)[0]
         if self.flip:
             flip = tf.random.stateless_uniform([], flip_seed) < 0.5
             resized = tf.cond(flip, lambda: tf.image.flip_left_right(resized), lambda: resized)

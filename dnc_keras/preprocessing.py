@@ -302,13 +302,24 @@ def apply_geometry(images, rows, cols, rounding="float"):
     shape = tf.shape(images)
     b, h, c = shape[0], shape[1], shape[3]
     out_h, out_w = tf.shape(rows)[0], tf.shape(cols)[0]
-    # Transposed before the cast to float32: a uint8 request is then copied once at 4 bytes
-    # a sample, not twice (the cost of a request at its bounds, docs/reliability.md).
+    # Transposed before the cast to the matrices' float type: a uint8 request is then copied
+    # once at 4 (8) bytes a sample, not twice (the cost of a request at its bounds,
+    # docs/reliability.md).
     x = tf.cast(tf.transpose(images, [0, 1, 3, 2]), rows.dtype)       # [b, h, c, w]
     x = settle(tf.matmul(tf.reshape(x, [b * h * c, -1]), cols, transpose_b=True))
     x = tf.transpose(tf.reshape(x, [b, h, c, out_w]), [0, 2, 3, 1])   # [b, c, W, h]
     x = settle(tf.matmul(tf.reshape(x, [b * c * out_w, h]), rows, transpose_b=True))
     return tf.cast(tf.transpose(tf.reshape(x, [b, c, out_w, out_h]), [0, 3, 2, 1]), tf.float32)
+
+
+def resize(images, record):
+    """uint8 or float [b, h, w, c] -> float32 [b, H, W, c] on the 0-255 scale: the record's
+    geometry at the record's rounding."""
+    import tensorflow as tf
+
+    shape = tf.shape(images)
+    rows, cols = geometry(record, shape[1], shape[2])
+    return apply_geometry(images, rows, cols, record.rounding)
 
 
 def finish(resized, record):
@@ -326,11 +337,7 @@ def transform(images, record):
     """
     import tensorflow as tf
 
-    images = tf.convert_to_tensor(images)
-    shape = tf.shape(images)
-    rows, cols = geometry(record, shape[1], shape[2])
-    resized = apply_geometry(images, rows, cols, record.rounding)
-    out = finish(resized, record)
+    out = finish(resize(tf.convert_to_tensor(images), record), record)
     out.set_shape([None, *record.shape])
     return out
 
