@@ -18,7 +18,7 @@ What is timed, all in this process, interleaved where compared:
   when converged, at most 100 iterations) and faiss (always runs its iterations) at the package
   default (100 iterations, no subsampling), at equal work (faiss with as many iterations as
   scikit-learn needed), and "auto", what re-clustering runs: fitted on a seeded sample of
-  max(256 K, 4,096) rows, every row then assigned (`clustering.auto_sample_size`);
+  max(256 K, 4,096) rows, every row then assigned (`clustering.auto_route`);
 - the acceptance check and `match_clusters` (the Hungarian matching).
 Cluster agreement (adjusted Rand index): "auto" against the same backend rule fitted on every
 row (same seed), next to two seeds of every row against each other, k-means' own variation;
@@ -244,8 +244,7 @@ def main(argv=None):
             for k in args.ks:
                 times, iters, load, unseen, agreement = time_kmeans(x, labels, k, args.repeats)
                 med = {name: statistics.median(t) for name, t in times.items()}
-                sample = min(n, clustering.auto_sample_size(k))
-                auto = f"{clustering._choose_backend(dim, k, sample)} on {sample:,}"
+                auto = "{} on {:,}".format(*clustering.auto_route(n, dim, k))
                 kmeans_s = med["auto"] + med["accept_and_match"]
                 cost = embed[n] + kmeans_s
                 share = cost / train_s

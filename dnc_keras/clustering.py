@@ -55,9 +55,13 @@ class ClusteringError(ValueError):
     """No acceptable clustering: a cluster would lack 2 classes with at least 2 images each."""
 
 
-def auto_sample_size(num_clusters):
-    """Rows the "auto" k-means trains on at most: max(256 K, 4,096)."""
-    return max(_SAMPLE_PER_CLUSTER * num_clusters, _MIN_SAMPLE)
+def auto_route(num_samples, dim, num_clusters):
+    """(backend, rows fitted) of the "auto" k-means: at most max(256 K, 4,096) rows, and the
+    backend the rule below picks for that many (faiss whenever faiss reports a GPU)."""
+    rows = min(num_samples, max(_SAMPLE_PER_CLUSTER * num_clusters, _MIN_SAMPLE))
+    # With a GPU, faiss's k-means wins at every size; the CPU rule is measured above.
+    backend = "faiss" if faiss_devices.num_gpus() else _choose_backend(dim, num_clusters, rows)
+    return backend, rows
 
 
 def _choose_backend(dim, num_clusters, num_samples=None):
@@ -134,7 +138,7 @@ def kmeans(x, num_clusters, seed=0, n_iter=100, backend="auto", max_points_per_c
             or K >= 16 with D >= 512 or N <= 10,000, or whenever faiss reports a GPU; else
             scikit-learn, from timings on this project's CPUs (see `_FAISS_MIN_CLUSTERS` in the
             source), fitted on a seeded random sample of max(256 K, 4,096) rows where there are
-            more, every row then assigned to its nearest centre (`auto_sample_size`). Defaults
+            more, every row then assigned to its nearest centre (`auto_route`). Defaults
             to `"auto"`.
         max_points_per_centroid: faiss only: train on a random subsample of at most this many
             rows per cluster, then assign every row. Defaults to `None`: no subsampling (faiss's
@@ -157,12 +161,9 @@ def kmeans(x, num_clusters, seed=0, n_iter=100, backend="auto", max_points_per_c
         return np.zeros(n, dtype=np.int64)
     train = x
     if backend == "auto":
-        sample = auto_sample_size(num_clusters)
-        if n > sample:  # fit on a seeded sample, then assign every row
-            train = x[np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))]
-        # With a GPU, faiss's k-means wins at every size; the CPU rule is measured below.
-        backend = ("faiss" if faiss_devices.num_gpus()
-                   else _choose_backend(dim, num_clusters, len(train)))
+        backend, rows = auto_route(n, dim, num_clusters)
+        if rows < n:  # fit on a seeded sample, then assign every row
+            train = x[np.sort(np.random.default_rng(seed).choice(n, rows, replace=False))]
     if backend == "faiss":
         if max_points_per_centroid is None:
             max_points_per_centroid = len(train)
