@@ -1,4 +1,5 @@
-"""Cluster-aware batches: one cluster per batch, round-robin over clusters, P x M inside.
+"""Cluster-aware batches: one cluster per batch, P x M inside; clusters in round-robin, or in
+proportion to their images when each cluster is walked without replacement.
 
 The sampler holds the current cluster assignment; the schedule's callback writes a new one at
 each clustering and division, and the next epoch's batches follow it. It yields indices,
@@ -19,15 +20,17 @@ ORDERS = ("random", "walk")
 
 
 class ClusterBatchSampler:
-    """Draws class-balanced P x M batches, each from one cluster, clusters in round-robin.
+    """Draws class-balanced P x M batches, each from one cluster.
 
     Inside a cluster, P distinct classes are drawn, M images each (with replacement for a
     class with fewer than M images); a cluster with fewer than P classes uses all of them with
     more images each, so every batch has exactly P * M images and traced functions never see
     a new shape. A cluster that cannot form a batch with at least 2 classes is skipped with a
-    warning. The round-robin continues across epochs (its position is part of the sampler's
-    state), so over a run every cluster gets the same number of batches, to within one, even
-    when an epoch has fewer steps than there are clusters.
+    warning. With random batches the clusters take turns (the papers' round-robin); the
+    round-robin continues across epochs (its position is part of the sampler's state), so over
+    a run every cluster gets the same number of batches, to within one, even when an epoch has
+    fewer steps than there are clusters. The walk gives clusters batches in proportion to
+    their images instead, so that every image is drawn once per round.
 
     An epoch has a fixed number of steps, by default N // (P * M) (one pass over the training
     images in expectation), whatever K and the cluster sizes are. The papers' epoch is K x the
@@ -46,8 +49,10 @@ class ClusterBatchSampler:
             replacement across batches: in an epoch some images come twice and a third of them
             not at all). `"walk"`: each cluster walks its images without replacement, each
             class's images in a shuffled order, the P classes with the most images not yet
-            drawn first, so between two re-clusterings every image of a cluster is drawn once
-            before any is drawn again. Defaults to `"random"`.
+            drawn first, and the next batch comes from the cluster with the fewest draws for
+            its images, so between two re-clusterings every image is drawn once before any is
+            drawn again (to within a batch; a class of 5 images needs two visits of M = 4).
+            Defaults to `"random"`.
     """
 
     def __init__(self, labels, classes_per_batch=20, samples_per_class=4, seed=0,
@@ -68,7 +73,7 @@ class ClusterBatchSampler:
         if self.steps < 1:
             raise ValueError(f"steps_per_epoch must be >= 1. Received: {steps_per_epoch}")
         self.epoch = 0
-        self.turn = 0  # the round-robin's position, across epochs
+        self.turn = 0  # steps drawn, across epochs: the round-robin's position
         self.updated_at_epoch = None
         self.set_clusters(np.zeros(len(self.labels), np.int64), 1)
 
@@ -95,7 +100,7 @@ class ClusterBatchSampler:
 
     def epoch_batches(self):
         """One epoch of (indices [P*M], learner id) pairs; advances the epoch counter and the
-        round-robin."""
+        step count."""
         rng = np.random.default_rng([self.seed, self.epoch, BATCH_STREAM])
         self.epoch += 1
         clusters = [c for c, (_, k) in enumerate(self.cluster_sizes()) if k >= 2]
@@ -104,26 +109,29 @@ class ClusterBatchSampler:
                 warnings.warn(f"Cluster {c} has {k} usable class(es); it is skipped this epoch")
         if not clusters:
             raise ValueError("No cluster has 2 classes with 2 images each: cannot form a batch")
-        walks = self._walks(clusters) if self.order == "walk" else None
+        walk = self._walk(clusters) if self.order == "walk" else None
         for _ in range(self.steps):
-            c = clusters[self.turn % len(clusters)]
             self.turn += 1
-            yield (walks[c].draw() if walks else self._draw(self._members[c], rng)), c
+            if walk is not None:
+                yield walk.draw()
+            else:
+                c = clusters[(self.turn - 1) % len(clusters)]
+                yield self._draw(self._members[c], rng), c
 
-    def _walks(self, clusters):
-        """Each cluster's walk, where the batches drawn since the assignment was installed have
-        left it. It is replayed from the seed, the assignment's epoch and the round-robin
-        position, so a resumed run (which holds only those) continues the same walk."""
+    def _walk(self, clusters):
+        """The walk over the clusters, where the batches drawn since the assignment was
+        installed have left it. It is replayed from the seed, the assignment's epoch and the
+        step count, so a resumed run (which holds only those) continues the same walk."""
         start = self.updated_at_epoch or 0
-        walks = {c: _ClassWalk(self._members[c], self.classes_per_batch,
-                               self.samples_per_class,
-                               np.random.default_rng([self.seed, start, WALK_STREAM, c]))
-                 for c in clusters}
+        walk = _ClusterWalk({c: _ClassWalk(self._members[c], self.classes_per_batch,
+                                           self.samples_per_class,
+                                           np.random.default_rng([self.seed, start,
+                                                                  WALK_STREAM, c]))
+                             for c in clusters})
         # This epoch's counter was advanced by epoch_batches already; the turn was not yet.
-        past = max(0, (self.epoch - 1 - start)) * self.steps
-        for turn in range(self.turn - past, self.turn):
-            walks[clusters[turn % len(clusters)]].draw()
-        return walks
+        for _ in range(max(0, (self.epoch - 1 - start)) * self.steps):
+            walk.draw()
+        return walk
 
     def index_batches(self):
         """tf.data of (indices [P*M] int64, learner int32, epoch int64, step int64), one element
@@ -168,7 +176,7 @@ class ClusterBatchSampler:
         return batches.training_batches(self, images, prefetch)
 
     def get_state(self):
-        """What a checkpoint needs to resume the same batches: epoch, round-robin position,
+        """What a checkpoint needs to resume the same batches: epoch, steps drawn,
         K and assignment (the random draws follow from the seed and the epoch)."""
         return {"epoch": self.epoch, "turn": self.turn, "num_clusters": self.num_clusters,
                 "assignment": self.assignment.copy(), "updated_at_epoch": self.updated_at_epoch}
@@ -177,6 +185,26 @@ class ClusterBatchSampler:
         self.set_clusters(state["assignment"], state["num_clusters"], state["updated_at_epoch"])
         self.epoch = int(state["epoch"])
         self.turn = int(state.get("turn", 0))
+
+
+class _ClusterWalk:
+    """The walk's choice of cluster: each batch comes from the cluster whose images have had
+    the fewest draws for its size (ties: the larger cluster, then the lower id), so clusters
+    get batches in proportion to their images and all of them finish a round together. A
+    round-robin gives a small cluster as many batches as a large one: between two
+    re-clusterings its images came several times while a third of a large one's came not at
+    all (`benchmarks/bench_recluster.py`, unseen with the walk)."""
+
+    def __init__(self, walks):
+        self.walks = walks
+        self.sizes = {c: w.images for c, w in walks.items()}
+        self.drawn = dict.fromkeys(walks, 0)
+
+    def draw(self):
+        """(indices [P*M], cluster id) of the next batch."""
+        c = min(self.walks, key=lambda c: (self.drawn[c] / self.sizes[c], -self.sizes[c], c))
+        self.drawn[c] += 1
+        return self.walks[c].draw(), c
 
 
 class _ClassWalk:
@@ -190,6 +218,7 @@ class _ClassWalk:
         self.queues = [rng.permutation(members[c]) for c in self.classes]
         self.used = np.zeros(len(self.classes), np.int64)
         self.size = len(self.classes)
+        self.images = sum(len(q) for q in self.queues)
         self.chosen = min(classes_per_batch, self.size)
         self.counts = np.full(self.chosen, classes_per_batch * samples_per_class // self.chosen)
         self.counts[: classes_per_batch * samples_per_class - self.counts.sum()] += 1

@@ -168,7 +168,8 @@ TRAIN_OPTIONS = (
          "re-clustering (the papers); training: re-use the train steps' features",
          choices=("pass", "training")),
     _opt("batch_order", str, "random", "random: each batch draws its classes and images "
-         "afresh; walk: each cluster's images without replacement between re-clusterings",
+         "afresh, clusters in turn; walk: each cluster's images without replacement, clusters in "
+         "proportion to their images",
          choices=("random", "walk")),
     _opt("kmeans_backend", str, "auto", "k-means implementation",
          choices=("auto", "faiss", "sklearn")),

@@ -165,3 +165,20 @@ def test_walk_resumes_from_state_into_the_same_batches():
     assert [[b.tolist() for b, _ in resumed.epoch_batches()] for _ in range(2)] == epochs[2:]
     with pytest.raises(ValueError, match="order must be one of"):
         ClusterBatchSampler(labels, 3, 2, order="sequential")
+
+
+def test_walk_draws_every_image_of_unequal_clusters_within_an_epoch():
+    """Clusters of 48, 144 and 408 images (classes of 6): one epoch of the walk (N / (P M)
+    steps) draws every image, each once, with batches in proportion to the clusters' images;
+    a round-robin would give each cluster 25 batches, too few for the largest (408 / 8 = 51)."""
+    labels = np.repeat(np.arange(100), 6)
+    assignment = np.select([labels < 8, labels < 32], [0, 1], 2)
+    sampler = ClusterBatchSampler(labels, 4, 2, seed=3, order="walk")
+    sampler.set_clusters(assignment, 3, epoch=0)
+    drawn, batches = [], np.zeros(3, int)
+    for indices, cluster in sampler.epoch_batches():
+        assert np.all(assignment[indices] == cluster)
+        drawn += indices.tolist()
+        batches[cluster] += 1
+    assert sampler.steps == 75 and batches.tolist() == [6, 18, 51]
+    assert sorted(drawn) == list(range(600))
