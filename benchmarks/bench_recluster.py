@@ -30,7 +30,9 @@ re-clusterings). "share (bank)" is the same with
 (timed interleaved with the plain step), and only the images the sampler did not draw in the
 2 epochs ("unseen": counted by running the sampler over the k-means clusters of the row) are
 embedded, at the measured images/s. "share (walk + bank)" is the same with `--batch-order
-walk` (each cluster's images drawn without replacement), which leaves fewer unseen.
+walk` (each cluster's images drawn without replacement, clusters in proportion to their
+images), which leaves unseen only the "undrawable" images: those whose class has a single
+image in their cluster, which no batch can draw.
 Writes benchmarks/results/recluster.json; another grid
 (--sizes, --dims, --ks, --embed-batch-size) by default a file named after it, e.g.
 recluster_ks-2-4-8-16-32.json (`--out NAME` writes benchmarks/results/NAME.json, as for the
@@ -172,6 +174,10 @@ def time_kmeans(x, labels, k, repeats):
     times["accept_and_match"] = common.interleaved({"m": accept_and_match}, repeats)["m"]
     unseen = {order: images_left_unseen(labels, assignment, k, order)
               for order in ("random", "walk")}
+    # Images whose class has a single image in their cluster: no batch can draw them (a
+    # positive needs two), so they stay unseen in any order.
+    unseen["undrawable"] = int(np.sum(clustering.drop_single_image_classes(assignment,
+                                                                           labels) < 0))
     load = statistics.median(v for vs in loads.values() for v in vs)
     return times, equal, load, unseen, agreement
 
@@ -258,6 +264,7 @@ def main(argv=None):
                                   "train_between_s": bank_train_s,
                                   "share": bank_cost_s / bank_train_s}
                 entry = {"n": n, "dim": dim, "k": k, "sklearn_iterations": iters,
+                         "undrawable_images": unseen["undrawable"],
                          "other_load": load,
                          "auto_backend": auto, **agreement,
                          "seconds": {name: common.summary(t) for name, t in times.items()},
@@ -274,6 +281,7 @@ def main(argv=None):
                              f"{agreement['objective_seed_1_over_seed_0'] - 1:+.2%}", embed[n],
                              train_s, f"{share:.1%}", f"{unseen['random'] / n:.1%}",
                              f"{banks['bank']['share']:.1%}", f"{unseen['walk'] / n:.1%}",
+                             f"{unseen['undrawable'] / n:.1%}",
                              f"{banks['walk_bank']['share']:.1%}", round(load, 2)))
                 print(common.table([rows[-1]], _HEADERS).splitlines()[-1], flush=True)
     table = common.table(rows, _HEADERS)
@@ -300,7 +308,8 @@ _HEADERS = ["N", "d", "K", "sklearn iters", "sklearn s", "faiss equal iters s",
             "faiss 100 it s", "auto: rows fitted", "auto s", "ARI auto vs all rows",
             "ARI seed 0 vs 1", "objective: auto - all rows", "objective: seed 1 - seed 0",
             "embed s", "train between s",
-            "share", "unseen", "share (bank)", "unseen (walk)", "share (walk + bank)",
+            "share", "unseen", "share (bank)", "unseen (walk)", "of which undrawable",
+            "share (walk + bank)",
             "others' load (cores)"]
 
 

@@ -37,6 +37,17 @@ SHARED_FIXTURE_GROUPS = {
 }
 
 
+# Groups of a minute or more on 2 cores (`--durations`), longest first. The README's command
+# passes `--no-loadscope-reorder`, so xdist hands groups out in collection order and these
+# start first: by its own order (most tests first) the one-test journeys came last, and one
+# worker ran a journey alone for two minutes at the end of the suite.
+LONG_GROUPS = ("tests/journeys/test_glyphs_journey.py", "export",
+               "tests/distributed/test_resume.py", "tests/journeys/test_photos_journey.py",
+               "export_fidelity", "tests/benchmarks/test_bench_faults.py",
+               "tests/journeys/test_cub_journey.py", "tests/journeys/test_omniglot_journey.py",
+               "tests/benchmarks/test_bench_served_quality.py")
+
+
 def _group(path):
     for name, prefixes in SHARED_FIXTURE_GROUPS.items():
         if path.startswith(prefixes):
@@ -46,7 +57,7 @@ def _group(path):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """Marks each test with its xdist group. First: xdist's own hook turns the marks into the
+    """Marks each test with its xdist group and puts the long groups first. First: xdist's own hook turns the marks into the
     `@group` suffix of node ids that its scheduler groups by. (pytest 9 derives node ids from
     another attribute, so xdist 3.8's suffix is lost there and groups are ignored: the test
     extra pins pytest 8.)"""
@@ -54,3 +65,9 @@ def pytest_collection_modifyitems(config, items):
         if item.get_closest_marker("xdist_group") is None:
             path = Path(item.fspath).resolve().relative_to(REPO).as_posix()
             item.add_marker(pytest.mark.xdist_group(_group(path)))
+
+    def rank(item):
+        group = item.get_closest_marker("xdist_group").args[0]
+        return LONG_GROUPS.index(group) if group in LONG_GROUPS else len(LONG_GROUPS)
+
+    items.sort(key=rank)  # stable: every group keeps its tests' order
