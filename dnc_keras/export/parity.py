@@ -72,7 +72,7 @@ def parity_inputs(sources, record, count=PARITY_SOURCES, variants=VARIANT_SOURCE
         name = f"source {i}" if data is None else str(source)
         inputs.append((name, encode(source) if data is None else data))
     for k, (name, data) in enumerate(inputs[:variants]):
-        pixels = pp.decode(tf.constant(data), record).numpy()
+        pixels = pp.decode_function(record)(tf.constant(data)).numpy()
         inputs += _variants(pixels, name, seed + k)
     return inputs
 
@@ -102,7 +102,7 @@ def check_parity(model, record, saved_model_dir, onnx_path, inputs,
     by_pixels = loaded.signatures[sig.DEFAULT_SIGNATURE]
     by_bytes = loaded.signatures[sig.BYTES_SIGNATURE]
     session = onnx.session(onnx_path)
-    pixels = [pp.decode(tf.constant(data), record).numpy() for _, data in inputs]
+    pixels = [pp.decode_function(record)(tf.constant(data)).numpy() for _, data in inputs]
     served = [i for i, (_, data) in enumerate(inputs)
               if data.startswith((pp.PNG_MAGIC, pp.JPEG_MAGIC))]
 

@@ -241,7 +241,7 @@ def _check_parity(state, tolerance):
     session = onnx.session(state["onnx_path"])
     worst = 0.0
     for _, data in inputs:
-        pixels = pp.decode(tf.constant(data), record).numpy()[None]
+        pixels = pp.decode_function(record)(tf.constant(data)).numpy()[None]
         by_pixels = signatures[sig.DEFAULT_SIGNATURE](
             **{sig.IMAGES_KEY: tf.constant(pixels)})[sig.OUTPUT_KEY].numpy()
         worst = max(worst, float(np.abs(onnx.run(session, pixels) - by_pixels).max()))
@@ -294,7 +294,8 @@ def _check_variant(state, mode):
     variant = state["manifest"]["variants"][mode]
     path = inside(state["dir"], variant["path"])
     onnx.check_onnx(path)
-    pixels = pp.decode(tf.constant(state["inputs"][0][1]), state["record"]).numpy()[None]
+    decode = pp.decode_function(state["record"])
+    pixels = decode(tf.constant(state["inputs"][0][1])).numpy()[None]
     out = onnx.run(onnx.session(path), pixels)
     reference = onnx.run(onnx.session(state["onnx_path"]), pixels)
     summary = f"max |diff| vs float32 {float(np.abs(out - reference).max()):.1e}"
