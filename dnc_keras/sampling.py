@@ -1,5 +1,5 @@
 """Cluster-aware batches: one cluster per batch, P x M inside; clusters in round-robin, or in
-proportion to their images when each cluster is walked without replacement.
+proportion to their images (`"walk-by-size"`).
 
 The sampler holds the current cluster assignment; the schedule's callback writes a new one at
 each clustering and division, and the next epoch's batches follow it. It yields indices,
@@ -16,7 +16,7 @@ from dnc_keras.clustering import drop_single_image_classes
 # Purpose of the batch-draw streams among a run's random streams (see dnc_keras.batches).
 BATCH_STREAM = 0
 WALK_STREAM = 3
-ORDERS = ("random", "walk")
+ORDERS = ("random", "walk", "walk-by-size")
 
 
 class ClusterBatchSampler:
@@ -26,11 +26,11 @@ class ClusterBatchSampler:
     class with fewer than M images); a cluster with fewer than P classes uses all of them with
     more images each, so every batch has exactly P * M images and traced functions never see
     a new shape. A cluster that cannot form a batch with at least 2 classes is skipped with a
-    warning. With random batches the clusters take turns (the papers' round-robin); the
-    round-robin continues across epochs (its position is part of the sampler's state), so over
-    a run every cluster gets the same number of batches, to within one, even when an epoch has
-    fewer steps than there are clusters. The walk gives clusters batches in proportion to
-    their images instead, so that every image is drawn once per round.
+    warning. The clusters take turns (the papers' round-robin); the round-robin continues
+    across epochs (its position is part of the sampler's state), so over a run every cluster
+    gets the same number of batches, to within one, even when an epoch has fewer steps than
+    there are clusters. `"walk-by-size"` gives clusters batches in proportion to their images
+    instead, so that every image is drawn once per round.
 
     An epoch has a fixed number of steps, by default N // (P * M) (one pass over the training
     images in expectation), whatever K and the cluster sizes are. The papers' epoch is K x the
@@ -49,9 +49,14 @@ class ClusterBatchSampler:
             replacement across batches: in an epoch some images come twice and a third of them
             not at all). `"walk"`: each cluster walks its images without replacement, each
             class's images in a shuffled order, the P classes with the most images not yet
-            drawn first, and the next batch comes from the cluster with the fewest draws for
+            drawn first, so no image of a cluster comes twice before all of it came once; the
+            clusters still take turns, so a large cluster's walk may not finish between two
+            re-clusterings while a small one's goes round several times. `"walk-by-size"`: the
+            same walks, and the next batch comes from the cluster with the fewest batches for
             its images, so between two re-clusterings every image is drawn once before any is
-            drawn again (to within a batch; a class of 5 images needs two visits of M = 4).
+            drawn again (to within a batch; a class of 5 images needs two visits of M = 4),
+            except images whose class has a single image in their cluster, which no batch can
+            draw. Learners then get batches in proportion to their clusters, not equally.
             Defaults to `"random"`.
     """
 
@@ -109,7 +114,7 @@ class ClusterBatchSampler:
                 warnings.warn(f"Cluster {c} has {k} usable class(es); it is skipped this epoch")
         if not clusters:
             raise ValueError("No cluster has 2 classes with 2 images each: cannot form a batch")
-        walk = self._walk(clusters) if self.order == "walk" else None
+        walk = self._walk(clusters) if self.order != "random" else None
         for _ in range(self.steps):
             self.turn += 1
             if walk is not None:
@@ -123,13 +128,14 @@ class ClusterBatchSampler:
         installed have left it. It is replayed from the seed, the assignment's epoch and the
         step count, so a resumed run (which holds only those) continues the same walk."""
         start = self.updated_at_epoch or 0
-        walk = _ClusterWalk({c: _ClassWalk(self._members[c], self.classes_per_batch,
-                                           self.samples_per_class,
-                                           np.random.default_rng([self.seed, start,
-                                                                  WALK_STREAM, c]))
-                             for c in clusters})
+        walks = {c: _ClassWalk(self._members[c], self.classes_per_batch,
+                               self.samples_per_class,
+                               np.random.default_rng([self.seed, start, WALK_STREAM, c]))
+                 for c in clusters}
         # This epoch's counter was advanced by epoch_batches already; the turn was not yet.
-        for _ in range(max(0, (self.epoch - 1 - start)) * self.steps):
+        past = max(0, (self.epoch - 1 - start)) * self.steps
+        walk = _ClusterWalk(walks, self.turn - past, by_size=self.order == "walk-by-size")
+        for _ in range(past):
             walk.draw()
         return walk
 
@@ -188,21 +194,30 @@ class ClusterBatchSampler:
 
 
 class _ClusterWalk:
-    """The walk's choice of cluster: each batch comes from the cluster whose images have had
-    the fewest draws for its size (ties: the larger cluster, then the lower id), so clusters
-    get batches in proportion to their images and all of them finish a round together. A
-    round-robin gives a small cluster as many batches as a large one: between two
+    """The walks' choice of cluster: the round-robin's turn, or `by_size`, the cluster whose
+    images have had the fewest batches for its size (ties: the larger cluster, then the lower
+    id), so clusters get batches in proportion to their images and all finish a round
+    together. With turns, a small cluster gets as many batches as a large one: between two
     re-clusterings its images came several times while a third of a large one's came not at
-    all (`benchmarks/bench_recluster.py`, unseen with the walk)."""
+    all (`benchmarks/bench_recluster.py`, unseen with the walk); equal turns are also what
+    the papers give each learner, and what put DnC ahead on Omniglot (README)."""
 
-    def __init__(self, walks):
+    def __init__(self, walks, turn, by_size):
         self.walks = walks
+        self.clusters = list(walks)
+        self.turn = turn
+        self.by_size = by_size
         self.sizes = {c: w.images for c, w in walks.items()}
         self.drawn = dict.fromkeys(walks, 0)
 
     def draw(self):
         """(indices [P*M], cluster id) of the next batch."""
-        c = min(self.walks, key=lambda c: (self.drawn[c] / self.sizes[c], -self.sizes[c], c))
+        if self.by_size:
+            c = min(self.clusters,
+                    key=lambda c: (self.drawn[c] / self.sizes[c], -self.sizes[c], c))
+        else:
+            c = self.clusters[self.turn % len(self.clusters)]
+        self.turn += 1
         self.drawn[c] += 1
         return self.walks[c].draw(), c
 

@@ -167,13 +167,14 @@ def test_walk_resumes_from_state_into_the_same_batches():
         ClusterBatchSampler(labels, 3, 2, order="sequential")
 
 
-def test_walk_draws_every_image_of_unequal_clusters_within_an_epoch():
-    """Clusters of 48, 144 and 408 images (classes of 6): one epoch of the walk (N / (P M)
-    steps) draws every image, each once, with batches in proportion to the clusters' images;
-    a round-robin would give each cluster 25 batches, too few for the largest (408 / 8 = 51)."""
+def test_walk_by_size_draws_every_image_of_unequal_clusters_within_an_epoch():
+    """Clusters of 48, 144 and 408 images (classes of 6): one epoch of the walk by size
+    (N / (P M) steps) draws every image, each once, with batches in proportion to the
+    clusters' images; the walk's turns give each cluster 25 batches, too few for the largest
+    (408 / 8 = 51)."""
     labels = np.repeat(np.arange(100), 6)
     assignment = np.select([labels < 8, labels < 32], [0, 1], 2)
-    sampler = ClusterBatchSampler(labels, 4, 2, seed=3, order="walk")
+    sampler = ClusterBatchSampler(labels, 4, 2, seed=3, order="walk-by-size")
     sampler.set_clusters(assignment, 3, epoch=0)
     drawn, batches = [], np.zeros(3, int)
     for indices, cluster in sampler.epoch_batches():
@@ -182,3 +183,25 @@ def test_walk_draws_every_image_of_unequal_clusters_within_an_epoch():
         batches[cluster] += 1
     assert sampler.steps == 75 and batches.tolist() == [6, 18, 51]
     assert sorted(drawn) == list(range(600))
+    turns = ClusterBatchSampler(labels, 4, 2, seed=3, order="walk")
+    turns.set_clusters(assignment, 3, epoch=0)
+    clusters = [c for _, c in turns.epoch_batches()]
+    assert np.bincount(clusters).tolist() == [25, 25, 25]
+
+
+@pytest.mark.parametrize("order", ["walk", "walk-by-size"])
+def test_both_walks_resume_mid_period_into_the_same_batches(order):
+    """Unequal clusters, a new assignment at epoch 1, state saved after epoch 2: the resumed
+    sampler replays the walk since the assignment and continues it batch for batch."""
+    labels = np.repeat(np.arange(30), 5)
+    assignment = (labels >= 8).astype(int) + (labels >= 20)
+    reference = ClusterBatchSampler(labels, 3, 2, seed=7, order=order)
+    reference.set_clusters(assignment, 3, epoch=1)
+    epochs = [[(b.tolist(), c) for b, c in reference.epoch_batches()] for _ in range(4)]
+    first = ClusterBatchSampler(labels, 3, 2, seed=7, order=order)
+    first.set_clusters(assignment, 3, epoch=1)
+    for _ in range(2):
+        list(first.epoch_batches())
+    resumed = ClusterBatchSampler(labels, 3, 2, seed=7, order=order)
+    resumed.set_state(first.get_state())
+    assert [[(b.tolist(), c) for b, c in resumed.epoch_batches()] for _ in range(2)] == epochs[2:]
