@@ -70,11 +70,6 @@ VARIANTS = {
     "DnC K=4 fixed, walk, training features": dict(learners=4, subspaces="fixed",
                                                    batch_order="walk",
                                                    recluster_features="training"),
-    # The same with clusters in proportion to their images (every drawable image once
-    # between two re-clusterings; learners get unequal numbers of batches).
-    "DnC K=4 fixed, walk by size, training features": dict(
-        learners=4, subspaces="fixed", batch_order="walk-by-size",
-        recluster_features="training"),
 }
 METRICS = ("R@1", "R@2", "R@4", "R@8", "MAP@R", "NMI")
 PAIRED_METRICS = ("R@1", "MAP@R", "NMI")

@@ -30,10 +30,9 @@ re-clusterings). "share (bank)" is the same with
 (timed interleaved with the plain step), and only the images the sampler did not draw in the
 2 epochs ("unseen": counted by running the sampler over the k-means clusters of the row) are
 embedded, at the measured images/s. "share (walk + bank)" is the same with `--batch-order
-walk` (each cluster's images drawn without replacement, clusters in turn), and "share (walk
-by size + bank)" with `--batch-order walk-by-size` (clusters in proportion to their images),
-which leaves unseen only the "undrawable" images: those whose class has a single image in
-their cluster, which no batch can draw.
+walk` (each cluster's images drawn without replacement). "of which undrawable": the images
+whose class has a single image in their cluster, which no batch can draw (a positive needs
+two): most of what the walk leaves unseen.
 Writes benchmarks/results/recluster.json; another grid
 (--sizes, --dims, --ks, --embed-batch-size) by default a file named after it, e.g.
 recluster_ks-2-4-8-16-32.json (`--out NAME` writes benchmarks/results/NAME.json, as for the
@@ -174,7 +173,7 @@ def time_kmeans(x, labels, k, repeats):
         clustering.match_clusters(assignment, old, k)
     times["accept_and_match"] = common.interleaved({"m": accept_and_match}, repeats)["m"]
     unseen = {order: images_left_unseen(labels, assignment, k, order)
-              for order in ("random", "walk", "walk-by-size")}
+              for order in ("random", "walk")}
     # Images whose class has a single image in their cluster: no batch can draw them (a
     # positive needs two), so they stay unseen in any order.
     unseen["undrawable"] = int(np.sum(clustering.drop_single_image_classes(assignment,
@@ -259,8 +258,7 @@ def main(argv=None):
                 # measured images/s), the rest is read from the bank; "bank" with random
                 # batches, "walk_bank" with `--batch-order walk`.
                 banks = {}
-                for key, order in (("bank", "random"), ("walk_bank", "walk"),
-                                   ("walk_by_size_bank", "walk-by-size")):
+                for key, order in (("bank", "random"), ("walk_bank", "walk")):
                     bank_cost_s = embed[n] * unseen[order] / n + kmeans_s
                     banks[key] = {"unseen_images": unseen[order], "recluster_s": bank_cost_s,
                                   "train_between_s": bank_train_s,
@@ -283,26 +281,21 @@ def main(argv=None):
                              f"{agreement['objective_seed_1_over_seed_0'] - 1:+.2%}", embed[n],
                              train_s, f"{share:.1%}", f"{unseen['random'] / n:.1%}",
                              f"{banks['bank']['share']:.1%}", f"{unseen['walk'] / n:.1%}",
-                             f"{banks['walk_bank']['share']:.1%}",
-                             f"{unseen['walk-by-size'] / n:.1%}",
                              f"{unseen['undrawable'] / n:.1%}",
-                             f"{banks['walk_by_size_bank']['share']:.1%}", round(load, 2)))
+                             f"{banks['walk_bank']['share']:.1%}", round(load, 2)))
                 print(common.table([rows[-1]], _HEADERS).splitlines()[-1], flush=True)
     table = common.table(rows, _HEADERS)
     print(table)
     shares = [e["share"] for e in results["kmeans"]]
     bank_shares = [e["bank"]["share"] for e in results["kmeans"]]
     walk_shares = [e["walk_bank"]["share"] for e in results["kmeans"]]
-    by_size_shares = [e["walk_by_size_bank"]["share"] for e in results["kmeans"]]
     results["max_share"] = max(shares)
     results["max_share_bank"] = max(bank_shares)
     results["max_share_walk_bank"] = max(walk_shares)
-    results["max_share_walk_by_size_bank"] = max(by_size_shares)
     results["target"] = 0.05
     results["met"] = max(shares) <= 0.05
     results["met_bank"] = max(bank_shares) <= 0.05
     results["met_walk_bank"] = max(walk_shares) <= 0.05
-    results["met_walk_by_size_bank"] = max(by_size_shares) <= 0.05
     results["table"] = table
     print(f"re-clustering share of the training between two re-clusterings: "
           f"{min(shares):.1%} .. {max(shares):.1%} with a full pass, {min(bank_shares):.1%} .. "
@@ -315,8 +308,8 @@ _HEADERS = ["N", "d", "K", "sklearn iters", "sklearn s", "faiss equal iters s",
             "faiss 100 it s", "auto: rows fitted", "auto s", "ARI auto vs all rows",
             "ARI seed 0 vs 1", "objective: auto - all rows", "objective: seed 1 - seed 0",
             "embed s", "train between s",
-            "share", "unseen", "share (bank)", "unseen (walk)", "share (walk + bank)",
-            "unseen (walk by size)", "of which undrawable", "share (walk by size + bank)",
+            "share", "unseen", "share (bank)", "unseen (walk)", "of which undrawable",
+            "share (walk + bank)",
             "others' load (cores)"]
 
 

@@ -240,10 +240,7 @@ def performance():
     rows.append(["re-clustering share of the training between two, `bench_recluster.py`",
                  f"up to {recluster['max_share']:.1%}; on the train steps' features up to "
                  f"{recluster['max_share_bank']:.1%}, with the walk up to "
-                 f"{recluster['max_share_walk_bank']:.1%}"
-                 + (f", with the walk by size up to "
-                    f"{recluster['max_share_walk_by_size_bank']:.1%}"
-                    if "max_share_walk_by_size_bank" in recluster else ""),
+                 f"{recluster['max_share_walk_bank']:.1%}",
                  f"<= {recluster['target']:.0%}",
                  "yes" if recluster["met"] else "no"])
     evaluation = load("evaluation.json")

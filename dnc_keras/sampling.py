@@ -1,5 +1,4 @@
-"""Cluster-aware batches: one cluster per batch, P x M inside; clusters in round-robin, or in
-proportion to their images (`"walk-by-size"`).
+"""Cluster-aware batches: one cluster per batch, round-robin over clusters, P x M inside.
 
 The sampler holds the current cluster assignment; the schedule's callback writes a new one at
 each clustering and division, and the next epoch's batches follow it. It yields indices,
@@ -16,21 +15,19 @@ from dnc_keras.clustering import drop_single_image_classes
 # Purpose of the batch-draw streams among a run's random streams (see dnc_keras.batches).
 BATCH_STREAM = 0
 WALK_STREAM = 3
-ORDERS = ("random", "walk", "walk-by-size")
+ORDERS = ("random", "walk")
 
 
 class ClusterBatchSampler:
-    """Draws class-balanced P x M batches, each from one cluster.
+    """Draws class-balanced P x M batches, each from one cluster, clusters in round-robin.
 
     Inside a cluster, P distinct classes are drawn, M images each (with replacement for a
     class with fewer than M images); a cluster with fewer than P classes uses all of them with
     more images each, so every batch has exactly P * M images and traced functions never see
     a new shape. A cluster that cannot form a batch with at least 2 classes is skipped with a
-    warning. The clusters take turns (the papers' round-robin); the round-robin continues
-    across epochs (its position is part of the sampler's state), so over a run every cluster
-    gets the same number of batches, to within one, even when an epoch has fewer steps than
-    there are clusters. `"walk-by-size"` gives clusters batches in proportion to their images
-    instead, so that every image is drawn once per round.
+    warning. The round-robin continues across epochs (its position is part of the sampler's
+    state), so over a run every cluster gets the same number of batches, to within one, even
+    when an epoch has fewer steps than there are clusters.
 
     An epoch has a fixed number of steps, by default N // (P * M) (one pass over the training
     images in expectation), whatever K and the cluster sizes are. The papers' epoch is K x the
@@ -49,15 +46,8 @@ class ClusterBatchSampler:
             replacement across batches: in an epoch some images come twice and a third of them
             not at all). `"walk"`: each cluster walks its images without replacement, each
             class's images in a shuffled order, the P classes with the most images not yet
-            drawn first, so no image of a cluster comes twice before all of it came once; the
-            clusters still take turns, so a large cluster's walk may not finish between two
-            re-clusterings while a small one's goes round several times. `"walk-by-size"`: the
-            same walks, and the next batch comes from the cluster with the fewest batches for
-            its images, so between two re-clusterings every image is drawn once before any is
-            drawn again (to within a batch; a class of 5 images needs two visits of M = 4),
-            except images whose class has a single image in their cluster, which no batch can
-            draw. Learners then get batches in proportion to their clusters, not equally.
-            Defaults to `"random"`.
+            drawn first, so between two re-clusterings every image of a cluster is drawn once
+            before any is drawn again. Defaults to `"random"`.
     """
 
     def __init__(self, labels, classes_per_batch=20, samples_per_class=4, seed=0,
@@ -78,7 +68,7 @@ class ClusterBatchSampler:
         if self.steps < 1:
             raise ValueError(f"steps_per_epoch must be >= 1. Received: {steps_per_epoch}")
         self.epoch = 0
-        self.turn = 0  # steps drawn, across epochs: the round-robin's position
+        self.turn = 0  # the round-robin's position, across epochs
         self.updated_at_epoch = None
         self.set_clusters(np.zeros(len(self.labels), np.int64), 1)
 
@@ -105,7 +95,7 @@ class ClusterBatchSampler:
 
     def epoch_batches(self):
         """One epoch of (indices [P*M], learner id) pairs; advances the epoch counter and the
-        step count."""
+        round-robin."""
         rng = np.random.default_rng([self.seed, self.epoch, BATCH_STREAM])
         self.epoch += 1
         clusters = [c for c, (_, k) in enumerate(self.cluster_sizes()) if k >= 2]
@@ -114,19 +104,16 @@ class ClusterBatchSampler:
                 warnings.warn(f"Cluster {c} has {k} usable class(es); it is skipped this epoch")
         if not clusters:
             raise ValueError("No cluster has 2 classes with 2 images each: cannot form a batch")
-        walk = self._walk(clusters) if self.order != "random" else None
+        walks = self._walks(clusters) if self.order == "walk" else None
         for _ in range(self.steps):
+            c = clusters[self.turn % len(clusters)]
             self.turn += 1
-            if walk is not None:
-                yield walk.draw()
-            else:
-                c = clusters[(self.turn - 1) % len(clusters)]
-                yield self._draw(self._members[c], rng), c
+            yield (walks[c].draw() if walks else self._draw(self._members[c], rng)), c
 
-    def _walk(self, clusters):
-        """The walk over the clusters, where the batches drawn since the assignment was
-        installed have left it. It is replayed from the seed, the assignment's epoch and the
-        step count, so a resumed run (which holds only those) continues the same walk."""
+    def _walks(self, clusters):
+        """Each cluster's walk, where the batches drawn since the assignment was installed have
+        left it. It is replayed from the seed, the assignment's epoch and the round-robin
+        position, so a resumed run (which holds only those) continues the same walk."""
         start = self.updated_at_epoch or 0
         walks = {c: _ClassWalk(self._members[c], self.classes_per_batch,
                                self.samples_per_class,
@@ -134,10 +121,9 @@ class ClusterBatchSampler:
                  for c in clusters}
         # This epoch's counter was advanced by epoch_batches already; the turn was not yet.
         past = max(0, (self.epoch - 1 - start)) * self.steps
-        walk = _ClusterWalk(walks, self.turn - past, by_size=self.order == "walk-by-size")
-        for _ in range(past):
-            walk.draw()
-        return walk
+        for turn in range(self.turn - past, self.turn):
+            walks[clusters[turn % len(clusters)]].draw()
+        return walks
 
     def index_batches(self):
         """tf.data of (indices [P*M] int64, learner int32, epoch int64, step int64), one element
@@ -182,7 +168,7 @@ class ClusterBatchSampler:
         return batches.training_batches(self, images, prefetch)
 
     def get_state(self):
-        """What a checkpoint needs to resume the same batches: epoch, steps drawn,
+        """What a checkpoint needs to resume the same batches: epoch, round-robin position,
         K and assignment (the random draws follow from the seed and the epoch)."""
         return {"epoch": self.epoch, "turn": self.turn, "num_clusters": self.num_clusters,
                 "assignment": self.assignment.copy(), "updated_at_epoch": self.updated_at_epoch}
@@ -191,35 +177,6 @@ class ClusterBatchSampler:
         self.set_clusters(state["assignment"], state["num_clusters"], state["updated_at_epoch"])
         self.epoch = int(state["epoch"])
         self.turn = int(state.get("turn", 0))
-
-
-class _ClusterWalk:
-    """The walks' choice of cluster: the round-robin's turn, or `by_size`, the cluster whose
-    images have had the fewest batches for its size (ties: the larger cluster, then the lower
-    id), so clusters get batches in proportion to their images and all finish a round
-    together. With turns, a small cluster gets as many batches as a large one: between two
-    re-clusterings its images came several times while a third of a large one's came not at
-    all (`benchmarks/bench_recluster.py`, unseen with the walk); equal turns are also what
-    the papers give each learner, and what put DnC ahead on Omniglot (README)."""
-
-    def __init__(self, walks, turn, by_size):
-        self.walks = walks
-        self.clusters = list(walks)
-        self.turn = turn
-        self.by_size = by_size
-        self.sizes = {c: w.images for c, w in walks.items()}
-        self.drawn = dict.fromkeys(walks, 0)
-
-    def draw(self):
-        """(indices [P*M], cluster id) of the next batch."""
-        if self.by_size:
-            c = min(self.clusters,
-                    key=lambda c: (self.drawn[c] / self.sizes[c], -self.sizes[c], c))
-        else:
-            c = self.clusters[self.turn % len(self.clusters)]
-        self.turn += 1
-        self.drawn[c] += 1
-        return self.walks[c].draw(), c
 
 
 class _ClassWalk:
@@ -233,7 +190,6 @@ class _ClassWalk:
         self.queues = [rng.permutation(members[c]) for c in self.classes]
         self.used = np.zeros(len(self.classes), np.int64)
         self.size = len(self.classes)
-        self.images = sum(len(q) for q in self.queues)
         self.chosen = min(classes_per_batch, self.size)
         self.counts = np.full(self.chosen, classes_per_batch * samples_per_class // self.chosen)
         self.counts[: classes_per_batch * samples_per_class - self.counts.sum()] += 1

@@ -168,10 +168,8 @@ TRAIN_OPTIONS = (
          "re-clustering (the papers); training: re-use the train steps' features",
          choices=("pass", "training")),
     _opt("batch_order", str, "random", "random: each batch draws its classes and images "
-         "afresh; walk: each cluster's images without replacement; clusters take turns in both; "
-         "walk-by-size: the walk, clusters in proportion to their images (every image once "
-         "between two re-clusterings)",
-         choices=("random", "walk", "walk-by-size")),
+         "afresh; walk: each cluster's images without replacement between re-clusterings",
+         choices=("random", "walk")),
     _opt("kmeans_backend", str, "auto", "k-means implementation",
          choices=("auto", "faiss", "sklearn")),
     _opt("conquer_fraction", float, 0.2, "last fraction of the epochs trained on the full "

@@ -36,12 +36,10 @@ def test_bench_recluster_tiny(tmp_path):
     assert np.isclose(row["share"], row["recluster_s"] / row["train_between_s"])
     assert 0 <= row["bank"]["unseen_images"] <= 800
     assert 0 <= row["walk_bank"]["unseen_images"] <= row["bank"]["unseen_images"]
-    assert row["undrawable_images"] <= row["walk_by_size_bank"]["unseen_images"]
-    assert row["walk_by_size_bank"]["unseen_images"] <= row["bank"]["unseen_images"]
+    assert row["undrawable_images"] <= row["walk_bank"]["unseen_images"]
     assert np.isclose(row["walk_bank"]["share"], row["walk_bank"]["recluster_s"]
                       / row["walk_bank"]["train_between_s"])
     assert results["max_share_walk_bank"] == row["walk_bank"]["share"]
-    assert results["max_share_walk_by_size_bank"] == row["walk_by_size_bank"]["share"]
     assert results["max_share"] == row["share"] > 0
     assert results["met"] == (row["share"] <= 0.05)
     assert "| 800 | 16 | 2 |" in results["table"]
