@@ -21,10 +21,7 @@ def test_photo_folder_train_export_serve(tmp_path):
     results = json.loads(dnc("train", "--dataset", "folder", "--data-dir", folder,
                              "--out", run_dir, *SMALL, cwd=tmp_path))
     assert results["test_classes"] == 4
-    # A new process loads the run and recomputes its own metrics from the files.
-    evaluated = json.loads(dnc("evaluate", run_dir, "--json", cwd=tmp_path))
-    assert abs(evaluated["test"]["MAP@R"] - results["test"]["MAP@R"]) < 1e-6
     test_files = [f for f in files if int(f.split("scene")[1].split("/")[0]) >= 4]
-    # The steps that embed files; validate-export, int8 and the index are the glyphs journey's.
+    # The steps that embed files; evaluate, int8 and the index are the glyphs journey's.
     manifest = check_served_chain(tmp_path, run_dir, "photos", test_files)
     assert manifest["preprocessing"]["kernel"] == "lanczos"
