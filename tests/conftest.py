@@ -57,10 +57,10 @@ def _group(path):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """Marks each test with its xdist group and puts the long groups first. First: xdist's own hook turns the marks into the
-    `@group` suffix of node ids that its scheduler groups by. (pytest 9 derives node ids from
-    another attribute, so xdist 3.8's suffix is lost there and groups are ignored: the test
-    extra pins pytest 8.)"""
+    """Marks each test with its xdist group and puts the long groups first. First: xdist's own
+    hook turns the marks into the `@group` suffix of node ids that its scheduler groups by.
+    (pytest 9 derives node ids from another attribute, so xdist 3.8's suffix is lost there and
+    groups are ignored: the test extra pins pytest 8.)"""
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
             path = Path(item.fspath).resolve().relative_to(REPO).as_posix()

@@ -71,8 +71,9 @@ def parity_inputs(sources, record, count=PARITY_SOURCES, variants=VARIANT_SOURCE
         data = read_source(source)
         name = f"source {i}" if data is None else str(source)
         inputs.append((name, encode(source) if data is None else data))
+    decode = pp.decode_function(record)
     for k, (name, data) in enumerate(inputs[:variants]):
-        pixels = pp.decode_function(record)(tf.constant(data)).numpy()
+        pixels = decode(tf.constant(data)).numpy()
         inputs += _variants(pixels, name, seed + k)
     return inputs
 
@@ -102,7 +103,8 @@ def check_parity(model, record, saved_model_dir, onnx_path, inputs,
     by_pixels = loaded.signatures[sig.DEFAULT_SIGNATURE]
     by_bytes = loaded.signatures[sig.BYTES_SIGNATURE]
     session = onnx.session(onnx_path)
-    pixels = [pp.decode_function(record)(tf.constant(data)).numpy() for _, data in inputs]
+    decode = pp.decode_function(record)
+    pixels = [decode(tf.constant(data)).numpy() for _, data in inputs]
     served = [i for i, (_, data) in enumerate(inputs)
               if data.startswith((pp.PNG_MAGIC, pp.JPEG_MAGIC))]
 

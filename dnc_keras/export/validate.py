@@ -240,8 +240,9 @@ def _check_parity(state, tolerance):
     signatures = _loaded(state).signatures
     session = onnx.session(state["onnx_path"])
     worst = 0.0
+    decode = pp.decode_function(record)
     for _, data in inputs:
-        pixels = pp.decode_function(record)(tf.constant(data)).numpy()[None]
+        pixels = decode(tf.constant(data)).numpy()[None]
         by_pixels = signatures[sig.DEFAULT_SIGNATURE](
             **{sig.IMAGES_KEY: tf.constant(pixels)})[sig.OUTPUT_KEY].numpy()
         worst = max(worst, float(np.abs(onnx.run(session, pixels) - by_pixels).max()))
