@@ -46,8 +46,9 @@ class DnCScheduleCallback(keras.callbacks.Callback):
         batch_size: images per embedding batch. Defaults to `256`.
         feature_source: `"pass"` embeds every training image in a separate inference pass
             (both official codes); `"training"` re-uses the features the train steps computed
-            since the last clustering and embeds only the images no step drew
-            (`FeatureBank`: faster, but training-mode, augmented and up to T epochs old).
+            and embeds afresh only the images whose feature is older than the previous
+            clustering and served it already (`FeatureBank`: faster, but training-mode,
+            augmented and up to 2T epochs old).
             Defaults to `"pass"`.
         verbose: print one line per action. Defaults to `1`.
 

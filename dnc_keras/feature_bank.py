@@ -3,12 +3,16 @@
 A re-clustering embeds every training image once; with T = 2 that pass alone costs about 16% of
 the training between two re-clusterings (docs/performance.md). The train step already computes
 the features of every image it trains on, so the bank keeps the latest one per image and a
-re-clustering embeds afresh only the images no step has seen since the previous one.
+re-clustering embeds afresh only the images whose row is too old: a row not rewritten since the
+previous re-clustering is used once more, then embedded afresh. Every row a re-clustering uses
+is therefore at most two periods old, and an image no batch can draw (its class has a single
+image in its cluster: `clustering.drop_single_image_classes`) costs a pass every second
+re-clustering instead of every one.
 
 The features differ from a separate inference pass in three ways, which is why this is opt-in
 (`ReclusterCallback(feature_source="training")`): they come from the training-mode network
 (batch statistics in a trainable BatchNorm, dropout), from augmented images, and from the model
-as it was when the image was last drawn (up to `period` epochs ago).
+as it was when the image was last drawn (up to `2 period` epochs ago).
 """
 
 import numpy as np
@@ -33,6 +37,10 @@ class FeatureBank:
                                     name="feature_bank")
         self.seen = tf.Variable(tf.zeros([self.num_images], tf.bool), trainable=False,
                                 name="feature_bank_seen")
+        # Rows that were new at the previous read (written by a step, or embedded afresh):
+        # those may serve one more read unchanged. A tf.Variable so that checkpoints keep it.
+        self.new_at_last_read = tf.Variable(tf.zeros([self.num_images], tf.bool),
+                                            trainable=False, name="feature_bank_new_at_last_read")
 
     def write(self, indices, features):
         """Stores a batch's features at their image indices (graph-safe; no gradient)."""
@@ -42,19 +50,24 @@ class FeatureBank:
         self.seen.scatter_nd_update(indices, tf.ones([tf.shape(indices)[0]], tf.bool))
 
     def read(self, embed_unseen):
-        """All N features: stored ones, and `embed_unseen(indices)` for the rest; then forgets
-        what it has seen, so the next read holds only features newer than this one.
+        """All N features: rows written since the previous read; rows new at the previous read
+        and not rewritten since, once more; `embed_unseen(indices)` for the rest. Then forgets
+        what it has seen, so the next read tells new rows from old ones.
 
         Returns:
             (features [N, dim] float32, number of images embedded afresh).
         """
         features = self.features.numpy()
-        unseen = np.flatnonzero(~self.seen.numpy())
-        if len(unseen):
-            fresh = np.asarray(embed_unseen(unseen), np.float32)
-            if fresh.shape != (len(unseen), self.dim):
+        seen = self.seen.numpy()
+        stale = np.flatnonzero(~seen & ~self.new_at_last_read.numpy())
+        if len(stale):
+            fresh = np.asarray(embed_unseen(stale), np.float32)
+            if fresh.shape != (len(stale), self.dim):
                 raise ValueError(f"embed_unseen returned shape {fresh.shape}; expected "
-                                 f"{(len(unseen), self.dim)}")
-            features[unseen] = fresh
+                                 f"{(len(stale), self.dim)}")
+            features[stale] = fresh
+            self.features.scatter_nd_update(stale.reshape(-1, 1), fresh)
+            seen[stale] = True
+        self.new_at_last_read.assign(seen)
         self.seen.assign(tf.zeros_like(self.seen))
-        return features, len(unseen)
+        return features, len(stale)

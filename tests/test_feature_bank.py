@@ -54,20 +54,33 @@ def _fit(source, lr=0.0, epochs=3):
     return x, model, sampler, recluster
 
 
-def test_write_normalises_and_read_embeds_only_unseen_rows_then_forgets():
+def test_write_normalises_and_read_embeds_only_rows_older_than_the_previous_read():
     bank = FeatureBank(4, 2)
     bank.write(np.array([2, 0]), np.array([[3.0, 4.0], [0.0, -2.0]], np.float32))
     asked = []
 
-    def embed(indices):
-        asked.append(indices.tolist())
-        return np.full((len(indices), 2), 7.0, np.float32)
+    def embed(value):
+        def fn(indices):
+            asked.append(indices.tolist())
+            return np.full((len(indices), 2), value, np.float32)
+        return fn
 
-    features, fresh = bank.read(embed)
+    features, fresh = bank.read(embed(7.0))
     np.testing.assert_allclose(features, [[0, -1], [7, 7], [0.6, 0.8], [7, 7]], atol=1e-6)
     assert fresh == 2 and asked == [[1, 3]]
-    _, fresh = bank.read(embed)  # nothing written since: every row is embedded again
-    assert fresh == 4 and asked[-1] == [0, 1, 2, 3]
+    # Nothing written since: every row was new at the previous read, so each serves once more.
+    bank.write(np.array([3]), np.array([[1.0, 0.0]], np.float32))
+    features, fresh = bank.read(embed(8.0))
+    np.testing.assert_allclose(features, [[0, -1], [7, 7], [0.6, 0.8], [1, 0]], atol=1e-6)
+    assert fresh == 0 and len(asked) == 1
+    # Rows 0, 1 and 2 have now served two reads: embedded afresh; row 3 (new last read) kept.
+    features, fresh = bank.read(embed(9.0))
+    np.testing.assert_allclose(features, [[9, 9], [9, 9], [9, 9], [1, 0]], atol=1e-6)
+    assert fresh == 3 and asked[-1] == [0, 1, 2]
+    # The rows embedded afresh are stored: they serve the next read; row 3 is now too old.
+    features, fresh = bank.read(embed(5.0))
+    np.testing.assert_allclose(features, [[9, 9], [9, 9], [9, 9], [5, 5]], atol=1e-6)
+    assert fresh == 1 and asked[-1] == [3]
 
 
 def test_read_rejects_embeddings_of_the_wrong_shape():
@@ -78,16 +91,17 @@ def test_read_rejects_embeddings_of_the_wrong_shape():
 
 def test_train_steps_fill_the_bank_with_the_encoders_features():
     # lr 0 and no BatchNorm or dropout: a training step's features are the inference pass's.
-    x, model, sampler, recluster = _fit("training", epochs=2)
+    x, model, sampler, recluster = _fit("training", epochs=3)
     bank = model.feature_bank
     last = np.array(sorted(sampler.drawn[-1]))
     np.testing.assert_array_equal(np.flatnonzero(bank.seen.numpy()), last)
     np.testing.assert_allclose(bank.features.numpy()[last],
                                model.embed(x[last], output="features"), atol=1e-5)
-    # First clustering: all images; at epoch 1, only those epoch 0 did not draw.
-    embedded = [o["embedded"] for o in recluster.outcomes]
-    assert embedded == [len(x), len(x) - len(sampler.drawn[0])]
-    assert 0 < embedded[1] < len(x)
+    # First clustering: all images; at epoch 1 none (every row was new at epoch 0); at epoch 2
+    # those neither epoch 0 nor epoch 1 drew.
+    embedded = [o["embedded"] for o in recluster.outcomes if o["action"] != "conquer"]
+    assert embedded == [len(x), 0, len(x) - len(sampler.drawn[0] | sampler.drawn[1])]
+    assert 0 < embedded[2] < len(x)
 
 
 def test_training_features_give_the_clusters_of_a_full_pass_when_the_model_is_fixed():

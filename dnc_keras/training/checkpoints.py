@@ -77,8 +77,8 @@ class TrainingState:
                 **{f"state_{i}": v.value for i, v in enumerate(metric_vars)})
         bank = getattr(model, "feature_bank", None)
         if bank is not None:
-            trackables["feature_bank"] = tf.train.Checkpoint(features=bank.features,
-                                                             seen=bank.seen)
+            trackables["feature_bank"] = tf.train.Checkpoint(
+                features=bank.features, seen=bank.seen, new_at_last_read=bank.new_at_last_read)
         self.checkpoint = tf.train.Checkpoint(**trackables)
         self.manager = None
         if directory:

@@ -37,6 +37,8 @@ def test_bench_recluster_tiny(tmp_path):
     assert 0 <= row["bank"]["unseen_images"] <= 800
     assert 0 <= row["walk_bank"]["unseen_images"] <= row["bank"]["unseen_images"]
     assert row["undrawable_images"] <= row["walk_bank"]["unseen_images"]
+    for bank in (row["bank"], row["walk_bank"]):
+        assert 0 <= bank["embedded_images"] <= 800
     assert np.isclose(row["walk_bank"]["share"], row["walk_bank"]["recluster_s"]
                       / row["walk_bank"]["train_between_s"])
     assert results["max_share_walk_bank"] == row["walk_bank"]["share"]
@@ -55,6 +57,17 @@ def test_the_walk_draws_every_image_where_random_batches_miss_some():
     assert bench.images_left_unseen(labels, one_cluster, 1, order="walk") == 0
     unseen = bench.images_left_unseen(labels, one_cluster, 1, order="random")
     assert unseen % 4 == 0 and 0 < unseen < 40
+
+
+def test_the_bank_embeds_an_undrawable_image_every_second_re_clustering():
+    """Two classes of 4 images and one class with an image in each of 2 clusters: that class's
+    2 images are undrawable, the walk draws all 8 others every period; their bank rows are
+    embedded at one re-clustering and serve the next, so 2 images every second: 1 a time."""
+    bench = load_script("bench_recluster")
+    labels = np.array([0] * 4 + [1] * 4 + [2, 2] + [3] * 4 + [4] * 4)
+    clusters = np.array([0] * 8 + [0, 1] + [1] * 8)
+    assert bench.images_left_unseen(labels, clusters, 2, order="walk") == 2
+    assert bench.images_embedded_afresh(labels, clusters, 2, order="walk") == 1.0
 
 
 def test_objective_is_the_sum_of_squares_around_the_cluster_means():

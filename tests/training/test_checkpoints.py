@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from dnc_keras.backbones import build_encoder
+from dnc_keras.feature_bank import FeatureBank
 from dnc_keras.layers import SubspaceMasks
 from dnc_keras.losses import TripletHardLoss
 from dnc_keras.model import DnCModel
@@ -67,6 +68,29 @@ def test_round_trip_of_every_variable_and_the_sampler(tmp_path):
     restored = fresh_sampler.get_state()
     for key, value in sampler.get_state().items():
         np.testing.assert_array_equal(restored[key], value, err_msg=key)
+
+
+def test_round_trip_of_the_feature_bank_with_which_rows_serve_once_more(tmp_path):
+    """A resumed run's next re-clustering must embed the same images as the run that was not
+    stopped: the bank's rows, what was written since the last read and what was new then."""
+    _, y = _data()
+    model, sampler = _model(), ClusterBatchSampler(y, 4, 2)
+    model.attach_feature_bank(FeatureBank(len(y), 3))
+    bank = model.feature_bank
+    bank.write(np.arange(0, 10), np.ones((10, 3), np.float32))
+    bank.read(lambda indices: np.full((len(indices), 3), 2.0, np.float32))
+    bank.write(np.arange(5, 20), np.full((15, 3), 3.0, np.float32))
+    TrainingState(model, sampler, str(tmp_path / "checkpoints")).save(1, 0, sampler.get_state(),
+                                                                       {})
+    fresh = _model()
+    fresh.attach_feature_bank(FeatureBank(len(y), 3))
+    assert TrainingState(fresh, ClusterBatchSampler(y, 4, 2),
+                         str(tmp_path / "checkpoints")).restore()[0] == 1
+    for mine, theirs in [(bank.features, fresh.feature_bank.features), (bank.seen,
+                         fresh.feature_bank.seen), (bank.new_at_last_read,
+                                                    fresh.feature_bank.new_at_last_read)]:
+        np.testing.assert_array_equal(theirs.numpy(), mine.numpy())
+    assert fresh.feature_bank.new_at_last_read.numpy().all()  # everything was new at that read
 
 
 def test_corrupt_latest_checkpoint_is_named_and_the_previous_used(tmp_path):
