@@ -281,7 +281,8 @@ def main(argv=None):
         for dim in args.dims:
             x, labels = synthetic_features(n, dim)
             for k in args.ks:
-                times, iters, load, unseen, afresh, agreement = time_kmeans(x, labels, k, args.repeats)
+                times, iters, load, unseen, afresh, agreement = time_kmeans(x, labels, k,
+                                                                            args.repeats)
                 med = {name: statistics.median(t) for name, t in times.items()}
                 auto = "{} on {:,}".format(*clustering.auto_route(n, dim, k))
                 kmeans_s = med["auto"] + med["accept_and_match"]
