@@ -181,6 +181,8 @@ def build_index_command(args):
 
 
 def _describe_kind(index):
+    from dnc_keras.export import faiss_index
+
     line = f"{index.kind} index of model {(index.model_hash or 'unrecorded')[:16]}"
     if index.parameters:
         line += ", " + ", ".join(f"{k}={v}" for k, v in index.parameters.items())
@@ -191,7 +193,8 @@ def _describe_kind(index):
                  f"{'' if tuning['reached'] else ', NOT reached'})")
     elif tuning:
         line += f" ({tuning['note']})"
-    return line
+    advice = faiss_index.slow_ivf_advice(index.kind, index.parameters)
+    return line + (f"\n{advice}" if advice else "")
 
 
 def index_add_command(args):

@@ -33,6 +33,10 @@ HNSW_EF_CONSTRUCTION = 80
 TUNE_K = 10
 TUNE_SAMPLE = 1000
 MIN_TUNE_SAMPLE = 50
+# Beyond this fraction of its lists scanned per query, IVF searched no faster than the flat
+# index in the nprobe sweep of benchmarks/bench_index.py at 1,000,000 items (IVF scans list by
+# list; flat computes its distances as one matrix product).
+IVF_USEFUL_SCAN = 0.04
 
 
 def default_parameters(kind, n):
@@ -49,6 +53,19 @@ def default_parameters(kind, n):
     if kind == "hnsw":
         return {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION}
     return {}
+
+
+def slow_ivf_advice(kind, parameters):
+    """A one-line advice where an IVF index scans so many of its lists per query (nprobe /
+    nlist above IVF_USEFUL_SCAN) that exact search would be as fast; else None."""
+    if kind != "ivf" or "nprobe" not in parameters:
+        return None
+    scanned = parameters["nprobe"] / parameters["nlist"]
+    if scanned <= IVF_USEFUL_SCAN:
+        return None
+    return (f"IVF scans {scanned:.0%} of its lists per query (nprobe {parameters['nprobe']} of "
+            f"{parameters['nlist']}): beyond {IVF_USEFUL_SCAN:.0%} it searched no faster than "
+            "flat in benchmarks/bench_index.py; on this gallery prefer --index hnsw (or flat)")
 
 
 def check_kind(kind):

@@ -104,6 +104,7 @@ def test_approximate_kinds_record_their_parameters(folders, embedded, export_dir
                          "--out", tmp_path / "ivf", "--index", "ivf")
     assert code == 0, err
     assert "ivf index of model" in out and "nlist=1, nprobe=1" in out and "not tuned" in out
+    assert "IVF scans 100% of its lists per query" in out  # the advice against it
     code, _, err = run(capsys, "build-index", folders["gallery"], "--model", export_dir,
                        "--out", tmp_path / "bad", "--nlist", 4)
     assert code == 2 and "a flat index takes the parameters: none. Received: nlist=4" in err

@@ -86,6 +86,21 @@ def test_a_given_search_parameter_is_kept_untuned(data):
     np.testing.assert_array_equal(found.ids, oracle(gallery, np.arange(3000), gallery[:20], 5)[1])
 
 
+@pytest.mark.parametrize("kind, parameters, advised", [
+    ("ivf", {"nlist": 4000, "nprobe": 1024}, "IVF scans 26% of its lists per query (nprobe 1024 "
+                                             "of 4000)"),
+    ("ivf", {"nlist": 100, "nprobe": 5}, "IVF scans 5% of its lists"),
+    ("ivf", {"nlist": 100, "nprobe": 4}, None),  # 4% of the lists: still worth it
+    ("ivf", {"nlist": 4000}, None),  # nprobe not yet set
+    ("hnsw", {"M": 32, "efSearch": 1024}, None)])
+def test_an_ivf_index_scanning_most_lists_is_advised_against(kind, parameters, advised):
+    advice = faiss_index.slow_ivf_advice(kind, parameters)
+    if advised is None:
+        assert advice is None
+    else:
+        assert advice.startswith(advised) and "--index hnsw" in advice and "\n" not in advice
+
+
 def test_small_galleries_search_exhaustively():
     gallery, labels = clustered(100, 5, seed=3)
     index = EmbeddingIndex(gallery, labels, kind="ivf")
