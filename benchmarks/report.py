@@ -331,6 +331,23 @@ def index(name="index.json"):
          "goal met"], rows) + "\n\n" + source(name, data))
 
 
+def index_sweep(name="index.json"):
+    """bench_index.py's sweep: recall and speed of IVF and HNSW at each search parameter."""
+    data = load(name)
+    rows = []
+    for kind, entry in data["indexes"].items():
+        for point in entry.get("sweep", []):
+            parameter = next(k for k in point if k in ("nprobe", "efSearch"))
+            rows.append([kind, f"{parameter}={point[parameter]}", fmt(point["recall_at_10"]),
+                         fmt(point["top1_same_class"]), f"{point['qps']:,.0f}",
+                         f"{point['speedup_over_flat']:.1f}"])
+    return (f"{data['settings']['n']:,} items: each search parameter of the tuned indexes "
+            f"(median of {data['settings']['repeats']} rounds each, against flat's median; `top-1 "
+            "class`: how often the first item found has the query's class).\n\n"
+            + table(["index", "search parameter", "recall@10", "top-1 class", "queries/s",
+                     "x flat"], rows) + "\n\n" + source(name, data))
+
+
 def _cell(text):
     """Text fit for a table cell: the run's temporary work folder and the checkout's path
     dropped (they differ between runs and clones), pipes escaped."""
@@ -414,7 +431,7 @@ def request_cost(name="request_cost.json"):
             + "\n\n" + source(name, data))
 
 
-RENDERERS = {"faults": faults, "index": index, "main_job": main_job, "dnc": dnc,
+RENDERERS = {"faults": faults, "index": index, "index_sweep": index_sweep, "main_job": main_job, "dnc": dnc,
              "export_faults": export_faults, "request_cost": request_cost,
              "served_omniglot": served_omniglot, "export_fidelity": export_fidelity,
              "distributed": distributed,
