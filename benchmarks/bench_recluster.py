@@ -143,6 +143,9 @@ def images_embedded_afresh(labels, assignment, k, order="random"):
     bank.read(embed)
     counts = []
     for _ in range(3):
+        # Each re-clustering installs its clusters (here the same ones), so the walk starts
+        # afresh every period, as in training.
+        sampler.set_clusters(assignment, k, sampler.epoch)
         drawn = np.flatnonzero(_period_draws(sampler))
         bank.write(drawn, np.ones((len(drawn), 1), np.float32))
         counts.append(bank.read(embed)[1])
