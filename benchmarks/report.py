@@ -21,6 +21,7 @@ import json
 import math
 import os
 import re
+import statistics
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -348,6 +349,24 @@ def index_sweep(name="index.json"):
                      "x flat"], rows) + "\n\n" + source(name, data))
 
 
+def bank_clusters(name="bank_clusters.json"):
+    """bench_bank_clusters.py: per run, how far the bank's clusters are from a full pass's."""
+    data = load(name)
+    rows = []
+    for run in data["runs"]:
+        aris = [c["ari"] for c in run["comparisons"] if "ari" in c]
+        seed_aris = [c["seed_ari"] for c in run["comparisons"] if "seed_ari" in c]
+        embedded = [c["unseen_fraction"] for c in run["comparisons"]]
+        rows.append([run["seed"], len(run["comparisons"]), fmt(statistics.median(aris)),
+                     fmt(min(aris)), fmt(statistics.median(seed_aris)),
+                     f"{statistics.median(embedded):.1%}", f"{max(embedded):.1%}",
+                     fmt(run["test"]["R@1"]), fmt(run["test"]["MAP@R"])])
+    return (table(["seed", "clusterings", "ARI bank vs full pass (median)", "ARI (min)",
+                   "ARI full pass, seed vs seed (median)", "embedded afresh (median)",
+                   "embedded afresh (max)", "test R@1", "test MAP@R"], rows)
+            + "\n\n" + source(name, data))
+
+
 def _cell(text):
     """Text fit for a table cell: the run's temporary work folder and the checkout's path
     dropped (they differ between runs and clones), pipes escaped."""
@@ -431,7 +450,8 @@ def request_cost(name="request_cost.json"):
             + "\n\n" + source(name, data))
 
 
-RENDERERS = {"faults": faults, "index": index, "index_sweep": index_sweep, "main_job": main_job, "dnc": dnc,
+RENDERERS = {"faults": faults, "index": index, "index_sweep": index_sweep,
+             "bank_clusters": bank_clusters, "main_job": main_job, "dnc": dnc,
              "export_faults": export_faults, "request_cost": request_cost,
              "served_omniglot": served_omniglot, "export_fidelity": export_fidelity,
              "distributed": distributed,
