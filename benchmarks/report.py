@@ -367,6 +367,27 @@ def bank_clusters(name="bank_clusters.json"):
             + "\n\n" + source(name, data))
 
 
+def nmi(name="nmi.json"):
+    """bench_nmi.py: each k-means route behind NMI at SOP's size against scikit-learn's."""
+    data = load(name)
+    settings, target = data["settings"], data["target"]
+    rows = []
+    for route, entry in data["routes"].items():
+        for seed, run in entry["seeds"].items():
+            difference = run["difference"]
+            rows.append([route, seed, fmt(run["nmi"]), fmt(run["sklearn_nmi"]),
+                         "n/a" if difference is None else f"{difference:+.3f}",
+                         f"{run['seconds']:.0f}", f"{run['other_load']:.2f}",
+                         "yes" if run["met"] else "no"])
+    caption = (f"{settings['n']:,} embeddings of d = {settings['dim']} in "
+               f"{settings['classes']:,} classes (SOP's test set's shape). Goal: under "
+               f"{target['seconds']:g} s, within {target['nmi_difference']} of scikit-learn's "
+               "NMI on the same data.")
+    return (caption + "\n\n" + table(["route", "seed", "NMI", "scikit-learn NMI",
+                                        "difference", "seconds", "others' load (cores)",
+                                        "goal met"], rows) + "\n\n" + source(name, data))
+
+
 def _cell(text):
     """Text fit for a table cell: the run's temporary work folder and the checkout's path
     dropped (they differ between runs and clones), pipes escaped."""
@@ -451,7 +472,7 @@ def request_cost(name="request_cost.json"):
 
 
 RENDERERS = {"faults": faults, "index": index, "index_sweep": index_sweep,
-             "bank_clusters": bank_clusters, "main_job": main_job, "dnc": dnc,
+             "bank_clusters": bank_clusters, "nmi": nmi, "main_job": main_job, "dnc": dnc,
              "export_faults": export_faults, "request_cost": request_cost,
              "served_omniglot": served_omniglot, "export_fidelity": export_fidelity,
              "distributed": distributed,

@@ -174,6 +174,33 @@ def test_request_cost_names_the_paths_beyond_their_targets(tmp_path, monkeypatch
         "refused before decoding |"]
 
 
+def test_bank_clusters_summarises_each_run(tmp_path, monkeypatch):
+    comparisons = [{"ari": 0.2, "seed_ari": 0.9, "unseen_fraction": 0.01},
+                   {"ari": 0.6, "seed_ari": 1.0, "unseen_fraction": 0.03},
+                   {"full_pass_error": "too few classes", "unseen_fraction": 0.0}]
+    _results(tmp_path, monkeypatch, "bank_clusters.json", {"runs": [
+        {"seed": 4, "comparisons": comparisons, "test": {"R@1": 0.5, "MAP@R": 0.25}}]})
+    # ARI median of 0.2 and 0.6; the median and max of the fractions 0.01, 0.03, 0.
+    assert _lines(report.render_block("bank_clusters"), "| 4 |") == [
+        "| 4 | 3 | 0.400 | 0.200 | 0.950 | 1.0% | 3.0% | 0.500 | 0.250 |"]
+
+
+def test_nmi_gives_each_route_and_seed_against_the_reference(tmp_path, monkeypatch):
+    _results(tmp_path, monkeypatch, "nmi.json", {
+        "settings": {"n": 600, "classes": 100, "dim": 8},
+        "target": {"seconds": 60.0, "nmi_difference": 0.005},
+        "routes": {"package": {"seeds": {"0": {
+            "nmi": 0.9, "sklearn_nmi": 0.95, "difference": -0.05, "seconds": 12.4,
+            "other_load": 0.5, "met": False}}}, "fast": {"seeds": {"1": {
+                "nmi": 0.9, "sklearn_nmi": None, "difference": None, "seconds": 1.0,
+                "other_load": 0.0, "met": False}}}}})
+    text = report.render_block("nmi")
+    assert "600 embeddings of d = 8 in 100 classes" in text and "within 0.005" in text
+    assert _lines(text, "| package |") == [
+        "| package | 0 | 0.900 | 0.950 | -0.050 | 12 | 0.50 | no |"]
+    assert _lines(text, "| fast |") == ["| fast | 1 | 0.900 | n/a | n/a | 1 | 0.00 | no |"]
+
+
 def test_every_committed_results_file_records_its_provenance():
     """Each results file was written by a benchmark (not edited by hand): it carries the
     command, the git commit and the date that `common.write_results` records."""
