@@ -27,6 +27,9 @@ Queries per second: all queries in one search call; the indexes take turns, `--r
 rounds, median per index and median of the per-round ratios to flat. Also a sweep of the
 search parameter (recall and queries per second at each value). Memory: bytes of the
 serialized index, and the rise of the process's resident memory over the build.
+`--kinds` builds only some of the approximate indexes (flat always: it gives the exact
+neighbours) and `--hnsw-m` / `--hnsw-ef-construction` build HNSW with other parameters than
+`build-index`'s defaults, to measure a candidate default before adopting it.
 Writes `--out` (default benchmarks/results/index.json).
 """
 
@@ -73,12 +76,13 @@ def make_data(n, queries, classes, dim, spread, seed):
     return gallery, gallery_labels, query, query_labels
 
 
-def build(kind, gallery, ids):
+def build(kind, gallery, ids, overrides=None):
     """(faiss index, parameters, tuning or None, seconds, RSS rise MiB) of what `dnc-keras
-    build-index --index KIND` builds: default parameters, search parameter tuned."""
+    build-index --index KIND` builds: default parameters (with `overrides`, e.g. HNSW's M),
+    search parameter tuned."""
     from dnc_keras.export import faiss_index
 
-    parameters = faiss_index.default_parameters(kind, len(gallery))
+    parameters = {**faiss_index.default_parameters(kind, len(gallery)), **(overrides or {})}
     rss = common.current_rss_mib()
     start = time.perf_counter()
     index, tuning = faiss_index.build_tuned(kind, gallery, ids, parameters, TARGET_RECALL)
@@ -123,6 +127,13 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=1,
                         help="faiss threads for every index, build and search")
     parser.add_argument("--repeats", type=int, default=3, help="timed search rounds")
+    parser.add_argument("--kinds", nargs="+", default=["flat", "ivf", "hnsw"],
+                        choices=["flat", "ivf", "hnsw"],
+                        help="indexes to build (flat always: it gives the exact neighbours)")
+    parser.add_argument("--hnsw-m", type=int, default=None,
+                        help="HNSW links per node (default: build-index's)")
+    parser.add_argument("--hnsw-ef-construction", type=int, default=None,
+                        help="HNSW build beam (default: build-index's)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     args.out = common.resolve_out(args.out, "index.json", tiny=args.tiny)
@@ -149,9 +160,14 @@ def main(argv=None):
           f"{sizes['classes']:,} classes, spread {args.spread} "
           f"({time.perf_counter() - start:.0f} s); faiss threads {args.threads}", flush=True)
 
+    kinds = [kind for kind in faiss_index.KINDS if kind == "flat" or kind in args.kinds]
+    hnsw = {name: value for name, value in (("M", args.hnsw_m),
+                                             ("efConstruction", args.hnsw_ef_construction))
+            if value is not None}
     indexes, rows = {}, {}
-    for kind in faiss_index.KINDS:
-        index, parameters, tuning, built, rss_rise = build(kind, gallery, ids)
+    for kind in kinds:
+        index, parameters, tuning, built, rss_rise = build(kind, gallery, ids,
+                                                           hnsw if kind == "hnsw" else None)
         indexes[kind] = index
         rows[kind] = {"parameters": parameters, "tuning": tuning, "build_s": built,
                       "index_bytes": faiss_index.index_bytes(index), "rss_rise_mib": rss_rise}
@@ -180,14 +196,14 @@ def main(argv=None):
         rows[kind]["qps"] = len(query) / statistics.median(times[kind])
         rows[kind]["speedup_over_flat"] = common.paired_ratios(times["flat"], times[kind])
         rows[kind]["other_load"] = [round(v, 2) for v in loads[kind]]
-    for kind in faiss_index.SEARCH_PARAMETER:
+    for kind in (k for k in faiss_index.SEARCH_PARAMETER if k in indexes):
         rows[kind]["sweep"] = sweep(kind, indexes[kind], query, truth, rows[kind]["parameters"],
                                     args.repeats, same_class)
         for point in rows[kind]["sweep"]:
             point["speedup_over_flat"] = point["qps"] / rows["flat"]["qps"]
 
     goal = {}
-    for kind in faiss_index.SEARCH_PARAMETER:
+    for kind in (k for k in faiss_index.SEARCH_PARAMETER if k in indexes):
         row = rows[kind]
         goal[kind] = {"recall_at_10": row["recall_at_10"],
                       "speedup_over_flat": row["speedup_over_flat"]["median"],
@@ -196,6 +212,7 @@ def main(argv=None):
     results = {"benchmark": "index",
                "settings": {**sizes, "dim": args.dim, "spread": args.spread, "k": K,
                             "threads": args.threads, "repeats": args.repeats,
+                            "kinds": kinds, "hnsw_overrides": hnsw,
                             "seed": args.seed, "tiny": args.tiny},
                "data": {"nearest_neighbour_same_class": rows["flat"]["top1_same_class"],
                         "exact_top10_same_class": exact_top10_same_class,

@@ -38,3 +38,19 @@ def test_tiny_run_writes_its_results(tmp_path):
     recalls = [p["recall_at_10"] for p in rows["ivf"]["sweep"]]
     assert recalls == sorted(recalls)  # more lists probed find a superset
     assert "goal" in done.stdout and f"wrote {out}" in done.stdout
+
+
+def test_one_kind_with_other_hnsw_parameters(tmp_path):
+    """--kinds hnsw with --hnsw-m / --hnsw-ef-construction: flat (the exact neighbours) and
+    an HNSW graph built with the given parameters, nothing else."""
+    out = tmp_path / "hnsw.json"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, BENCHMARK, "--tiny", "--repeats", "1", "--kinds",
+                           "hnsw", "--hnsw-m", "16", "--hnsw-ef-construction", "40", "--out",
+                           str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert set(results["indexes"]) == {"flat", "hnsw"} and set(results["goal"]) == {"hnsw"}
+    parameters = results["indexes"]["hnsw"]["parameters"]
+    assert (parameters["M"], parameters["efConstruction"]) == (16, 40)
+    assert results["settings"]["hnsw_overrides"] == {"M": 16, "efConstruction": 40}
