@@ -114,14 +114,20 @@ def _period_draws(sampler):
     return drawn
 
 
-def images_left_unseen(labels, assignment, k, order="random"):
-    """How many images the sampler's batches (P x M = 20 x 4, `order` "random" or "walk") do
-    not draw in the 2 epochs between two re-clusterings, clusters as k-means left them."""
+def _sampler(labels, assignment, k, order):
+    """The training sampler (P x M = 20 x 4, `order` "random" or "walk") over the clusters as
+    k-means left them."""
     from dnc_keras.sampling import ClusterBatchSampler
 
     sampler = ClusterBatchSampler(labels, 20, 4, seed=0, order=order)
     sampler.set_clusters(assignment, k)
-    return int((~_period_draws(sampler)).sum())
+    return sampler
+
+
+def images_left_unseen(labels, assignment, k, order="random"):
+    """How many images the sampler's batches do not draw in the 2 epochs between two
+    re-clusterings, clusters as k-means left them."""
+    return int((~_period_draws(_sampler(labels, assignment, k, order))).sum())
 
 
 def images_embedded_afresh(labels, assignment, k, order="random"):
@@ -131,10 +137,8 @@ def images_embedded_afresh(labels, assignment, k, order="random"):
     and re-clusterings, and the mean of the last two (a row serves two re-clusterings, so the
     count alternates)."""
     from dnc_keras.feature_bank import FeatureBank
-    from dnc_keras.sampling import ClusterBatchSampler
 
-    sampler = ClusterBatchSampler(labels, 20, 4, seed=0, order=order)
-    sampler.set_clusters(assignment, k)
+    sampler = _sampler(labels, assignment, k, order)
     bank = FeatureBank(len(labels), 1)
 
     def embed(indices):
