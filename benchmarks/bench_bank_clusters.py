@@ -8,8 +8,9 @@ Trains the Omniglot benchmark's DnC run (K = 4 fixed, 30 epochs, as bench_dnc.py
 cluster walked without replacement (`--batch-order walk`) and re-clustering on the train steps'
 features (`--recluster-features training`). At every clustering and division it also clusters a
 full embedding pass (the papers' way) with the same k-means seed, and records the adjusted Rand
-index between the two assignments, the fraction of images the bank had to embed afresh (those no
-step drew since the previous re-clustering), and the seconds of each route. An ARI of 1 means
+index between the two assignments, the fraction of images the bank had to embed afresh
+(`unseen_fraction`: those whose row no step rewrote since the previous re-clustering and that
+had served it already), and the seconds of each route. An ARI of 1 means
 the same partition; two k-means runs of the same features with different seeds give the
 reference level of agreement (`seed_ari`).
 """
