@@ -23,7 +23,7 @@ FACTORY = {"flat": "IDMap2,Flat", "ivf": "IVF{nlist},Flat", "hnsw": "IDMap2,HNSW
 # The parameter each kind takes at search, and the values `tune` tries, cheapest first.
 SEARCH_PARAMETER = {"ivf": "nprobe", "hnsw": "efSearch"}
 TUNE_VALUES = {"ivf": (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024),
-               "hnsw": (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024)}
+               "hnsw": (16, 24, 32, 40, 48, 64, 96, 128, 192, 256, 384, 512, 1024)}
 PARAMETERS = {"flat": (), "ivf": ("nlist", "nprobe"), "hnsw": ("M", "efConstruction", "efSearch")}
 # faiss's k-means warns below 39 training points per centroid; nlist stays under n / 50 so
 # it has them even while `build_tuned` holds a fifth of the gallery out.
