@@ -18,7 +18,7 @@ towards one of 12 super-classes (SOP's 12 product categories), and per-class spr
 by a log-normal factor; the noise is set so that NMI comes out in the range trained models
 reach on SOP (0.85-0.92).
 
-Routes (`ROUTES`, each a call of `dnc_keras.evaluation.nmi` or `clustering.kmeans`) run
+Routes (`routes_to_measure`, each a call of `clustering.kmeans` with other arguments) run
 interleaved on each seed; per route and seed the results hold the seconds, the other
 processes' load meanwhile, the NMI and its difference from the reference. Writes
 benchmarks/results/nmi.json (the routes) or, with `--reference`, nmi_reference.json;
@@ -142,22 +142,28 @@ def reference(args, argv):
     return args.out
 
 
-# Routes: name -> Lloyd iterations at most of the faiss k-means behind the NMI. "package" is
-# what `dnc_keras.evaluation` computes today (clustering.kmeans, backend "auto": faiss at this
-# many clusters, 100 iterations at most, no subsampling).
-ROUTES = {"package": 100, "faiss, 20 iterations": 20}
+def routes_to_measure():
+    """Route name -> keyword arguments of `clustering.kmeans` (backend "faiss", what "auto" picks
+    at this many clusters). "package" is what `dnc_keras.evaluation` computes (greedy k-means++
+    start, at most NMI_LLOYD_ITERATIONS Lloyd iterations); "random start" is faiss's own start,
+    what it computed before, until converged (faiss stops early; 100 at most)."""
+    from dnc_keras.evaluation import NMI_LLOYD_ITERATIONS
+
+    return {"package": {"init": "k-means++", "n_iter": NMI_LLOYD_ITERATIONS},
+            "k-means++ start, 1 iteration": {"init": "k-means++", "n_iter": 1},
+            "random start": {"n_iter": 100}}
 
 
-def route_nmi(x, labels, seed, n_iter):
-    """(NMI, seconds) of `clustering.kmeans(backend="faiss", n_iter=n_iter)` with one cluster
-    per class, scored as `dnc_keras.evaluation` scores it."""
+def route_nmi(x, labels, seed, kmeans_arguments):
+    """(NMI, seconds) of `clustering.kmeans(backend="faiss", **kmeans_arguments)` with one
+    cluster per class, scored as `dnc_keras.evaluation` scores it."""
     from sklearn.metrics import normalized_mutual_info_score
 
     from dnc_keras.clustering import kmeans
 
     classes = len(np.unique(labels))
     start = time.perf_counter()
-    predicted = kmeans(x, classes, seed=seed, n_iter=n_iter, backend="faiss")
+    predicted = kmeans(x, classes, seed=seed, backend="faiss", **kmeans_arguments)
     seconds = time.perf_counter() - start
     return float(normalized_mutual_info_score(labels, predicted)), seconds
 
@@ -179,18 +185,19 @@ def _reference_values(args):
     return {int(seed): entry["nmi"] for seed, entry in seeds.items()}
 
 
-def routes(args, argv):
+def measure_routes(args, argv):
     """Each route on each seed: seconds, NMI, difference from scikit-learn's, targets met."""
     references = _reference_values(args)
+    routes = routes_to_measure()
     results = {"settings": vars(args), "noise": NOISE, "blas": blas_kernels(),
                "target": {"seconds": TARGET_SECONDS, "nmi_difference": TOLERANCE},
-               "routes": {name: {"max_iterations": n_iter, "seeds": {}}
-                          for name, n_iter in ROUTES.items()}}
+               "routes": {name: {"kmeans": arguments, "seeds": {}}
+                          for name, arguments in routes.items()}}
     for seed in args.seeds:
         x, labels = sop_like_embeddings(args.n, args.classes, args.dim, seed)
-        for name, n_iter in ROUTES.items():
+        for name, arguments in routes.items():
             busy, own = common.busy_cpu_seconds(), sum(os.times()[:2])
-            value, seconds = route_nmi(x, labels, seed, n_iter)
+            value, seconds = route_nmi(x, labels, seed, arguments)
             load = common.other_load(busy, sum(os.times()[:2]) - own, seconds)
             reference_nmi = references.get(seed)
             difference = None if reference_nmi is None else value - reference_nmi
@@ -210,7 +217,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.reference:
         return reference(args, argv)
-    return routes(args, argv)
+    return measure_routes(args, argv)
 
 
 if __name__ == "__main__":
