@@ -23,6 +23,8 @@ def _add_train_flags(parser):
     for option in TRAIN_OPTIONS:
         default = option.unset if option.default is None else option.default
         help_text = f"{option.help} (default: {default})".replace("%", "%%")
+        if option.negative:  # the flag turns a default-on setting off
+            help_text = f"do not {option.help} (default: on)".replace("%", "%%")
         if option.kind is bool:
             const = option.negative is None
             parser.add_argument(option.cli_flag, dest=option.name, default=None,

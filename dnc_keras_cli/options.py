@@ -193,6 +193,9 @@ TRAIN_OPTIONS = (
          minimum=0),
     _opt("validation_classes", float, 0.0, "hold out this fraction of the training classes "
          "and keep the epoch with the best validation MAP@R", minimum=0.0),
+    _opt("test_evaluation", bool, True, "evaluate on the test classes at the end (a recipe "
+         "search on --validation-classes turns it off)",
+         negative="--no-test-evaluation"),
     _opt("nmi", bool, True, "compute NMI (k-means with one cluster per test class)",
          negative="--no-nmi"),
     _opt("plots", bool, True, "write the training-curve and t-SNE plots",

@@ -29,6 +29,21 @@ def test_help_lists_the_documented_flags(capsys):
         assert flag in text
 
 
+
+def test_a_recipe_search_run_never_evaluates_the_test_classes(tmp_path, capsys, monkeypatch):
+    from dnc_keras.training import job
+
+    evaluated = []
+    monkeypatch.setattr(job, "evaluate", lambda *args, **kwargs: evaluated.append(args))
+    out = tmp_path / "run"
+    assert cli.main(["train", *TINY, "--learners", "1", "--validation-classes", "0.4",
+                     "--no-test-evaluation", "--no-plots", "--out", str(out), "--json"]) == 0
+    results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert evaluated == [] and "test" not in results and "raw_pixels" not in results
+    assert results["selection"]["metric"] == "validation MAP@R"
+    assert 0 <= results["selection"]["value"] <= 1
+    assert json.loads((out / "config.json").read_text())["test_evaluation"] is False
+
 def test_train_json_run_folder_and_evaluate(tmp_path, capsys):
     out = tmp_path / "run"
     assert cli.main(["train", *TINY, "--out", str(out), "--json"]) == 0

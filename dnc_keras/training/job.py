@@ -160,7 +160,7 @@ def run(config, verbose=1, overwrite=False):
         state = trainer.state
     restored = state.restore()
     start_epoch, start_step, record = restored or (0, 0, {})
-    has_test = bool(plan.evaluations)
+    has_test = bool(plan.evaluations) and config.test_evaluation
     guard = DivergenceGuard(verbose=verbose)
     schedule_callback = DnCScheduleCallback(
         sampler, plan.train_images, schedule=build_schedule(config),

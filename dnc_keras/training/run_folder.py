@@ -17,6 +17,7 @@ import shutil
 import subprocess
 
 from dnc_keras import files
+from dnc_keras_cli.options import BY_NAME
 
 FINISHED = "metrics.json"
 # Settings that may differ between a run and its resumption.
@@ -88,6 +89,8 @@ class RunFolder:
         saved = self._saved_config()
         if saved is None:
             return None
+        # A setting added to the package after the run was saved counts at its default.
+        saved = {**{k: v.default for k, v in BY_NAME.items() if k in config}, **saved}
         return sorted(k for k in set(saved) | set(config)
                       if saved.get(k) != config.get(k) and k not in _RESUMABLE_DIFFERENCES)
 

@@ -44,6 +44,16 @@ def test_unfinished_run_resumes_with_the_same_settings_only(tmp_path):
     assert (run / "checkpoints").is_dir()
 
 
+
+def test_a_setting_added_since_the_run_was_saved_counts_at_its_default(tmp_path):
+    run = tmp_path / "run"
+    RunFolder(run).claim(CONFIG)
+    (run / "checkpoints").mkdir()
+    # test_evaluation came after some runs were saved: at its default it resumes them.
+    assert RunFolder(run).claim({**CONFIG, "test_evaluation": True}) is True
+    with pytest.raises(ValueError, match=r"other settings \(test_evaluation\)"):
+        RunFolder(run).claim({**CONFIG, "test_evaluation": False})
+
 def test_a_foreign_folder_is_not_cleared(tmp_path):
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "cat.jpg").write_bytes(b"jpeg")
