@@ -1,0 +1,219 @@
+"""Recipe search on held-out training classes: random search at a fixed, logged budget.
+
+    python benchmarks/search_recipe.py --data-dir images_background_small1   # omniglot
+        # -> benchmarks/results/recipe_search_omniglot.json (+ .md, + .runs/), 2 x 12 trials
+    python benchmarks/search_recipe.py --dataset glyphs
+    python benchmarks/search_recipe.py --tiny --data-dir OMNIGLOT_LIKE_FOLDER   # seconds
+
+Issue 14: each dataset's recommended settings come from a search on validation classes, never
+the test classes, with a fixed budget (at most 40 runs per dataset), frozen before any test-class
+run. Two families get the same budget, so that DnC is compared with a single learner tuned as
+hard:
+- "dnc": K of 2, 4 or 8 learners and the DnC schedule's options (`SPACE_DNC`);
+- "single": one learner, a fixed block or one learned mask (`SPACE_SINGLE`);
+both over the same shared settings (`SPACE_SHARED`: epochs, learning rate, loss and margin,
+embedding size, augmentation). Each family draws `--budget` distinct trials at random (seeded
+by `--search-seed` and the family). A trial trains on the training classes minus a held-out
+quarter (`validation_classes`), keeps its epoch with the best validation MAP@R, and never
+evaluates the test classes (`test_evaluation=False`). Every trial runs with the same seed.
+
+Each trial's record (settings, validation MAP@R and R@1 at its chosen epoch, the validation
+curve, seconds, provenance) is written as the trial ends in `<results stem>.runs/`, and a
+recorded trial is not run again, so a search can be spread over several sittings. The results
+file lists every trial, best first within each family, and each family's choice: the trial with
+the highest validation MAP@R. Committing that file freezes the search; the test classes are
+first seen by `benchmarks/bench_dnc.py`'s comparison of the chosen recipes.
+`--tiny` (the test suite's mode): 2 trials per family of 2 epochs of 2 steps, into
+benchmarks/results/tiny/.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import common as bench_common  # noqa: E402
+
+from dnc_keras.training import job  # noqa: E402
+from dnc_keras.training.config import TrainConfig  # noqa: E402
+from dnc_keras.training.run_folder import RunFolder  # noqa: E402
+
+# What each trial draws, one value per key, uniformly. "loss" pairs a loss with its margin (the
+# margin loss's alpha): the field's usual values for batch-hard triplets and Wu et al.'s 0.2.
+SPACE_SHARED = {
+    "epochs": (40, 80, 120),
+    "learning_rate": (3e-4, 1e-3, 3e-3),
+    "loss": (("triplet_hard", 0.1), ("triplet_hard", 0.2), ("margin", 0.2)),
+    "embedding_dim": (64, 128),
+    "augment": (False, True),
+}
+SPACE_DNC = {
+    "learners": (2, 4, 8),
+    "subspaces": ("fixed", "learned"),
+    "progressive": (True, False),
+    "conquer_mode": ("tpami", "cvpr"),
+    "recluster_period": (1, 2, 4),
+}
+SPACE_SINGLE = {"learners": (1,), "subspaces": ("fixed", "learned")}
+FAMILIES = {"dnc": SPACE_DNC, "single": SPACE_SINGLE}
+BUDGET = 12  # per family: 24 trials per dataset, under issue 14's cap of 40
+MAX_BUDGET = 20
+VALIDATION_CLASSES = 0.25
+# Settings of every trial: the package's Conv-4 defaults otherwise.
+FIXED = {"validation_classes": VALIDATION_CLASSES, "test_evaluation": False, "nmi": False,
+         "plots": False, "classes_per_batch": 20, "samples_per_class": 4, "seed": 0}
+DATASETS = {"omniglot": {"dataset": "omniglot", "image_size": 28}, "glyphs": {"dataset": "glyphs"}}
+EVALUATIONS_PER_TRIAL = 20
+
+
+def draw_trials(family, budget, search_seed):
+    """`budget` distinct settings of `family`, drawn uniformly from its space and the shared
+    one; the same seed draws the same trials."""
+    space = {**SPACE_SHARED, **FAMILIES[family]}
+    rng = np.random.default_rng([search_seed, list(FAMILIES).index(family)])
+    size = int(np.prod([len(values) for values in space.values()]))
+    trials, seen = [], set()
+    while len(trials) < min(budget, size):
+        drawn = {key: values[int(rng.integers(len(values)))] for key, values in space.items()}
+        key = json.dumps(drawn, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            trials.append(settings_of(drawn))
+    return trials
+
+
+def settings_of(drawn):
+    """TrainConfig fields of a drawn point (the loss pair split, evaluations spread evenly)."""
+    settings = dict(drawn)
+    settings["loss"], settings["margin"] = drawn["loss"]
+    settings["eval_every"] = max(1, drawn["epochs"] // EVALUATIONS_PER_TRIAL)
+    return settings
+
+
+def parse_args(argv=None):
+    """The arguments, `--tiny`'s settings applied and `out` resolved to the results path."""
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=list(DATASETS), default="omniglot")
+    parser.add_argument("--data-dir", default=os.environ.get("DNC_OMNIGLOT_DIR"),
+                        help="Omniglot's images_background_small1 folder (default: the "
+                        "DNC_OMNIGLOT_DIR variable, as the tests read it)")
+    parser.add_argument("--budget", type=int, default=BUDGET,
+                        help=f"trials per family (default {BUDGET}; at most {MAX_BUDGET}, so a "
+                        "dataset's search stays within issue 14's 40 runs)")
+    parser.add_argument("--search-seed", type=int, default=0)
+    parser.add_argument("--runs-dir", default=None,
+                        help="folder of the run folders (default: runs/search_<dataset>)")
+    bench_common.add_out_argument(parser, "recipe_search_omniglot.json",
+                                  note=" for omniglot, recipe_search_glyphs.json for glyphs")
+    args = parser.parse_args(argv)
+    if not 1 <= args.budget <= MAX_BUDGET:
+        parser.error(f"--budget must be in [1, {MAX_BUDGET}]. Received: {args.budget}")
+    if args.tiny:
+        args.budget = 2
+    args.out = bench_common.resolve_out(args.out, f"recipe_search_{args.dataset}.json",
+                                        args.tiny)
+    return args
+
+
+def run_trial(family, index, settings, common, runs_dir, out):
+    """One trial: its record if one holds these settings, else the run, recorded."""
+    path = os.path.join(os.path.splitext(out)[0] + ".runs", f"{family}-{index:02d}.json")
+    settings = {**common, **settings}
+    if os.path.exists(path):
+        with open(path) as f:
+            record = json.load(f)
+        if _comparable(record["settings"]) == _comparable(settings):
+            return record, True
+    out_dir = os.path.join(runs_dir, f"{family}-{index:02d}")
+    config = TrainConfig(**{**settings, "out": out_dir})
+    folder = RunFolder(out_dir)  # a finished or other run there is from an earlier sitting
+    overwrite = folder.state == "finished" or bool(folder.differences(config.to_dict()))
+    start = time.perf_counter()
+    result = job.run(config, verbose=0, overwrite=overwrite)
+    assert "test" not in result, "a search trial evaluated the test classes"
+    selection = result["selection"]
+    chosen = next(h for h in selection["history"] if h["epoch"] == selection["epoch"])
+    record = {"family": family, "trial": index, "settings": settings,
+              "validation": {"MAP@R": selection["value"], "R@1": chosen["R@1"],
+                             "epoch": selection["epoch"]},
+              "curve": [{"epoch": h["epoch"], "MAP@R": h["MAP@R"]} for h in selection["history"]],
+              "seconds": round(time.perf_counter() - start, 1),
+              "provenance": bench_common.provenance()}
+    bench_common.write_atomic(path, json.dumps(record, indent=2) + "\n")
+    return record, False
+
+
+def _comparable(settings):
+    """Settings that decide a run: the data folder's location on one machine does not."""
+    return {k: v for k, v in settings.items() if k != "data_dir"}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    common = {**FIXED, **DATASETS[args.dataset]}
+    if args.dataset == "omniglot":
+        if not args.data_dir or not os.path.isdir(args.data_dir):
+            sys.exit(f"Omniglot not found at {args.data_dir}: pass --data-dir (the folder "
+                     "images_background_small1 of github.com/brendenlake/omniglot)")
+        common["data_dir"] = os.path.abspath(args.data_dir)
+    runs_dir = args.runs_dir or os.path.join("runs", f"search_{args.dataset}")
+    families = {}
+    for family in FAMILIES:
+        trials = draw_trials(family, args.budget, args.search_seed)
+        records = []
+        for index, settings in enumerate(trials):
+            if args.tiny:
+                settings = {**settings, "epochs": 2, "steps_per_epoch": 2, "eval_every": 1}
+            record, reused = run_trial(family, index, settings, common, runs_dir, args.out)
+            records.append(record)
+            print(f"{family} {index:2d}: validation MAP@R {record['validation']['MAP@R']:.3f} "
+                  f"R@1 {record['validation']['R@1']:.3f} at epoch "
+                  f"{record['validation']['epoch']} ({record['seconds']:.0f} s) "
+                  f"{_varying(record['settings'])}" + (" (recorded)" if reused else ""),
+                  flush=True)
+        ranked = sorted(records, key=lambda r: -r["validation"]["MAP@R"])
+        families[family] = {"trials": [_summary(r) for r in ranked],
+                            "chosen": _summary(ranked[0])}
+    results = {"dataset": args.dataset, "budget_per_family": args.budget,
+               "runs": args.budget * len(FAMILIES), "search_seed": args.search_seed,
+               "space": {"shared": SPACE_SHARED, **{f: s for f, s in FAMILIES.items()}},
+               "fixed": common, "families": families}
+    table = _table(families)
+    print(table)
+    bench_common.write_results(results, args.out, argv, __file__)
+    bench_common.write_atomic(os.path.splitext(args.out)[0] + ".md", table + "\n")
+    return args.out
+
+
+def _summary(record):
+    return {"trial": record["trial"], "settings": _varying(record["settings"]),
+            "validation": record["validation"], "seconds": record["seconds"]}
+
+
+def _varying(settings):
+    """The settings a trial drew (the rest are `FIXED` and the dataset's)."""
+    drawn = set(SPACE_SHARED) | set(SPACE_DNC) | set(SPACE_SINGLE) | {"margin", "eval_every"}
+    return {k: v for k, v in settings.items() if k in drawn}
+
+
+def _table(families):
+    lines = ["| family | trial | validation MAP@R | validation R@1 | epoch | settings |",
+             "|---|---|---|---|---|---|"]
+    for family, entry in families.items():
+        for trial in entry["trials"]:
+            shown = ", ".join(f"{k} {v}" for k, v in trial["settings"].items()
+                              if k != "eval_every")
+            lines.append(f"| {family} | {trial['trial']} | "
+                         f"{trial['validation']['MAP@R']:.3f} | {trial['validation']['R@1']:.3f} "
+                         f"| {trial['validation']['epoch']} | {shown} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""benchmarks/search_recipe.py: the trials it draws, and its tiny mode on an Omniglot-like
+folder (validation classes only, never the test classes)."""
+
+import json
+
+from bench_harness import load_script, read_results
+
+
+def test_trials_are_distinct_seeded_draws_of_the_family_space():
+    search = load_script("search_recipe")
+    trials = search.draw_trials("dnc", 12, search_seed=0)
+    assert trials == search.draw_trials("dnc", 12, search_seed=0)
+    assert trials != search.draw_trials("dnc", 12, search_seed=1)
+    assert len({json.dumps(t, sort_keys=True) for t in trials}) == 12
+    space = {**search.SPACE_SHARED, **search.SPACE_DNC}
+    for trial in trials:
+        assert (trial["loss"], trial["margin"]) in space["loss"]
+        assert all(trial[key] in values for key, values in space.items() if key != "loss")
+        assert trial["eval_every"] == trial["epochs"] // search.EVALUATIONS_PER_TRIAL
+    single = search.draw_trials("single", 12, search_seed=0)
+    assert {t["learners"] for t in single} == {1}
+    assert {t["subspaces"] for t in single} == {"fixed", "learned"}
+
+
+def test_search_recipe_tiny_sees_validation_classes_only(tmp_path, omniglot_replica):
+    search = load_script("search_recipe")
+    out = tmp_path / "search.json"
+    argv = ["--tiny", "--data-dir", str(omniglot_replica), "--runs-dir", str(tmp_path / "runs"),
+            "--out", str(out)]
+    assert search.main(argv) == str(out)
+    results = read_results(out, "search_recipe", *argv)
+    assert results["runs"] == 4 and results["fixed"]["test_evaluation"] is False
+    for family, entry in results["families"].items():
+        scores = [t["validation"]["MAP@R"] for t in entry["trials"]]
+        assert scores == sorted(scores, reverse=True) and len(scores) == 2
+        assert entry["chosen"] == entry["trials"][0]
+    for folder in (tmp_path / "runs").iterdir():
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert "test" not in metrics and metrics["selection"]["metric"] == "validation MAP@R"
+        assert json.loads((folder / "config.json").read_text())["validation_classes"] == 0.25
+    records = sorted(p.name for p in (tmp_path / "search.runs").glob("*.json"))
+    assert records == ["dnc-00.json", "dnc-01.json", "single-00.json", "single-01.json"]
+    # A record's validation score is its curve's best point.
+    record = json.loads((tmp_path / "search.runs" / "dnc-00.json").read_text())
+    best = max(record["curve"], key=lambda point: point["MAP@R"])
+    assert record["validation"]["MAP@R"] == best["MAP@R"]
+    assert record["validation"]["epoch"] == best["epoch"]
