@@ -27,6 +27,7 @@ suite's mode): 2 seeds of 2 epochs of 2 steps, no plots, into benchmarks/results
 """
 
 import argparse
+import glob
 import json
 import os
 import re
@@ -66,11 +67,32 @@ VARIANTS = {
     # Each cluster walked without replacement, re-clustered with the papers' full pass:
     # separates what the walk brings from what the train steps' features bring.
     "DnC K=4 fixed, walk": dict(learners=4, subspaces="fixed", batch_order="walk"),
+    # What `dnc-keras train --dataset omniglot` trained before it had a recipe: the CLI's
+    # defaults (tuned for the glyphs), 10 epochs.
+    "CLI defaults before the recipe": dict(learners=4, subspaces="fixed", epochs=10),
     # Each cluster walked without replacement, re-clustered on the train steps' features.
     "DnC K=4 fixed, walk, training features": dict(learners=4, subspaces="fixed",
                                                    batch_order="walk",
                                                    recluster_features="training"),
 }
+
+
+def recipe_variants(results_dir=os.path.join(HERE, "results")):
+    """"<dataset> recipe, DnC" and "<dataset> recipe, single learner": each family's choice in
+    a committed recipe search (benchmarks/search_recipe.py, recipe_search_<dataset>.json), the
+    settings it drew without the search's own (validation classes, evaluation schedule)."""
+    variants = {}
+    for path in sorted(glob.glob(os.path.join(results_dir, "recipe_search_*.json"))):
+        with open(path) as f:
+            search = json.load(f)
+        for family, label in (("dnc", "DnC"), ("single", "single learner")):
+            chosen = dict(search["families"][family]["chosen"]["settings"])
+            chosen.pop("eval_every", None)
+            variants[f"{search['dataset']} recipe, {label}"] = chosen
+    return variants
+
+
+VARIANTS.update(recipe_variants())
 METRICS = ("R@1", "R@2", "R@4", "R@8", "MAP@R", "NMI")
 PAIRED_METRICS = ("R@1", "MAP@R", "NMI")
 DEFAULT_VARIANTS = list(VARIANTS)[:2]

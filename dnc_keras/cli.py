@@ -19,6 +19,7 @@ def train_command(args):
                  if getattr(args, f.name, None) is not None}
     preset = overrides.pop("preset", None)
     config = TrainConfig.resolve(preset=preset, path=args.config, **overrides)
+    _announce_recipe(config, overrides, sys.stderr if args.json else sys.stdout)
     if args.dry_run:
         from dnc_keras.training import plan
 
@@ -37,6 +38,22 @@ def train_command(args):
             results = job.run(config, verbose=verbose, overwrite=args.overwrite)
             text = job.format_results(results)
     _report(results, text, args.json)
+
+
+def _announce_recipe(config, overrides, stream):
+    """One line naming the dataset recipe a run starts from, and which of its values flags
+    changed: a user who typed only the dataset's name sees what it trains with."""
+    from dnc_keras.training.presets import load_preset
+    from dnc_keras_cli.options import RECIPES
+
+    if config.preset not in RECIPES:
+        return
+    recipe = load_preset(config.preset)
+    shown = ", ".join(f"{key} {value}" + (f" (flag: {overrides[key]})" if key in overrides
+                                          and overrides[key] != value else "")
+                      for key, value in recipe.items() if key != "dataset")
+    print(f"{config.preset} recipe (chosen on validation classes, dnc_keras/presets/"
+          f"{config.preset}.yaml): {shown}", file=stream, flush=True)
 
 
 def evaluate_command(args):

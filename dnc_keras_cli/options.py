@@ -40,7 +40,10 @@ DATASETS = {
     "inshop": (None, "dnc_keras.datasets:load_inshop"),
     "vehicleid": (None, "dnc_keras.datasets:load_vehicleid"),
 }
-PRESETS = ("cub", "cars", "sop", "inshop", "vehicleid")
+PRESETS = ("cub", "cars", "sop", "inshop", "vehicleid", "omniglot")
+# Presets that are a dataset's recipe (settings chosen by benchmarks/search_recipe.py on the
+# dataset's validation classes): `--dataset NAME` without a --preset starts from it.
+RECIPES = ("omniglot",)
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
@@ -130,8 +133,9 @@ def _opt(name, kind, default, help, **kwargs):
 
 TRAIN_OPTIONS = (
     # What to train on.
-    _opt("preset", str, None, "the papers' settings for a benchmark (flags override them)",
-         choices=PRESETS, nullable=True),
+    _opt("preset", str, None, "the papers' settings for a benchmark, or a dataset's recipe "
+         "(flags override them)", choices=PRESETS, nullable=True,
+         unset="the dataset's recipe, where it has one"),
     _opt("dataset", str, "glyphs", "built in: glyphs, digits; from a folder: omniglot, "
          "folder; on-disk benchmarks: cub, cars, sop, inshop, vehicleid",
          choices=tuple(DATASETS)),

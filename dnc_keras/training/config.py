@@ -14,7 +14,7 @@ import os
 
 import yaml
 
-from dnc_keras_cli.options import BY_NAME, LOSSES, TRAIN_OPTIONS, check_settings
+from dnc_keras_cli.options import BY_NAME, LOSSES, RECIPES, TRAIN_OPTIONS, check_settings
 
 
 def _checks(config):
@@ -73,16 +73,23 @@ def _from_file(cls, path, **overrides):
 
 def _resolve(cls, preset=None, path=None, **overrides):
     """Settings from a preset, then a file, then `overrides` (not None), each winning over the
-    one before: `dnc-keras train --preset cub --config x.yaml --epochs 5`."""
+    one before: `dnc-keras train --preset cub --config x.yaml --epochs 5`. Without a preset
+    (from the caller or the file), a dataset that has a recipe (`RECIPES`) starts from it:
+    `dnc-keras train --dataset omniglot` trains with the settings its search chose."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    file_values = read_settings(path) if path is not None else {}
+    preset = preset if preset is not None else file_values.get("preset")
+    if preset is None:
+        dataset = overrides.get("dataset", file_values.get("dataset", BY_NAME["dataset"].default))
+        preset = dataset if dataset in RECIPES else None
     values = {}
     if preset is not None:
         from dnc_keras.training.presets import load_preset
 
         values.update(load_preset(preset))
         values["preset"] = str(preset)
-    if path is not None:
-        values.update(read_settings(path))
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    values.update(file_values)
+    values.update(overrides)
     return cls(**values)
 
 

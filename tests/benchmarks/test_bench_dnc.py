@@ -1,6 +1,8 @@
 """benchmarks/bench_dnc.py in its tiny mode on an Omniglot-like folder, in-process, and its
 default results names (one per dataset and set of variants)."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -80,3 +82,17 @@ def test_bench_dnc_default_out_follows_dataset_and_variants():
     assert out("--tiny") == str(results / "tiny" / "omniglot_dnc.json")
     assert out("--out", "omniglot_ablation") == str(results / "omniglot_ablation.json")
     assert out("--out", "x/y.json") == "x/y.json"
+
+
+def test_recipe_variants_are_each_familys_choice_of_a_search(tmp_path):
+    bench = load_script("bench_dnc")
+    chosen = {"dnc": {"epochs": 80, "learners": 4, "margin": 0.2, "eval_every": 4},
+              "single": {"epochs": 40, "learners": 1, "subspaces": "learned", "eval_every": 2}}
+    search = {"dataset": "omniglot",
+              "families": {family: {"chosen": {"trial": 3, "settings": settings}}
+                           for family, settings in chosen.items()}}
+    (tmp_path / "recipe_search_omniglot.json").write_text(json.dumps(search))
+    assert bench.recipe_variants(str(tmp_path)) == {
+        "omniglot recipe, DnC": {"epochs": 80, "learners": 4, "margin": 0.2},
+        "omniglot recipe, single learner": {"epochs": 40, "learners": 1,
+                                            "subspaces": "learned"}}
