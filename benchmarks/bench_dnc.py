@@ -151,22 +151,33 @@ def run_once(name, seed, common, runs_dir, out):
     (a killed run resumes from its folder), recorded."""
     path = record_path(out, name, seed)
     settings = {**common, **VARIANTS[name], "seed": seed}
-    if os.path.exists(path):
-        with open(path) as f:
-            record = json.load(f)
-        if _comparable(record["settings"]) == _comparable(settings):
-            return record, True
-    out_dir = os.path.join(runs_dir, f"{_slug(name)}-s{seed}")
-    config = TrainConfig(**{**settings, "out": out_dir})
-    start = time.perf_counter()
-    folder = RunFolder(out_dir)  # a finished or other run there is from an earlier sitting
-    overwrite = folder.state == "finished" or bool(folder.differences(config.to_dict()))
-    result = job.run(config, verbose=0, overwrite=overwrite)
-    record = {"variant": name, "seed": seed, "settings": settings,
-              "seconds": round(time.perf_counter() - start, 1), **result["test"],
-              "provenance": bench_common.provenance()}
+    record = recorded(path, settings)
+    if record is not None:
+        return record, True
+    result, seconds = train(settings, os.path.join(runs_dir, f"{_slug(name)}-s{seed}"))
+    record = {"variant": name, "seed": seed, "settings": settings, "seconds": round(seconds, 1),
+              **result["test"], "provenance": bench_common.provenance()}
     bench_common.write_atomic(path, json.dumps(record, indent=2) + "\n")
     return record, False
+
+
+def recorded(path, settings):
+    """The record at `path` if it was written with these settings, else None."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        record = json.load(f)
+    return record if _comparable(record["settings"]) == _comparable(settings) else None
+
+
+def train(settings, out_dir):
+    """(job.run's results, seconds) of a run of `settings` in `out_dir`: a killed run resumes
+    from it; a finished or other run there is from an earlier sitting and is replaced."""
+    config = TrainConfig(**{**settings, "out": out_dir})
+    start = time.perf_counter()
+    folder = RunFolder(out_dir)
+    overwrite = folder.state == "finished" or bool(folder.differences(config.to_dict()))
+    return job.run(config, verbose=0, overwrite=overwrite), time.perf_counter() - start
 
 
 def _comparable(settings):

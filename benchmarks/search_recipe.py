@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -39,9 +38,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import common as bench_common  # noqa: E402
 
-from dnc_keras.training import job  # noqa: E402
-from dnc_keras.training.config import TrainConfig  # noqa: E402
-from dnc_keras.training.run_folder import RunFolder  # noqa: E402
+from bench_dnc import recorded, train  # noqa: E402
 
 # What each trial draws, one value per key, uniformly. "loss" pairs a loss with its margin (the
 # margin loss's alpha): the field's usual values for batch-hard triplets and Wu et al.'s 0.2.
@@ -125,17 +122,10 @@ def run_trial(family, index, settings, common, runs_dir, out):
     """One trial: its record if one holds these settings, else the run, recorded."""
     path = os.path.join(os.path.splitext(out)[0] + ".runs", f"{family}-{index:02d}.json")
     settings = {**common, **settings}
-    if os.path.exists(path):
-        with open(path) as f:
-            record = json.load(f)
-        if _comparable(record["settings"]) == _comparable(settings):
-            return record, True
-    out_dir = os.path.join(runs_dir, f"{family}-{index:02d}")
-    config = TrainConfig(**{**settings, "out": out_dir})
-    folder = RunFolder(out_dir)  # a finished or other run there is from an earlier sitting
-    overwrite = folder.state == "finished" or bool(folder.differences(config.to_dict()))
-    start = time.perf_counter()
-    result = job.run(config, verbose=0, overwrite=overwrite)
+    record = recorded(path, settings)
+    if record is not None:
+        return record, True
+    result, seconds = train(settings, os.path.join(runs_dir, f"{family}-{index:02d}"))
     assert "test" not in result, "a search trial evaluated the test classes"
     selection = result["selection"]
     chosen = next(h for h in selection["history"] if h["epoch"] == selection["epoch"])
@@ -143,15 +133,9 @@ def run_trial(family, index, settings, common, runs_dir, out):
               "validation": {"MAP@R": selection["value"], "R@1": chosen["R@1"],
                              "epoch": selection["epoch"]},
               "curve": [{"epoch": h["epoch"], "MAP@R": h["MAP@R"]} for h in selection["history"]],
-              "seconds": round(time.perf_counter() - start, 1),
-              "provenance": bench_common.provenance()}
+              "seconds": round(seconds, 1), "provenance": bench_common.provenance()}
     bench_common.write_atomic(path, json.dumps(record, indent=2) + "\n")
     return record, False
-
-
-def _comparable(settings):
-    """Settings that decide a run: the data folder's location on one machine does not."""
-    return {k: v for k, v in settings.items() if k != "data_dir"}
 
 
 def main(argv=None):
