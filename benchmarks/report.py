@@ -388,6 +388,25 @@ def nmi(name="nmi.json"):
                                         "goal met"], rows) + "\n\n" + source(name, data))
 
 
+def recipe_search(name):
+    """search_recipe.py: every trial of a dataset's recipe search, best first per family, on the
+    validation classes; the first row of each family is its choice."""
+    data = load(name)
+    rows = []
+    for family, entry in data["families"].items():
+        for trial in entry["trials"]:
+            drawn = ", ".join(f"{k} {v}" for k, v in trial["settings"].items()
+                              if k != "eval_every")
+            rows.append([family, trial["trial"], fmt(trial["validation"]["MAP@R"]),
+                         fmt(trial["validation"]["R@1"]), trial["validation"]["epoch"], drawn])
+    caption = (f"{data['dataset']}: {data['runs']} trials ({data['budget_per_family']} per "
+               f"family), each on the training classes with a quarter held out; validation "
+               "MAP@R and R@1 at the trial's best epoch. The test classes were not evaluated.")
+    return (caption + "\n\n" + table(["family", "trial", "validation MAP@R", "validation R@1",
+                                      "epoch", "settings drawn"], rows)
+            + "\n\n" + source(name, data))
+
+
 def _cell(text):
     """Text fit for a table cell: the run's temporary work folder and the checkout's path
     dropped (they differ between runs and clones), pipes escaped."""
@@ -471,7 +490,7 @@ def request_cost(name="request_cost.json"):
             + "\n\n" + source(name, data))
 
 
-RENDERERS = {"faults": faults, "index": index, "index_sweep": index_sweep,
+RENDERERS = {"recipe_search": recipe_search, "faults": faults, "index": index, "index_sweep": index_sweep,
              "bank_clusters": bank_clusters, "nmi": nmi, "main_job": main_job, "dnc": dnc,
              "export_faults": export_faults, "request_cost": request_cost,
              "served_omniglot": served_omniglot, "export_fidelity": export_fidelity,

@@ -201,6 +201,22 @@ def test_nmi_gives_each_route_and_seed_against_the_reference(tmp_path, monkeypat
     assert _lines(text, "| fast |") == ["| fast | 1 | 0.900 | n/a | n/a | 1 | 0.00 | no |"]
 
 
+
+def test_recipe_search_lists_each_familys_trials_best_first(tmp_path, monkeypatch):
+    def trial(number, value, **settings):
+        return {"trial": number, "settings": {**settings, "eval_every": 2},
+                "validation": {"MAP@R": value, "R@1": 0.5, "epoch": 8}}
+
+    _results(tmp_path, monkeypatch, "recipe_search_x.json", {
+        "dataset": "x", "runs": 4, "budget_per_family": 2,
+        "families": {"dnc": {"trials": [trial(1, 0.4, learners=4), trial(0, 0.3, learners=2)]},
+                     "single": {"trials": [trial(0, 0.35, learners=1)]}}})
+    text = report.render_block("recipe_search recipe_search_x.json")
+    assert "x: 4 trials (2 per family)" in text
+    assert _lines(text, "| dnc |") == ["| dnc | 1 | 0.400 | 0.500 | 8 | learners 4 |",
+                                       "| dnc | 0 | 0.300 | 0.500 | 8 | learners 2 |"]
+    assert _lines(text, "| single |") == ["| single | 0 | 0.350 | 0.500 | 8 | learners 1 |"]
+
 def test_every_committed_results_file_records_its_provenance():
     """Each results file was written by a benchmark (not edited by hand): it carries the
     command, the git commit and the date that `common.write_results` records."""
