@@ -55,6 +55,7 @@ _MIN_SAMPLE = 4096
 # Greedy k-means++ (`greedy_kmeans_plus_plus`): rows whose potential a new centre lowers.
 SEEDING_NEIGHBOURS = 64
 
+
 class ClusteringError(ValueError):
     """No acceptable clustering: a cluster would lack 2 classes with at least 2 images each."""
 
@@ -194,7 +195,6 @@ def kmeans(x, num_clusters, seed=0, n_iter=100, backend="auto", max_points_per_c
     km = KMeans(num_clusters, n_init=1, max_iter=n_iter, random_state=seed, algorithm="lloyd")
     labels = km.fit_predict(train)
     return (labels if train is x else km.predict(x)).astype(np.int64)
-
 
 
 def greedy_kmeans_plus_plus(x, num_clusters, seed=0, neighbours=SEEDING_NEIGHBOURS, trials=None):
