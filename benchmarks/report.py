@@ -490,7 +490,8 @@ def request_cost(name="request_cost.json"):
             + "\n\n" + source(name, data))
 
 
-RENDERERS = {"recipe_search": recipe_search, "faults": faults, "index": index, "index_sweep": index_sweep,
+RENDERERS = {"recipe_search": recipe_search, "faults": faults, "index": index,
+             "index_sweep": index_sweep,
              "bank_clusters": bank_clusters, "nmi": nmi, "main_job": main_job, "dnc": dnc,
              "export_faults": export_faults, "request_cost": request_cost,
              "served_omniglot": served_omniglot, "export_fidelity": export_fidelity,
