@@ -80,7 +80,9 @@ VARIANTS = {
 def recipe_variants(results_dir=os.path.join(HERE, "results")):
     """"<dataset> recipe, DnC" and "<dataset> recipe, single learner": each family's choice in
     a committed recipe search (benchmarks/search_recipe.py, recipe_search_<dataset>.json), the
-    settings it drew without the search's own (validation classes, evaluation schedule)."""
+    settings it drew without the search's own (validation classes, evaluation schedule); and
+    "<dataset> recipe, DnC with one learner": the DnC recipe with K = 1, everything else equal,
+    the ablation that isolates what the division brings."""
     variants = {}
     for path in sorted(glob.glob(os.path.join(results_dir, "recipe_search_*.json"))):
         with open(path) as f:
@@ -89,6 +91,8 @@ def recipe_variants(results_dir=os.path.join(HERE, "results")):
             chosen = dict(search["families"][family]["chosen"]["settings"])
             chosen.pop("eval_every", None)
             variants[f"{search['dataset']} recipe, {label}"] = chosen
+        dnc = variants[f"{search['dataset']} recipe, DnC"]
+        variants[f"{search['dataset']} recipe, DnC with one learner"] = {**dnc, "learners": 1}
     return variants
 
 

@@ -95,4 +95,5 @@ def test_recipe_variants_are_each_familys_choice_of_a_search(tmp_path):
     assert bench.recipe_variants(str(tmp_path)) == {
         "omniglot recipe, DnC": {"epochs": 80, "learners": 4, "margin": 0.2},
         "omniglot recipe, single learner": {"epochs": 40, "learners": 1,
-                                            "subspaces": "learned"}}
+                                            "subspaces": "learned"},
+        "omniglot recipe, DnC with one learner": {"epochs": 80, "learners": 1, "margin": 0.2}}
