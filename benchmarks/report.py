@@ -392,19 +392,23 @@ def recipe_search(name):
     """search_recipe.py: every trial of a dataset's recipe search, best first per family, on the
     validation classes; the first row of each family is its choice."""
     data = load(name)
+    caption = (f"{data['dataset']}: {data['runs']} trials ({data['budget_per_family']} per "
+               f"family), each on the training classes with a quarter held out; validation "
+               "MAP@R and R@1 at the trial's best epoch. The test classes were not evaluated.")
+    return caption + "\n\n" + recipe_trials(data["families"]) + "\n\n" + source(name, data)
+
+
+def recipe_trials(families):
+    """The table of a recipe search's trials (search_recipe.py prints and writes it too)."""
     rows = []
-    for family, entry in data["families"].items():
+    for family, entry in families.items():
         for trial in entry["trials"]:
             drawn = ", ".join(f"{k} {v}" for k, v in trial["settings"].items()
                               if k != "eval_every")
             rows.append([family, trial["trial"], fmt(trial["validation"]["MAP@R"]),
                          fmt(trial["validation"]["R@1"]), trial["validation"]["epoch"], drawn])
-    caption = (f"{data['dataset']}: {data['runs']} trials ({data['budget_per_family']} per "
-               f"family), each on the training classes with a quarter held out; validation "
-               "MAP@R and R@1 at the trial's best epoch. The test classes were not evaluated.")
-    return (caption + "\n\n" + table(["family", "trial", "validation MAP@R", "validation R@1",
-                                      "epoch", "settings drawn"], rows)
-            + "\n\n" + source(name, data))
+    return table(["family", "trial", "validation MAP@R", "validation R@1", "epoch", "settings"],
+                 rows)
 
 
 def _cell(text):

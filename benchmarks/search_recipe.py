@@ -37,6 +37,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import common as bench_common  # noqa: E402
+import report  # noqa: E402
 
 from bench_dnc import recorded, train  # noqa: E402
 
@@ -168,7 +169,7 @@ def main(argv=None):
                "runs": args.budget * len(FAMILIES), "search_seed": args.search_seed,
                "space": {"shared": SPACE_SHARED, **{f: s for f, s in FAMILIES.items()}},
                "fixed": common, "families": families}
-    table = _table(families)
+    table = report.recipe_trials(families)
     print(table)
     bench_common.write_results(results, args.out, argv, __file__)
     bench_common.write_atomic(os.path.splitext(args.out)[0] + ".md", table + "\n")
@@ -184,19 +185,6 @@ def _varying(settings):
     """The settings a trial drew (the rest are `FIXED` and the dataset's)."""
     drawn = set(SPACE_SHARED) | set(SPACE_DNC) | set(SPACE_SINGLE) | {"margin", "eval_every"}
     return {k: v for k, v in settings.items() if k in drawn}
-
-
-def _table(families):
-    lines = ["| family | trial | validation MAP@R | validation R@1 | epoch | settings |",
-             "|---|---|---|---|---|---|"]
-    for family, entry in families.items():
-        for trial in entry["trials"]:
-            shown = ", ".join(f"{k} {v}" for k, v in trial["settings"].items()
-                              if k != "eval_every")
-            lines.append(f"| {family} | {trial['trial']} | "
-                         f"{trial['validation']['MAP@R']:.3f} | {trial['validation']['R@1']:.3f} "
-                         f"| {trial['validation']['epoch']} | {shown} |")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":
