@@ -17,6 +17,10 @@ def test_trials_are_distinct_seeded_draws_of_the_family_space():
         assert (trial["loss"], trial["margin"]) in space["loss"]
         assert all(trial[key] in values for key, values in space.items() if key != "loss")
         assert trial["eval_every"] == trial["epochs"] // search.EVALUATIONS_PER_TRIAL
+    glyphs = search.draw_trials("dnc", 12, search_seed=0, dataset="glyphs")
+    assert {t["epochs"] for t in glyphs} <= set(search.EPOCHS["glyphs"])
+    assert [{**t, "epochs": None, "eval_every": None} for t in glyphs] == \
+        [{**t, "epochs": None, "eval_every": None} for t in trials]
     single = search.draw_trials("single", 12, search_seed=0)
     assert {t["learners"] for t in single} == {1}
     assert {t["subspaces"] for t in single} == {"fixed", "learned"}
