@@ -22,6 +22,7 @@ from dnc_keras.feature_bank import FeatureBank
 from dnc_keras.schedule import DnCSchedule
 
 CLUSTER_ON = ("features", "embedding")
+CLUSTERING_ACTIONS = ("cluster", "divide", "recluster")
 FEATURE_SOURCES = ("pass", "training")
 
 
@@ -50,6 +51,9 @@ class DnCScheduleCallback(keras.callbacks.Callback):
             clustering and served it already (`FeatureBank`: faster, but training-mode,
             augmented and up to 2T epochs old).
             Defaults to `"pass"`.
+        freeze_backbone_on_recluster: the backbone's learning rate is 0 on every epoch that
+            clusters, divides or re-clusters (TPAMI; `DnCModel.freeze_backbone`), and back on
+            the others. Defaults to `False`.
         verbose: print one line per action. Defaults to `1`.
 
     Attributes:
@@ -59,7 +63,8 @@ class DnCScheduleCallback(keras.callbacks.Callback):
 
     def __init__(self, sampler, images, schedule=None, period=2, conquer_epoch=None,
                  conquer_mode="tpami", cluster_on="features", seed=0, backend="auto",
-                 batch_size=256, feature_source="pass", verbose=1):
+                 batch_size=256, feature_source="pass", freeze_backbone_on_recluster=False,
+                 verbose=1):
         super().__init__()
         if cluster_on not in CLUSTER_ON:
             raise ValueError(f"cluster_on must be one of {CLUSTER_ON}. Received: {cluster_on!r}")
@@ -82,6 +87,7 @@ class DnCScheduleCallback(keras.callbacks.Callback):
         self.backend = backend
         self.batch_size = int(batch_size)
         self.feature_source = feature_source
+        self.freeze_backbone_on_recluster = bool(freeze_backbone_on_recluster)
         self.verbose = verbose
         self.outcomes = []
 
@@ -107,6 +113,9 @@ class DnCScheduleCallback(keras.callbacks.Callback):
                 self.model.attach_feature_bank(FeatureBank(len(self.images), dim))
 
     def on_epoch_begin(self, epoch, logs=None):
+        if self.freeze_backbone_on_recluster:
+            self.model.freeze_backbone(any(action.kind in CLUSTERING_ACTIONS
+                                           for action in self.schedule.at(epoch)))
         for action in self.schedule.at(epoch):
             if self._done(action):
                 continue

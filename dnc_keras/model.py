@@ -33,6 +33,8 @@ class DnCModel(keras.Model):
         weight_decay: coupled L2 added to the gradient of encoder weights, as PyTorch's Adam
             `weight_decay` does in the official code (not Keras's decoupled weight decay).
             Defaults to `0.0`; the official preset is `1e-4`.
+        mask_weight_decay: coupled L2 added to the gradient of learned masks (TPAMI's masks
+            sit in an Adam group with weight decay). Defaults to `0.0`.
         preprocessing: the `Preprocessing` record (or its dict) that makes this model's input
             from image files, saved with the model so that an export serves exactly what
             was trained. Defaults to `None`.
@@ -47,7 +49,7 @@ class DnCModel(keras.Model):
     """
 
     def __init__(self, encoder, subspaces, mask_lr_multiplier=100.0, weight_decay=0.0,
-                 preprocessing=None, **kwargs):
+                 preprocessing=None, mask_weight_decay=0.0, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(subspaces, SubspaceMasks):
             raise TypeError(f"subspaces must be a SubspaceMasks layer; got {type(subspaces)}")
@@ -55,6 +57,7 @@ class DnCModel(keras.Model):
         self.subspaces = subspaces
         self.mask_lr_multiplier = float(mask_lr_multiplier)
         self.weight_decay = float(weight_decay)
+        self.mask_weight_decay = float(mask_weight_decay)
         self.preprocessing = None if preprocessing is None else \
             Preprocessing.from_dict(preprocessing)
         self.conquered = self.add_weight(name="conquered", shape=(), dtype="int32",
@@ -195,16 +198,50 @@ class DnCModel(keras.Model):
         return self.get_metrics_result()
 
     def apply_learner_gradients(self, grads, encoder_vars, mask_vars):
-        """Coupled L2 on encoder weights, then one optimizer step each for encoder and masks."""
+        """Coupled L2 on encoder weights and masks, then one optimizer step each for encoder
+        and masks; the backbone's step is undone while it is frozen (`freeze_backbone`)."""
         n = len(encoder_vars)
-        # The optimizer sums the replicas' gradients, so each replica adds its share of the L2.
-        decay = self.weight_decay / _num_replicas()
-        encoder_grads = [
-            g if g is None or not decay else g + decay * v
-            for g, v in zip(grads[:n], encoder_vars)]
-        self.optimizer.apply(encoder_grads, encoder_vars)
+        frozen = self.__dict__.get("_backbone_frozen")
+        backbone = self.backbone_variables() if frozen is not None else []
+        before = [tf.identity(v) for v in backbone]
+        self.optimizer.apply(_coupled_l2(grads[:n], encoder_vars, self.weight_decay),
+                             encoder_vars)
+        for variable, value in zip(backbone, before):
+            variable.assign(tf.where(frozen, value, variable))
         if mask_vars:
-            self.mask_optimizer.apply(grads[n:], mask_vars)
+            self.mask_optimizer.apply(
+                _coupled_l2(grads[n:], mask_vars, self.mask_weight_decay), mask_vars)
+
+    @property
+    def backbone_frozen(self):
+        """Whether the backbone's learning rate is 0 now (see `freeze_backbone`)."""
+        frozen = self.__dict__.get("_backbone_frozen")
+        return frozen is not None and bool(frozen.numpy())
+
+    def backbone_variables(self):
+        """The encoder's trainable variables before its linear "embedding" layer."""
+        try:
+            head = {id(v) for v in self.encoder.get_layer("embedding").trainable_variables}
+        except ValueError:
+            raise ValueError("freeze_backbone needs an encoder whose linear embedding layer is "
+                             "named 'embedding' (dnc_keras.backbones.build_encoder)") from None
+        return [v for v in self.encoder.trainable_variables if id(v) not in head]
+
+    def freeze_backbone(self, frozen):
+        """Sets the backbone's learning rate to 0 (True) or back (False), as TPAMI does on the
+        epochs that re-cluster: the embedding layer and the masks still train, and Adam's moments
+        of the backbone still update (PyTorch's Adam at lr 0), but its weights stay put."""
+        if self.__dict__.get("_backbone_frozen") is None:
+            self.backbone_variables()  # fails early on an encoder without an embedding layer
+            if _num_replicas() > 1 or self.distribute_strategy.num_replicas_in_sync > 1:
+                raise ValueError("freeze_backbone is not supported under a multi-replica "
+                                 "strategy")
+            # Outside Keras's tracking, like the feature bank: a switch of the schedule, not a
+            # weight; a variable, so the traced train step reads its current value.
+            self.__dict__["_backbone_frozen"] = tf.Variable(False, trainable=False)
+            if self.train_function is not None:
+                self.make_train_function(force=True)
+        self.__dict__["_backbone_frozen"].assign(bool(frozen))
 
     def test_step(self, data):
         x, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -291,6 +328,7 @@ class DnCModel(keras.Model):
         config.update(encoder=keras.saving.serialize_keras_object(self.encoder),
                       subspaces=keras.saving.serialize_keras_object(self.subspaces),
                       mask_lr_multiplier=self.mask_lr_multiplier, weight_decay=self.weight_decay,
+                      mask_weight_decay=self.mask_weight_decay,
                       preprocessing=None if self.preprocessing is None
                       else self.preprocessing.to_dict())
         return config
@@ -317,6 +355,13 @@ def gather_global_batch(labels, z):
     # pipeline they have none, and all_gather needs one.
     labels = tf.identity(labels)
     return context.all_gather(labels, axis=0), context.all_gather(z, axis=0)
+
+
+def _coupled_l2(grads, variables, decay):
+    """grad + decay * variable (PyTorch's Adam `weight_decay`). The optimizer sums the replicas'
+    gradients, so each replica adds its share of the L2."""
+    decay = decay / _num_replicas()
+    return [g if g is None or not decay else g + decay * v for g, v in zip(grads, variables)]
 
 
 def _num_replicas():

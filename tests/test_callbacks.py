@@ -39,6 +39,7 @@ def test_recluster_matches_new_clusters_to_old_learners():
     groups = 8.0 * rng.normal(size=(4, 10))  # 4 far-apart groups of 3 classes each
     x = (groups[y // 3] + rng.normal(size=(12, 10))[y] + 0.1 * rng.normal(size=(72, 10)))
     x = x.reshape(72, 10, 1, 1).astype(np.float32)
+    keras.utils.set_random_seed(0)  # an unseeded network failed this now and then (CI order)
     model = _model(k=4)
     sampler = ClusterBatchSampler(y, 3, 2)
     callback = DnCScheduleCallback(sampler, x, DnCSchedule(6, 4, 4, period=1), verbose=0)

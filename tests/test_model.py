@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from dnc_keras.backbones import build_encoder, conv4
-from dnc_keras.callbacks import dnc_callbacks
+from dnc_keras.callbacks import DnCScheduleCallback, dnc_callbacks
 from dnc_keras.layers import SubspaceMasks
 from dnc_keras.losses import TripletHardLoss
 from dnc_keras.model import DnCModel
@@ -71,6 +71,71 @@ def test_divide_copies_masks_and_restarts_mask_optimizer():
     slots = [v for v in model.mask_optimizer.variables if tuple(v.shape) == (4, 8)]
     assert slots and all(np.all(v.numpy() == 0) for v in slots)
     assert float(model.mask_optimizer.learning_rate) == pytest.approx(1.0)
+
+
+def test_mask_weight_decay_adds_coupled_l2_to_the_mask_gradient():
+    """With SGD, the decayed masks' step differs from the plain one by exactly
+    -lr * decay * mask (PyTorch's coupled weight_decay), and the encoder's step not at all."""
+    x, y = _blobs()
+    steps = {}
+    for decay in (0.0, 0.5):
+        keras.utils.set_random_seed(3)
+        backbone = keras.Sequential([keras.Input((12, 1, 1)), keras.layers.Flatten(),
+                                     keras.layers.Dense(16, activation="relu")])
+        encoder = build_encoder(backbone, 8, dropout=0.0, freeze_bn_stats=False)
+        model = DnCModel(encoder, SubspaceMasks(8, 2, mode="learned"), mask_weight_decay=decay)
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss=TripletHardLoss(margin=0.2),
+                      mask_optimizer=keras.optimizers.SGD(0.2))
+        before = model.subspaces.masks.numpy().copy()
+        model.train_on_batch(*_batch(x, y, learner=1))
+        steps[decay] = (model.subspaces.masks.numpy() - before, before,
+                        model.encoder.get_layer("embedding").kernel.numpy())
+    (plain, before, kernel), (decayed, _, kernel_decayed) = steps[0.0], steps[0.5]
+    np.testing.assert_allclose(decayed - plain, -0.2 * 0.5 * before, atol=1e-6)
+    np.testing.assert_allclose(kernel_decayed, kernel, atol=1e-7)
+    config = DnCModel.from_config(model.get_config()).get_config()
+    assert config["mask_weight_decay"] == 0.5
+
+
+def test_frozen_backbone_keeps_its_weights_while_the_embedding_trains():
+    """TPAMI's backbone lr 0: the backbone's weights stay (its Adam moments still move, as
+    PyTorch's Adam at lr 0), the embedding layer steps; unfrozen, the backbone steps again."""
+    x, y = _blobs()
+    model = _model(d=8, k=1)
+    backbone = model.backbone_variables()
+    head = model.encoder.get_layer("embedding").kernel
+    assert backbone and all(v is not head for v in backbone)
+    model.train_on_batch(*_batch(x, y, learner=0))  # builds the optimizer's moments
+    model.freeze_backbone(True)
+    assert model.backbone_frozen
+    weights = [v.numpy().copy() for v in backbone]
+    head_before = head.numpy().copy()
+    moments = [v.numpy().copy() for v in model.optimizer.variables if v.shape == backbone[0].shape]
+    model.train_on_batch(*_batch(x, y, learner=0))
+    for v, w in zip(backbone, weights):
+        np.testing.assert_array_equal(v.numpy(), w)
+    assert np.abs(head.numpy() - head_before).max() > 0
+    moved = [v.numpy() for v in model.optimizer.variables if v.shape == backbone[0].shape]
+    assert any(np.abs(a - b).max() > 0 for a, b in zip(moved, moments))
+    model.freeze_backbone(False)
+    model.train_on_batch(*_batch(x, y, learner=0))
+    assert np.abs(backbone[0].numpy() - weights[0]).max() > 0
+
+
+def test_schedule_freezes_the_backbone_on_the_epochs_that_recluster():
+    x, y = _blobs()
+    model = _model(d=8, k=2, initial=1)
+    sampler = ClusterBatchSampler(y, classes_per_batch=4, samples_per_class=4, seed=0)
+    callback = DnCScheduleCallback(sampler, x, period=2, freeze_backbone_on_recluster=True,
+                                   verbose=0)
+    seen = []
+    probe = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: seen.append(model.backbone_frozen))
+    model.fit(sampler.as_dataset(x), epochs=5, steps_per_epoch=2, verbose=0,
+              callbacks=[callback, probe])
+    expected = [any(a.kind in ("cluster", "divide", "recluster")
+                    for a in callback.schedule.at(epoch)) for epoch in range(5)]
+    assert seen == expected and any(expected) and not all(expected)
 
 
 def test_short_fit_lowers_loss_divides_and_reclusters():

@@ -42,6 +42,12 @@ def _checks(config):
     if config.strategy == "multi-worker" and not config.out:
         raise ValueError("strategy='multi-worker' needs out: a run folder that every worker can "
                          "reach (shared storage), the same on all of them")
+    if config.mask_weight_decay and config.subspaces != "learned":
+        raise ValueError("mask_weight_decay applies to learned masks (subspaces='learned'). "
+                         f"Received: subspaces={config.subspaces!r}")
+    if config.freeze_backbone_on_recluster and config.strategy is not None:
+        raise ValueError("freeze_backbone_on_recluster runs with model.fit on one device, not "
+                         f"with a strategy. Received: strategy={config.strategy!r}")
     if config.backbone == "resnet50" and config.color_mode == "grayscale":
         raise ValueError("resnet50 takes RGB images (its ImageNet weights have 3 input "
                          "channels). Received: color_mode='grayscale'")

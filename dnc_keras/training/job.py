@@ -67,9 +67,10 @@ def _build_model(config, input_shape, preprocessing):
                                       freeze_bn_stats=config.backbone != "conv4")
     initial = 1 if config.progressive else config.learners
     subspaces = SubspaceMasks(config.embedding_dim, max_learners=config.learners,
-                              mode=config.subspaces, initial_learners=initial)
+                              mode=config.subspaces, initial_learners=initial,
+                              inference=config.inference_embedding)
     model = DnCModel(encoder, subspaces, weight_decay=config.weight_decay,
-                     preprocessing=preprocessing)
+                     mask_weight_decay=config.mask_weight_decay, preprocessing=preprocessing)
     optimizer = keras.optimizers.Adam(config.learning_rate, epsilon=1e-8)
     if config.mixed_precision:
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
@@ -165,7 +166,8 @@ def run(config, verbose=1, overwrite=False):
     schedule_callback = DnCScheduleCallback(
         sampler, plan.train_images, schedule=build_schedule(config),
         cluster_on=config.cluster_on, seed=config.seed, backend=config.kmeans_backend,
-        feature_source=config.recluster_features, verbose=verbose)
+        feature_source=config.recluster_features,
+        freeze_backbone_on_recluster=config.freeze_backbone_on_recluster, verbose=verbose)
     schedule_callback.outcomes = list(record.get("outcomes", []))
     callbacks = [schedule_callback]
     selection = best = None

@@ -302,12 +302,17 @@ def describe(config, plan) -> str:
     weights = f", weights {config.weights}" if config.backbone != "conv4" else ""
     lines.append(f"Model: {config.backbone}{weights} -> {config.embedding_dim}-d embedding, "
                  f"{config.subspaces} subspaces, {config.learners} learner(s) at most "
-                 f"(these classes allow {facts['max_learners']}); loss {config.loss}")
+                 f"(these classes allow {facts['max_learners']}); loss {config.loss}; "
+                 f"{config.inference_embedding} embedding at inference")
     lines.append(f"Batches: {config.classes_per_batch} classes x {config.samples_per_class} "
                  f"images = {facts['batch']['size']}; {facts['steps_per_epoch']:,d} steps per "
                  f"epoch x {config.epochs} epochs = {facts['total_steps']:,d} steps")
     lines.append(f"Optimiser: Adam, learning rate {config.learning_rate:g}, coupled weight "
-                 f"decay {config.weight_decay:g}")
+                 f"decay {config.weight_decay:g}"
+                 + (f", on masks {config.mask_weight_decay:g}" if config.mask_weight_decay
+                    else "")
+                 + ("; backbone learning rate 0 on the epochs that re-cluster"
+                    if config.freeze_backbone_on_recluster else ""))
     lines.append(f"DnC schedule: {build_schedule(config).describe()}")
     metrics = "R@" + ",".join(map(str, facts["recall_ks"])) + ", MAP@R" + \
         (", NMI" if config.nmi else "")

@@ -112,3 +112,38 @@ def test_color_mode_reaches_the_folder_loader(tmp_path, color_mode, channels):
         grey = np.asarray(Image.open(first).convert("L"), np.float32) / 255
         images = np.concatenate([data.x_train, data.x_test])
         assert np.min(np.abs(images[..., 0] - grey).max(axis=(1, 2))) < 1 / 255 + 1e-6
+
+
+def test_papers_schedule_options_reach_the_saved_model(tmp_path):
+    """--inference-embedding and --mask-weight-decay are the model's (so a loaded model and its
+    exports compute the same embedding); the per-block embedding is CVPR's concatenation."""
+    import numpy as np
+
+    from dnc_keras.training.job import build_model
+
+    config = TrainConfig(learners=2, progressive=False, subspaces="fixed",
+                         inference_embedding="masked", embedding_dim=8)
+    model = build_model(config, (28, 28, 1))
+    images = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32)
+    _, z = model.encoder(images)
+    blocks = [b / np.linalg.norm(b, axis=1, keepdims=True) for b in np.split(z.numpy(), 2, 1)]
+    expected = np.concatenate(blocks, 1) / np.sqrt(2)
+    np.testing.assert_allclose(model.predict(images, verbose=0), expected, rtol=1e-5)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), expected, rtol=1e-5)
+    learned = build_model(TrainConfig(learners=2, subspaces="learned", mask_weight_decay=1e-4),
+                          (28, 28, 1))
+    assert learned.mask_weight_decay == 1e-4 and learned.subspaces.inference == "full"
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(mask_weight_decay=1e-4), "mask_weight_decay applies to learned masks"),
+    (dict(freeze_backbone_on_recluster=True, strategy="mirrored"), "one device, not with a "
+     "strategy"),
+    (dict(inference_embedding="blocks"), "inference_embedding=.blocks.: expected one of full, "
+     "masked"),
+])
+def test_papers_schedule_options_refuse_what_they_cannot_do(settings, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**settings)
