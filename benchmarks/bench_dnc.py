@@ -82,7 +82,8 @@ def recipe_variants(results_dir=os.path.join(HERE, "results")):
     a committed recipe search (benchmarks/search_recipe.py, recipe_search_<dataset>.json), the
     settings it drew without the search's own (validation classes, evaluation schedule); and
     "<dataset> recipe, DnC with one learner": the DnC recipe with K = 1, everything else equal,
-    the ablation that isolates what the division brings."""
+    the ablation that isolates what the division brings; and the DnC recipe with each of the
+    papers' options that it does not already use (`PAPERS_OPTIONS`)."""
     variants = {}
     for path in sorted(glob.glob(os.path.join(results_dir, "recipe_search_*.json"))):
         with open(path) as f:
@@ -93,7 +94,16 @@ def recipe_variants(results_dir=os.path.join(HERE, "results")):
             variants[f"{search['dataset']} recipe, {label}"] = chosen
         dnc = variants[f"{search['dataset']} recipe, DnC"]
         variants[f"{search['dataset']} recipe, DnC with one learner"] = {**dnc, "learners": 1}
+        for option, settings in PAPERS_OPTIONS.items():
+            variants[f"{search['dataset']} recipe, DnC, {option}"] = {**dnc, **settings}
     return variants
+
+
+# The papers' schedule options (issue 14, item 3), each measured on a recipe against it.
+PAPERS_OPTIONS = {
+    "per-block inference": dict(inference_embedding="masked"),  # CVPR's test-time embedding
+    "backbone lr 0 on re-clustering": dict(freeze_backbone_on_recluster=True),  # TPAMI
+}
 
 
 VARIANTS.update(recipe_variants())
