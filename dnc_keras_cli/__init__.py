@@ -23,12 +23,12 @@ def _add_train_flags(parser):
     for option in TRAIN_OPTIONS:
         default = option.unset if option.default is None else option.default
         help_text = f"{option.help} (default: {default})".replace("%", "%%")
-        if option.negative:  # the flag turns a default-on setting off
-            help_text = f"do not {option.help} (default: on)".replace("%", "%%")
         if option.kind is bool:
-            const = option.negative is None
-            parser.add_argument(option.cli_flag, dest=option.name, default=None,
-                                action="store_const", const=const, help=help_text)
+            # Both --x and --no-x: a recipe or a config file may have set either value.
+            help_text = f"{option.help} (default: {'on' if option.default else 'off'})"
+            parser.add_argument("--" + option.name.replace("_", "-"), dest=option.name,
+                                default=None, action=argparse.BooleanOptionalAction,
+                                help=help_text.replace("%", "%%"))
             continue
         kwargs = {"choices": option.choices} if option.choices else {}
         parser.add_argument(option.cli_flag, dest=option.name, default=None,

@@ -106,7 +106,7 @@ def test_config_file_with_command_line_overrides(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--dataset", "digits", "--learners", "8", "--epochs", "1"], "so learners must be <= 2"),
-    (["--learners", "3"], "power of 2"),
+    (["--learners", "3", "--progressive"], "power of 2"),
     (["--dataset", "omniglot", "--data-dir", "/nonexistent/omniglot"], "/nonexistent/omniglot"),
 ])
 def test_bad_input_gets_a_clear_error(argv, message, tmp_path, capsys):

@@ -147,3 +147,14 @@ def test_papers_schedule_options_reach_the_saved_model(tmp_path):
 def test_papers_schedule_options_refuse_what_they_cannot_do(settings, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**settings)
+
+
+@pytest.mark.parametrize("option", [o for o in TRAIN_OPTIONS if o.kind is bool],
+                         ids=lambda o: o.name)
+def test_every_switch_can_be_set_either_way_over_a_recipe(option):
+    """A recipe or a config file may set a switch either way, so the CLI has --x and --no-x."""
+    flag = "--" + option.name.replace("_", "-")
+    for argv, value in (([flag], True), ([flag.replace("--", "--no-", 1)], False), ([], None)):
+        assert getattr(build_parser().parse_args(["train", *argv]), option.name) is value
+    config = TrainConfig.resolve(dataset="omniglot", **{option.name: not option.default})
+    assert getattr(config, option.name) is (not option.default)
