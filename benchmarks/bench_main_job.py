@@ -49,10 +49,12 @@ def main(argv=None):
                                  "--out", os.path.join(workdir, "run"), *args.train_args],
                                 cwd=workdir, env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - start
-    if result.returncode:
-        sys.exit(f"dnc-keras train failed:\n{result.stderr[-3000:]}")
+        if result.returncode:
+            sys.exit(f"dnc-keras train failed:\n{result.stderr[-3000:]}")
+        with open(os.path.join(workdir, "run", "config.json")) as f:
+            config = json.load(f)
     printed = json.loads(result.stdout.strip().splitlines()[-1])
-    label = "dnc_keras (Conv-4, K = 4, 10 epochs)" if not args.train_args else \
+    label = describe(config) if not args.train_args else \
         "dnc_keras " + " ".join(args.train_args)
     if "raw_pixels" not in printed:
         sys.exit(f"dnc-keras train printed no raw-pixel baseline: {printed}")
@@ -62,6 +64,14 @@ def main(argv=None):
     common.write_results(results, args.out, argv, __file__)
     print(json.dumps(results))
     return args.out
+
+
+def describe(config):
+    """The README's name of the job a run folder's config.json records."""
+    recipe = f"{config['preset']} recipe: " if config.get("preset") else ""
+    backbone = {"conv4": "Conv-4", "resnet50": "ResNet-50"}.get(config["backbone"],
+                                                                  config["backbone"])
+    return f"dnc_keras ({recipe}{backbone}, K = {config['learners']}, {config['epochs']} epochs)"
 
 
 if __name__ == "__main__":
