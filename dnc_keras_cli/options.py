@@ -40,10 +40,10 @@ DATASETS = {
     "inshop": (None, "dnc_keras.datasets:load_inshop"),
     "vehicleid": (None, "dnc_keras.datasets:load_vehicleid"),
 }
-PRESETS = ("cub", "cars", "sop", "inshop", "vehicleid", "omniglot")
+PRESETS = ("cub", "cars", "sop", "inshop", "vehicleid", "omniglot", "glyphs")
 # Presets that are a dataset's recipe (settings chosen by benchmarks/search_recipe.py on the
 # dataset's validation classes): `--dataset NAME` without a --preset starts from it.
-RECIPES = ("omniglot",)
+RECIPES = ("omniglot", "glyphs")
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 

@@ -42,7 +42,7 @@ def test_naming_the_dataset_alone_trains_with_its_recipe(tmp_path):
     assert from_file.preset == "omniglot" and from_file.learners == 1
     assert from_file.epochs == recipe["epochs"]
     # A dataset without a recipe keeps the defaults; a named preset is not replaced.
-    assert TrainConfig.resolve() == TrainConfig()
+    assert TrainConfig.resolve(dataset="digits") == TrainConfig(dataset="digits")
     assert TrainConfig.resolve(preset="cub").preset == "cub"
 
 
