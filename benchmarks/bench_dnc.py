@@ -82,8 +82,9 @@ def recipe_variants(results_dir=os.path.join(HERE, "results")):
     a committed recipe search (benchmarks/search_recipe.py, recipe_search_<dataset>.json), the
     settings it drew without the search's own (validation classes, evaluation schedule); and
     "<dataset> recipe, DnC with one learner": the DnC recipe with K = 1, everything else equal,
-    the ablation that isolates what the division brings; and the DnC recipe with each of the
-    papers' options that it does not already use (`PAPERS_OPTIONS`)."""
+    the ablation that isolates what the division brings; and each of those three with each of
+    the papers' options (`PAPERS_OPTIONS`), to tell what an option brings to DnC from what it
+    brings to any learner."""
     variants = {}
     for path in sorted(glob.glob(os.path.join(results_dir, "recipe_search_*.json"))):
         with open(path) as f:
@@ -94,8 +95,11 @@ def recipe_variants(results_dir=os.path.join(HERE, "results")):
             variants[f"{search['dataset']} recipe, {label}"] = chosen
         dnc = variants[f"{search['dataset']} recipe, DnC"]
         variants[f"{search['dataset']} recipe, DnC with one learner"] = {**dnc, "learners": 1}
+        bases = {label: variants[f"{search['dataset']} recipe, {label}"]
+                 for label in ("DnC", "single learner", "DnC with one learner")}
         for option, settings in PAPERS_OPTIONS.items():
-            variants[f"{search['dataset']} recipe, DnC, {option}"] = {**dnc, **settings}
+            for label, base in bases.items():
+                variants[f"{search['dataset']} recipe, {label}, {option}"] = {**base, **settings}
     return variants
 
 

@@ -22,7 +22,6 @@ from dnc_keras.feature_bank import FeatureBank
 from dnc_keras.schedule import DnCSchedule
 
 CLUSTER_ON = ("features", "embedding")
-CLUSTERING_ACTIONS = ("cluster", "divide", "recluster")
 FEATURE_SOURCES = ("pass", "training")
 
 
@@ -51,9 +50,9 @@ class DnCScheduleCallback(keras.callbacks.Callback):
             clustering and served it already (`FeatureBank`: faster, but training-mode,
             augmented and up to 2T epochs old).
             Defaults to `"pass"`.
-        freeze_backbone_on_recluster: the backbone's learning rate is 0 on every epoch that
-            clusters, divides or re-clusters (TPAMI; `DnCModel.freeze_backbone`), and back on
-            the others. Defaults to `False`.
+        freeze_backbone_on_recluster: the backbone's learning rate is 0 on every T-th epoch,
+            the epochs that re-cluster (TPAMI: every even epoch; `DnCModel.freeze_backbone`),
+            and back on the others. Defaults to `False`.
         verbose: print one line per action. Defaults to `1`.
 
     Attributes:
@@ -114,8 +113,7 @@ class DnCScheduleCallback(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         if self.freeze_backbone_on_recluster:
-            self.model.freeze_backbone(any(action.kind in CLUSTERING_ACTIONS
-                                           for action in self.schedule.at(epoch)))
+            self.model.freeze_backbone(self._reclustering_epoch(epoch))
         for action in self.schedule.at(epoch):
             if self._done(action):
                 continue
@@ -130,6 +128,16 @@ class DnCScheduleCallback(keras.callbacks.Callback):
                        "cluster_classes": [c for _, c in self.sampler.cluster_sizes()]}
             self.outcomes.append(outcome)
             self._log(outcome)
+
+    def _reclustering_epoch(self, epoch):
+        """TPAMI's epochs of backbone learning rate 0: every T-th epoch (T = 2 there: every even
+        epoch), the epochs the schedule re-clusters, until CVPR's conquer phase, where
+        re-clustering stops. One learner has nothing to cluster; it freezes the same epochs, so
+        that a single learner can be compared with the option on."""
+        schedule = self.schedule
+        conquered = schedule.conquer_mode == "cvpr" and schedule.conquer_epoch is not None \
+            and epoch >= schedule.conquer_epoch
+        return epoch % schedule.period == 0 and not conquered
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:

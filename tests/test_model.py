@@ -123,19 +123,27 @@ def test_frozen_backbone_keeps_its_weights_while_the_embedding_trains():
 
 
 def test_schedule_freezes_the_backbone_on_the_epochs_that_recluster():
+    """Every T-th epoch (TPAMI: every even one), as the schedule re-clusters, and not in CVPR's
+    conquer phase, where re-clustering stops; one learner freezes the same epochs."""
     x, y = _blobs()
-    model = _model(d=8, k=2, initial=1)
-    sampler = ClusterBatchSampler(y, classes_per_batch=4, samples_per_class=4, seed=0)
-    callback = DnCScheduleCallback(sampler, x, period=2, freeze_backbone_on_recluster=True,
-                                   verbose=0)
-    seen = []
-    probe = keras.callbacks.LambdaCallback(
-        on_epoch_begin=lambda epoch, logs: seen.append(model.backbone_frozen))
-    model.fit(sampler.as_dataset(x), epochs=5, steps_per_epoch=2, verbose=0,
-              callbacks=[callback, probe])
-    expected = [any(a.kind in ("cluster", "divide", "recluster")
-                    for a in callback.schedule.at(epoch)) for epoch in range(5)]
-    assert seen == expected and any(expected) and not all(expected)
+    for k, mode, expected in ((2, "cvpr", [1, 0, 1, 0, 0, 0]), (2, "tpami", [1, 0, 1, 0, 1, 0]),
+                              (1, "cvpr", [1, 0, 1, 0, 1, 0])):
+        model = _model(d=8, k=k)
+        sampler = ClusterBatchSampler(y, classes_per_batch=4, samples_per_class=4, seed=0)
+        conquer = 4 if k > 1 else None  # one learner has no conquer phase (TrainConfig)
+        callback = DnCScheduleCallback(sampler, x, period=2, conquer_epoch=conquer,
+                                       conquer_mode=mode,
+                                       freeze_backbone_on_recluster=True, verbose=0)
+        seen = []
+        probe = keras.callbacks.LambdaCallback(
+            on_epoch_begin=lambda epoch, logs: seen.append(int(model.backbone_frozen)))
+        model.fit(sampler.as_dataset(x), epochs=6, steps_per_epoch=2, verbose=0,
+                  callbacks=[callback, probe])
+        assert seen == expected, (k, mode)
+        if k > 1:  # the frozen epochs are those the schedule re-clusters, before CVPR's conquer
+            clustering = [int(any(a.kind != "conquer" for a in callback.schedule.at(epoch)))
+                          for epoch in range(6)]
+            assert clustering[:4] == expected[:4]
 
 
 def test_short_fit_lowers_loss_divides_and_reclusters():
