@@ -196,8 +196,9 @@ TRAIN_OPTIONS = (
     _opt("learning_rate", float, 1e-3, "Adam's learning rate", minimum=0.0),
     _opt("weight_decay", float, 0.0, "coupled L2 (official: 1e-4)", minimum=0.0),
     _opt("mask_weight_decay", float, 0.0, "coupled L2 on learned masks", minimum=0.0),
-    _opt("freeze_backbone_on_recluster", bool, False, "backbone learning rate 0 on the epochs "
-         "that re-cluster (TPAMI); the embedding layer and masks still train"),
+    _opt("freeze_backbone_on_recluster", bool, False, "backbone learning rate 0 on every "
+         "recluster_period-th epoch, those that re-cluster (TPAMI); the embedding layer and "
+         "masks still train"),
     _opt("augment", bool, False, "random rotation and shift of in-memory training images"),
     # Evaluation and model selection.
     _opt("eval_every", int, 0, "evaluate on the test classes every N epochs (0: at the end)",

@@ -92,8 +92,16 @@ def test_recipe_variants_are_each_familys_choice_of_a_search(tmp_path):
               "families": {family: {"chosen": {"trial": 3, "settings": settings}}
                            for family, settings in chosen.items()}}
     (tmp_path / "recipe_search_omniglot.json").write_text(json.dumps(search))
-    assert bench.recipe_variants(str(tmp_path)) == {
+    bases = {
         "omniglot recipe, DnC": {"epochs": 80, "learners": 4, "margin": 0.2},
         "omniglot recipe, single learner": {"epochs": 40, "learners": 1,
                                             "subspaces": "learned"},
         "omniglot recipe, DnC with one learner": {"epochs": 80, "learners": 1, "margin": 0.2}}
+    variants = bench.recipe_variants(str(tmp_path))
+    assert {name: variants[name] for name in bases} == bases
+    # Each of the papers' options on each of the three, nothing else changed.
+    assert variants["omniglot recipe, DnC, backbone lr 0 on re-clustering"] == \
+        {"epochs": 80, "learners": 4, "margin": 0.2, "freeze_backbone_on_recluster": True}
+    assert variants["omniglot recipe, single learner, per-block inference"] == \
+        {"epochs": 40, "learners": 1, "subspaces": "learned", "inference_embedding": "masked"}
+    assert len(variants) == len(bases) * (1 + len(bench.PAPERS_OPTIONS))
