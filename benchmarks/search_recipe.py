@@ -41,10 +41,14 @@ import report  # noqa: E402
 
 from bench_dnc import recorded, train  # noqa: E402
 
+# Epochs per dataset, scaled to the same steps: with a quarter of the training classes held out,
+# an Omniglot epoch is 12 steps of 20 x 4 and a glyphs epoch 30 (`train --dry-run` prints both),
+# so both draw 480, 960 or 1,440 steps (the most near issue 14's 10 CPU minutes).
+EPOCHS = {"omniglot": (40, 80, 120), "glyphs": (16, 32, 48)}
 # What each trial draws, one value per key, uniformly. "loss" pairs a loss with its margin (the
 # margin loss's alpha): the field's usual values for batch-hard triplets and Wu et al.'s 0.2.
 SPACE_SHARED = {
-    "epochs": (40, 80, 120),  # Omniglot's; each dataset's are `EPOCHS`
+    "epochs": EPOCHS["omniglot"],  # each dataset's own: `shared_space`
     "learning_rate": (3e-4, 1e-3, 3e-3),
     "loss": (("triplet_hard", 0.1), ("triplet_hard", 0.2), ("margin", 0.2)),
     "embedding_dim": (64, 128),
@@ -66,17 +70,19 @@ VALIDATION_CLASSES = 0.25
 FIXED = {"validation_classes": VALIDATION_CLASSES, "test_evaluation": False, "nmi": False,
          "plots": False, "classes_per_batch": 20, "samples_per_class": 4, "seed": 0}
 DATASETS = {"omniglot": {"dataset": "omniglot", "image_size": 28}, "glyphs": {"dataset": "glyphs"}}
-# Epochs per dataset, scaled to the same steps: with a quarter of the training classes held out,
-# an Omniglot epoch is 12 steps of 20 x 4 and a glyphs epoch 30 (`train --dry-run` prints both),
-# so both draw 480, 960 or 1,440 steps (the most near issue 14's 10 CPU minutes).
-EPOCHS = {"omniglot": (40, 80, 120), "glyphs": (16, 32, 48)}
 EVALUATIONS_PER_TRIAL = 20
+
+
+def shared_space(dataset):
+    """The shared space with `dataset`'s epochs (the keys in the same order, so the same seed
+    draws the same points)."""
+    return {**SPACE_SHARED, "epochs": EPOCHS[dataset]}
 
 
 def draw_trials(family, budget, search_seed, dataset="omniglot"):
     """`budget` distinct settings of `family`, drawn uniformly from its space and the shared
     one (with `dataset`'s epochs); the same seed draws the same trials."""
-    space = {**SPACE_SHARED, "epochs": EPOCHS[dataset], **FAMILIES[family]}
+    space = {**shared_space(dataset), **FAMILIES[family]}
     rng = np.random.default_rng([search_seed, list(FAMILIES).index(family)])
     size = int(np.prod([len(values) for values in space.values()]))
     trials, seen = [], set()
@@ -171,7 +177,7 @@ def main(argv=None):
                             "chosen": _summary(ranked[0])}
     results = {"dataset": args.dataset, "budget_per_family": args.budget,
                "runs": args.budget * len(FAMILIES), "search_seed": args.search_seed,
-               "space": {"shared": {**SPACE_SHARED, "epochs": EPOCHS[args.dataset]}, **{f: s for f, s in FAMILIES.items()}},
+               "space": {"shared": shared_space(args.dataset), **FAMILIES},
                "fixed": common, "families": families}
     table = report.recipe_trials(families)
     print(table)

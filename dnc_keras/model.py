@@ -233,7 +233,7 @@ class DnCModel(keras.Model):
         of the backbone still update (PyTorch's Adam at lr 0), but its weights stay put."""
         if self.__dict__.get("_backbone_frozen") is None:
             self.backbone_variables()  # fails early on an encoder without an embedding layer
-            if _num_replicas() > 1 or self.distribute_strategy.num_replicas_in_sync > 1:
+            if self.distribute_strategy.num_replicas_in_sync > 1:
                 raise ValueError("freeze_backbone is not supported under a multi-replica "
                                  "strategy")
             # Outside Keras's tracking, like the feature bank: a switch of the schedule, not a

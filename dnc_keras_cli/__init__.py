@@ -21,15 +21,15 @@ def _version():
 
 def _add_train_flags(parser):
     for option in TRAIN_OPTIONS:
-        default = option.unset if option.default is None else option.default
-        help_text = f"{option.help} (default: {default})".replace("%", "%%")
         if option.kind is bool:
             # Both --x and --no-x: a recipe or a config file may have set either value.
             help_text = f"{option.help} (default: {'on' if option.default else 'off'})"
-            parser.add_argument("--" + option.name.replace("_", "-"), dest=option.name,
-                                default=None, action=argparse.BooleanOptionalAction,
+            parser.add_argument(option.cli_flag, dest=option.name, default=None,
+                                action=argparse.BooleanOptionalAction,
                                 help=help_text.replace("%", "%%"))
             continue
+        default = option.unset if option.default is None else option.default
+        help_text = f"{option.help} (default: {default})".replace("%", "%%")
         kwargs = {"choices": option.choices} if option.choices else {}
         parser.add_argument(option.cli_flag, dest=option.name, default=None,
                             type=option.kind if option.kind is not str else None,

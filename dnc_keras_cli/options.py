@@ -60,7 +60,6 @@ class Option:
         nullable: `None` is allowed (and means "the dataset's own" or "none").
         minimum: the smallest allowed number, if any.
         flag: the CLI flag. Defaults to `--name` with dashes.
-        negative: for a bool defaulting to True, the CLI flag that sets it False.
         unset: what a default of None means, for `--help`.
     """
 
@@ -72,12 +71,11 @@ class Option:
     nullable: bool = False
     minimum: float | None = None
     flag: str | None = None
-    negative: str | None = None
     unset: str = "none"
 
     @property
     def cli_flag(self):
-        return self.negative or self.flag or "--" + self.name.replace("_", "-")
+        return self.flag or "--" + self.name.replace("_", "-")
 
     def parse(self, value, where="setting"):
         """The value in its kind, checked; ValueError naming key, value and expectation.
@@ -149,8 +147,7 @@ TRAIN_OPTIONS = (
     _opt("color_mode", str, None, "rgb or grayscale (refused for datasets that are only grey)",
          choices=("rgb", "grayscale"), nullable=True, unset="the dataset's own"),
     _opt("cache_images", bool, False, "keep the training files' bytes in memory"),
-    _opt("check_images", bool, True, "decode every image once before training",
-         negative="--no-check-images"),
+    _opt("check_images", bool, True, "decode every image once before training"),
     # The model.
     _opt("backbone", str, "conv4", "the network before the embedding",
          choices=tuple(BACKBONES)),
@@ -166,8 +163,7 @@ TRAIN_OPTIONS = (
          "then concatenated (CVPR), or z weighted by the mean learned mask",
          choices=("full", "masked")),
     # The divide-and-conquer schedule.
-    _opt("progressive", bool, True, "start with one learner and double K every period",
-         negative="--no-progressive"),
+    _opt("progressive", bool, True, "start with one learner and double K every period"),
     _opt("recluster_period", int, 2, "T, epochs between two re-clusterings or divisions",
          minimum=1),
     _opt("cluster_on", str, "features", "what k-means clusters",
@@ -206,12 +202,9 @@ TRAIN_OPTIONS = (
     _opt("validation_classes", float, 0.0, "hold out this fraction of the training classes "
          "and keep the epoch with the best validation MAP@R", minimum=0.0),
     _opt("test_evaluation", bool, True, "evaluate on the test classes at the end (a recipe "
-         "search on --validation-classes turns it off)",
-         negative="--no-test-evaluation"),
-    _opt("nmi", bool, True, "compute NMI (k-means with one cluster per test class)",
-         negative="--no-nmi"),
-    _opt("plots", bool, True, "write the training-curve and t-SNE plots",
-         negative="--no-plots"),
+         "search on --validation-classes turns it off)"),
+    _opt("nmi", bool, True, "compute NMI (k-means with one cluster per test class)"),
+    _opt("plots", bool, True, "write the training-curve and t-SNE plots"),
     # The run.
     _opt("seed", int, 0, "seed of every random stream of the run", minimum=0),
     _opt("seeds", int, 1, "repeat with seeds seed..seed+N-1 and report the mean and 95% "
