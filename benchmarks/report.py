@@ -395,7 +395,13 @@ def recipe_search(name):
     caption = (f"{data['dataset']}: {data['runs']} trials ({data['budget_per_family']} per "
                f"family), each on the training classes with a quarter held out; validation "
                "MAP@R and R@1 at the trial's best epoch. The test classes were not evaluated.")
-    return caption + "\n\n" + recipe_trials(data["families"]) + "\n\n" + source(name, data)
+    text = caption + "\n\n" + recipe_trials(data["families"])
+    if any("refine" in entry for entry in data["families"].values()):
+        text += ("\n\nSecond stage: each family's choice with the options added after the "
+                 f"random search, on the same validation classes, seeds "
+                 f"{', '.join(map(str, data['refine']['seeds']))}; the value with the higher mean "
+                 "is kept.\n\n" + recipe_refinement(data["families"]))
+    return text + "\n\n" + source(name, data)
 
 
 def recipe_trials(families):
@@ -409,6 +415,23 @@ def recipe_trials(families):
                          fmt(trial["validation"]["R@1"]), trial["validation"]["epoch"], drawn])
     return table(["family", "trial", "validation MAP@R", "validation R@1", "epoch", "settings"],
                  rows)
+
+
+def recipe_refinement(families):
+    """The table of a recipe search's second stage: per family and option, each value's mean
+    validation MAP@R over the seeds, its paired difference to the default, and the value kept."""
+    rows = []
+    for family, entry in families.items():
+        for option, stage in entry.get("refine", {}).items():
+            default = stage["values"][0]["value"]
+            for tried in stage["values"]:
+                difference = stage["differences"].get(str(tried["value"]))
+                rows.append([family, option, tried["value"], len(tried["MAP@R"]),
+                             fmt(tried["mean"]),
+                             "" if tried["value"] == default else _paired_cell(difference),
+                             "yes" if tried["value"] == stage["kept"] else "no"])
+    return table(["family", "option", "value", "seeds", "mean validation MAP@R",
+                  "paired difference to the default", "kept"], rows)
 
 
 def _cell(text):

@@ -23,6 +23,14 @@ recorded trial is not run again, so a search can be spread over several sittings
 file lists every trial, best first within each family, and each family's choice: the trial with
 the highest validation MAP@R. Committing that file freezes the search; the test classes are
 first seen by `benchmarks/bench_dnc.py`'s comparison of the chosen recipes.
+
+A second stage (`REFINE`) tries the options added after the random search had frozen (TPAMI's
+backbone learning rate 0 on re-clustering epochs) on each family's choice: every value of the
+option on the same validation classes, with `REFINE_SEEDS` seeds each (the choice's own trial is
+the first value's seed 0, reused). The rule, fixed before it ran: a family keeps the value with
+the highest mean validation MAP@R over those seeds; the default wins ties. The family's
+`recipe` is its choice with the values kept. Each family gets the same runs, and the random
+search and this stage together stay within issue 14's 40 runs per dataset.
 `--tiny` (the test suite's mode): 2 trials per family of 2 epochs of 2 steps, into
 benchmarks/results/tiny/.
 """
@@ -63,8 +71,11 @@ SPACE_DNC = {
 }
 SPACE_SINGLE = {"learners": (1,), "subspaces": ("fixed", "learned")}
 FAMILIES = {"dnc": SPACE_DNC, "single": SPACE_SINGLE}
-BUDGET = 12  # per family: 24 trials per dataset, under issue 14's cap of 40
-MAX_BUDGET = 20
+BUDGET = 12  # per family: 24 trials per dataset
+# The second stage: options tried on each family's choice, the default value first.
+REFINE = {"freeze_backbone_on_recluster": (False, True)}
+REFINE_SEEDS = (0, 1, 2, 3)
+MAX_RUNS = 40  # per dataset, issue 14's cap
 VALIDATION_CLASSES = 0.25
 # Settings of every trial: the package's Conv-4 defaults otherwise.
 FIXED = {"validation_classes": VALIDATION_CLASSES, "test_evaluation": False, "nmi": False,
@@ -112,31 +123,47 @@ def parse_args(argv=None):
                         help="Omniglot's images_background_small1 folder (default: the "
                         "DNC_OMNIGLOT_DIR variable, as the tests read it)")
     parser.add_argument("--budget", type=int, default=BUDGET,
-                        help=f"trials per family (default {BUDGET}; at most {MAX_BUDGET}, so a "
-                        "dataset's search stays within issue 14's 40 runs)")
+                        help=f"random trials per family (default {BUDGET}; at most "
+                        f"{max_budget()}, so that with the second stage's "
+                        f"{refine_runs(REFINE_SEEDS)} runs per family a dataset's search stays "
+                        f"within issue 14's {MAX_RUNS} runs)")
     parser.add_argument("--search-seed", type=int, default=0)
     parser.add_argument("--runs-dir", default=None,
                         help="folder of the run folders (default: runs/search_<dataset>)")
     bench_common.add_out_argument(parser, "recipe_search_omniglot.json",
                                   note=" for omniglot, recipe_search_glyphs.json for glyphs")
     args = parser.parse_args(argv)
-    if not 1 <= args.budget <= MAX_BUDGET:
-        parser.error(f"--budget must be in [1, {MAX_BUDGET}]. Received: {args.budget}")
+    if not 1 <= args.budget <= max_budget():
+        parser.error(f"--budget must be in [1, {max_budget()}]. Received: {args.budget}")
+    args.refine_seeds = REFINE_SEEDS
     if args.tiny:
-        args.budget = 2
+        args.budget, args.refine_seeds = 2, REFINE_SEEDS[:2]
     args.out = bench_common.resolve_out(args.out, f"recipe_search_{args.dataset}.json",
                                         args.tiny)
     return args
 
 
-def run_trial(family, index, settings, common, runs_dir, out):
-    """One trial: its record if one holds these settings, else the run, recorded."""
-    path = os.path.join(os.path.splitext(out)[0] + ".runs", f"{family}-{index:02d}.json")
+def refine_runs(seeds):
+    """The second stage's new runs per family: every value of every option at every seed, but
+    the choice's own trial (the first option's default at seed 0)."""
+    return sum(len(values) for values in REFINE.values()) * len(seeds) - 1
+
+
+def max_budget():
+    """The most random trials per family that keep a dataset's search within `MAX_RUNS`."""
+    return (MAX_RUNS // len(FAMILIES)) - refine_runs(REFINE_SEEDS)
+
+
+def run_trial(family, index, settings, common, runs_dir, out, name=None):
+    """One trial (or a second-stage run, `name`d): its record if one holds these settings, else
+    the run, recorded."""
+    name = name or f"{family}-{index:02d}"
+    path = os.path.join(os.path.splitext(out)[0] + ".runs", f"{name}.json")
     settings = {**common, **settings}
     record = recorded(path, settings)
     if record is not None:
         return record, True
-    result, seconds = train(settings, os.path.join(runs_dir, f"{family}-{index:02d}"))
+    result, seconds = train(settings, os.path.join(runs_dir, name))
     assert "test" not in result, "a search trial evaluated the test classes"
     selection = result["selection"]
     chosen = next(h for h in selection["history"] if h["epoch"] == selection["epoch"])
@@ -173,17 +200,59 @@ def main(argv=None):
                   f"{_varying(record['settings'])}" + (" (recorded)" if reused else ""),
                   flush=True)
         ranked = sorted(records, key=lambda r: -r["validation"]["MAP@R"])
+        refined = refine(family, ranked[0], args.refine_seeds, common, runs_dir, args.out,
+                         args.tiny)
         families[family] = {"trials": [_summary(r) for r in ranked],
-                            "chosen": _summary(ranked[0])}
+                            "chosen": _summary(ranked[0]), **refined}
     results = {"dataset": args.dataset, "budget_per_family": args.budget,
-               "runs": args.budget * len(FAMILIES), "search_seed": args.search_seed,
+               "runs": (args.budget + refine_runs(args.refine_seeds)) * len(FAMILIES),
+               "search_seed": args.search_seed,
                "space": {"shared": shared_space(args.dataset), **FAMILIES},
+               "refine": {"options": REFINE, "seeds": list(args.refine_seeds)},
                "fixed": common, "families": families}
-    table = report.recipe_trials(families)
+    table = report.recipe_trials(families) + "\n\n" + report.recipe_refinement(families)
     print(table)
     bench_common.write_results(results, args.out, argv, __file__)
     bench_common.write_atomic(os.path.splitext(args.out)[0] + ".md", table + "\n")
     return args.out
+
+
+def refine(family, choice, seeds, common, runs_dir, out, tiny=False):
+    """The second stage on a family's `choice` (its best trial's record): each `REFINE` option in
+    turn, every value at every seed on the validation classes, keeping the value with the
+    highest mean validation MAP@R (the default on ties). {"refine": per option, each value's
+    runs and mean, the paired difference to the default, the value kept; "recipe": the choice's
+    settings with the values kept}."""
+    recipe, stages = dict(_varying(choice["settings"])), {}
+    for option, values in REFINE.items():
+        scores = {}
+        for value in values:
+            scores[value] = {}
+            for seed in seeds:
+                if option == next(iter(REFINE)) and value == values[0] and seed == 0:
+                    record = choice  # the trial itself: seed 0, every option at its default
+                else:
+                    settings = {**recipe, option: value, "seed": seed}
+                    if tiny:
+                        settings.update(epochs=2, steps_per_epoch=2, eval_every=1)
+                    record, reused = run_trial(family, choice["trial"], settings, common,
+                                               runs_dir, out,
+                                               name=f"{family}-{option}-{value}-s{seed}")
+                    print(f"{family} {option} {value} seed {seed}: validation MAP@R "
+                          f"{record['validation']['MAP@R']:.3f} ({record['seconds']:.0f} s)"
+                          + (" (recorded)" if reused else ""), flush=True)
+                scores[value][seed] = record["validation"]["MAP@R"]
+        means = {value: float(np.mean(list(s.values()))) for value, s in scores.items()}
+        kept = max(values, key=lambda value: (means[value], value == values[0]))
+        recipe[option] = kept
+        stages[option] = {
+            "values": [{"value": value, "MAP@R": scores[value], "mean": means[value]}
+                       for value in values],
+            "differences": {str(value): bench_common.paired(scores[values[0]], scores[value],
+                                                            "MAP@R")
+                            for value in values[1:]},
+            "kept": kept}
+    return {"refine": stages, "recipe": recipe}
 
 
 def _summary(record):
@@ -193,7 +262,8 @@ def _summary(record):
 
 def _varying(settings):
     """The settings a trial drew (the rest are `FIXED` and the dataset's)."""
-    drawn = set(SPACE_SHARED) | set(SPACE_DNC) | set(SPACE_SINGLE) | {"margin", "eval_every"}
+    drawn = (set(SPACE_SHARED) | set(SPACE_DNC) | set(SPACE_SINGLE) | set(REFINE)
+             | {"margin", "eval_every"})
     return {k: v for k, v in settings.items() if k in drawn}
 
 

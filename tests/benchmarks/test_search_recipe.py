@@ -3,6 +3,8 @@ folder (validation classes only, never the test classes)."""
 
 import json
 
+import numpy as np
+import pytest
 from bench_harness import load_script, read_results
 
 
@@ -21,6 +23,9 @@ def test_trials_are_distinct_seeded_draws_of_the_family_space():
     assert {t["epochs"] for t in glyphs} <= set(search.EPOCHS["glyphs"])
     assert [{**t, "epochs": None, "eval_every": None} for t in glyphs] == \
         [{**t, "epochs": None, "eval_every": None} for t in trials]
+    # The random trials and the second stage stay within issue 14's 40 runs per dataset.
+    assert 2 * (search.BUDGET + search.refine_runs(search.REFINE_SEEDS)) <= 40
+    assert 2 * (search.max_budget() + search.refine_runs(search.REFINE_SEEDS)) <= 40
     single = search.draw_trials("single", 12, search_seed=0)
     assert {t["learners"] for t in single} == {1}
     assert {t["subspaces"] for t in single} == {"fixed", "learned"}
@@ -33,17 +38,34 @@ def test_search_recipe_tiny_sees_validation_classes_only(tmp_path, omniglot_repl
             "--out", str(out)]
     assert search.main(argv) == str(out)
     results = read_results(out, "search_recipe", *argv)
-    assert results["runs"] == 4 and results["fixed"]["test_evaluation"] is False
+    # 2 random trials per family, then the option on and off at seeds 0 and 1 (the choice's
+    # own trial being off at seed 0): 3 more runs per family.
+    assert results["runs"] == 10 and results["fixed"]["test_evaluation"] is False
     for family, entry in results["families"].items():
         scores = [t["validation"]["MAP@R"] for t in entry["trials"]]
         assert scores == sorted(scores, reverse=True) and len(scores) == 2
         assert entry["chosen"] == entry["trials"][0]
+        stage = entry["refine"]["freeze_backbone_on_recluster"]
+        off, on = stage["values"]
+        assert off["MAP@R"]["0"] == entry["chosen"]["validation"]["MAP@R"]
+        for tried in (off, on):
+            assert tried["mean"] == pytest.approx(np.mean(list(tried["MAP@R"].values())))
+        assert stage["kept"] == (on["mean"] > off["mean"])
+        assert entry["recipe"] == {**entry["chosen"]["settings"],
+                                   "freeze_backbone_on_recluster": stage["kept"]}
     for folder in (tmp_path / "runs").iterdir():
         metrics = json.loads((folder / "metrics.json").read_text())
         assert "test" not in metrics and metrics["selection"]["metric"] == "validation MAP@R"
         assert json.loads((folder / "config.json").read_text())["validation_classes"] == 0.25
     records = sorted(p.name for p in (tmp_path / "search.runs").glob("*.json"))
-    assert records == ["dnc-00.json", "dnc-01.json", "single-00.json", "single-01.json"]
+    refined = [f"{family}-freeze_backbone_on_recluster-{value}-s{seed}.json"
+               for family in ("dnc", "single") for value, seed in ((False, 1), (True, 0),
+                                                                   (True, 1))]
+    assert records == sorted(["dnc-00.json", "dnc-01.json", "single-00.json",
+                              "single-01.json"] + refined)
+    frozen = json.loads((tmp_path / "search.runs" / refined[1]).read_text())
+    assert frozen["settings"]["freeze_backbone_on_recluster"] is True
+    assert frozen["settings"]["seed"] == 0
     # A record's validation score is its curve's best point.
     record = json.loads((tmp_path / "search.runs" / "dnc-00.json").read_text())
     best = max(record["curve"], key=lambda point: point["MAP@R"])

@@ -19,7 +19,8 @@ RESULTS = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "res
 def test_recipe_is_the_dnc_choice_of_its_committed_search(name):
     with open(os.path.join(RESULTS, f"recipe_search_{name}.json")) as f:
         search = json.load(f)
-    chosen = dict(search["families"]["dnc"]["chosen"]["settings"])
+    # The random search's choice, with the second stage's values kept.
+    chosen = dict(search["families"]["dnc"]["recipe"])
     chosen.pop("eval_every")
     recipe = load_preset(name)
     assert recipe.pop("dataset") == name
