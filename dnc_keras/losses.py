@@ -174,14 +174,15 @@ class _BatchLoss(keras.losses.Loss):
     otherwise turn NaN distances into a finite value (1.0, 1.4) and hide a diverged network.
     """
 
-    def __call__(self, y_true, y_pred, sample_weight=None):
+    def __call__(self, y_true, y_pred, sample_weight=None, **kwargs):
+        """The batch's loss; `kwargs` go to `call` (MarginLoss's learned `beta`)."""
         if sample_weight is not None:
             raise ValueError(
                 f"{self.__class__.__name__} is computed over the whole batch and takes no "
                 f"sample_weight. Received: sample_weight={sample_weight!r}"
             )
         with keras.name_scope(self.name):
-            value = tf.cast(self.call(y_true, y_pred), tf.float32)
+            value = tf.cast(self.call(y_true, y_pred, **kwargs), tf.float32)
             finite = tf.reduce_all(tf.math.is_finite(tf.cast(y_pred, tf.float32)))
             value = tf.where(finite, value, tf.constant(float("nan")))
             return tf.cast(value, self.dtype)
@@ -200,7 +201,12 @@ class MarginLoss(_BatchLoss):
     Args:
         alpha: Margin around the boundary. Defaults to `0.2`.
         beta: Boundary between positive and negative distances (fixed, as in both official
-            runs). Defaults to `1.2`.
+            runs), or its starting value when learned. Defaults to `1.2`.
+        learn_beta: Whether beta is learned, as Wu et al. do. A loss holds no variables: a
+            `DnCModel` compiled with this loss keeps one beta per learner and one for the
+            conquered embedding, trains them with their own optimizer, and passes the current
+            learner's to `call(..., beta=)`. Called alone the loss uses `beta`. Defaults to
+            `False`.
         nu: Weight of the `|beta|` regulariser. Defaults to `0.0`.
         cutoff: Sampler: distances are clamped below at this value. Defaults to `0.5`.
         nonzero_loss_cutoff: Sampler: negatives this far or farther are not sampled unless no
@@ -230,6 +236,7 @@ class MarginLoss(_BatchLoss):
         nonzero_loss_cutoff=1.4,
         dimension=None,
         seed=None,
+        learn_beta=False,
         name="margin_loss",
         reduction="sum_over_batch_size",
         dtype=None,
@@ -237,19 +244,22 @@ class MarginLoss(_BatchLoss):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.alpha = float(alpha)
         self.beta = float(beta)
+        self.learn_beta = bool(learn_beta)
         self.nu = float(nu)
         self.sampler = DistanceWeightedSampler(
             cutoff=cutoff, nonzero_loss_cutoff=nonzero_loss_cutoff, dimension=dimension, seed=seed
         )
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true, y_pred, beta=None):
+        """The loss with boundary `beta` (a learned scalar tensor), `self.beta` when None."""
         labels, embeddings = _prepare(y_true, y_pred)
         d = pairwise_distances(embeddings)
         n = self.sampler.dimension
         if n is None:
             n = effective_dimension(embeddings)
         triplets = self.sampler.sample_from_distances(d, labels, n)
-        return margin_loss_from_triplets(d, *triplets, alpha=self.alpha, beta=self.beta, nu=self.nu)
+        beta = self.beta if beta is None else tf.cast(beta, tf.float32)
+        return margin_loss_from_triplets(d, *triplets, alpha=self.alpha, beta=beta, nu=self.nu)
 
     def get_config(self):
         config = super().get_config()
@@ -257,6 +267,7 @@ class MarginLoss(_BatchLoss):
             {
                 "alpha": self.alpha,
                 "beta": self.beta,
+                "learn_beta": self.learn_beta,
                 "nu": self.nu,
                 **self.sampler.get_config(),
             }

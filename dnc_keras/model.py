@@ -38,6 +38,10 @@ class DnCModel(keras.Model):
         preprocessing: the `Preprocessing` record (or its dict) that makes this model's input
             from image files, saved with the model so that an export serves exactly what
             was trained. Defaults to `None`.
+        learned_beta: the starting value of learned margin-loss betas (`margin_betas`), or
+            `None` for none. `compile` with `MarginLoss(learn_beta=True)` sets it from the
+            loss when it is None; it is in the config so that a saved model loads its betas
+            even uncompiled. Defaults to `None`.
 
     Example:
     ```python
@@ -49,7 +53,7 @@ class DnCModel(keras.Model):
     """
 
     def __init__(self, encoder, subspaces, mask_lr_multiplier=100.0, weight_decay=0.0,
-                 preprocessing=None, mask_weight_decay=0.0, **kwargs):
+                 preprocessing=None, mask_weight_decay=0.0, learned_beta=None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(subspaces, SubspaceMasks):
             raise TypeError(f"subspaces must be a SubspaceMasks layer; got {type(subspaces)}")
@@ -63,6 +67,11 @@ class DnCModel(keras.Model):
         self.conquered = self.add_weight(name="conquered", shape=(), dtype="int32",
                                          initializer="zeros", trainable=False)
         self.mask_optimizer = None
+        self.learned_beta = None
+        self.margin_betas = None
+        self.beta_optimizer = None
+        if learned_beta is not None:
+            self._add_margin_betas(learned_beta)
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.overlap_tracker = keras.metrics.Mean(name="overlap")
         # Steps of the epoch whose embeddings, loss or gradients were not finite: divergence
@@ -87,6 +96,12 @@ class DnCModel(keras.Model):
             mask_optimizer: optimizer of the learned masks. Defaults to a copy of `optimizer`
                 with `mask_lr_multiplier` times its learning rate.
 
+        A `MarginLoss(learn_beta=True)` gets its beta learned here: `margin_betas` holds one
+        per learner slot and one (the last) for the conquered embedding, all starting at the
+        loss's `beta` (unless the model has them already), trained by `beta_optimizer` (a copy
+        of `optimizer`, same learning rate, no weight decay). A dividing learner's children
+        inherit its beta. Compiled with another loss, the model keeps its betas unused.
+
         Under the `"mixed_float16"` policy (float16 compute), Keras wraps `optimizer` in a
         `keras.optimizers.LossScaleOptimizer`, and the mask optimizer is wrapped likewise.
         """
@@ -106,6 +121,21 @@ class DnCModel(keras.Model):
             # Built here, in the strategy scope compile runs in: fit's replicas cannot create
             # its slots, and fit only builds `optimizer` ahead of the first step.
             self.mask_optimizer.build([self.subspaces.masks])
+        if getattr(self.learner_loss, "learn_beta", False):
+            if self.distribute_strategy.num_replicas_in_sync > 1:
+                raise ValueError("A learned beta is not supported under a multi-replica "
+                                 "strategy")
+            if self.margin_betas is None:
+                self._add_margin_betas(self.learner_loss.beta)
+            self.beta_optimizer = _scaled_copy(self.optimizer, 1.0)
+            self.beta_optimizer.build([self.margin_betas])
+
+    def _add_margin_betas(self, beta):
+        """One beta per learner slot and one for the conquered embedding, all at `beta`."""
+        self.learned_beta = float(beta)
+        self.margin_betas = self.add_weight(
+            name="margin_betas", shape=(self.subspaces.max_learners + 1,),
+            initializer=keras.initializers.Constant(beta), dtype="float32")
 
     def compile_from_config(self, config):
         """Restores compile() on keras.saving.load_model, so the loaded model trains on."""
@@ -154,7 +184,11 @@ class DnCModel(keras.Model):
         sub = self.subspaces.learner_embedding(z, learner)
         full = tf.math.l2_normalize(tf.cast(z, tf.float32), axis=-1)
         embedding = tf.where(conquered, full, sub)
-        loss = self.learner_loss(labels, embedding)
+        if self.beta_optimizer is None:
+            loss = self.learner_loss(labels, embedding)
+        else:
+            beta = tf.gather(self.margin_betas, self._beta_slot(learner))
+            loss = self.learner_loss(labels, embedding, beta=beta)
         overlap = self.subspaces.overlap_penalty() * (1.0 - tf.cast(conquered, tf.float32))
         return loss, overlap
 
@@ -163,9 +197,12 @@ class DnCModel(keras.Model):
         learner = _learner(x)
         encoder_vars = self.encoder.trainable_variables
         mask_vars = [self.subspaces.masks] if self.mask_optimizer is not None else []
+        beta_vars = [self.margin_betas] if self.beta_optimizer is not None else []
         groups = [(self.optimizer, encoder_vars)]
         if mask_vars:
             groups.append((self.mask_optimizer, mask_vars))
+        if beta_vars:
+            groups.append((self.beta_optimizer, beta_vars))
         scaled = any(_loss_scaled(optimizer) for optimizer, _ in groups)
         # Each optimizer scales the loss by its own factor, so with loss scaling each group of
         # variables takes its gradient from its own scaled loss (the tape is read twice).
@@ -185,10 +222,10 @@ class DnCModel(keras.Model):
             grads = [g for (_, variables), target in zip(groups, targets)
                      for g in tape.gradient(target, variables)]
         else:
-            grads = tape.gradient(total, encoder_vars + mask_vars)
+            grads = tape.gradient(total, encoder_vars + mask_vars + beta_vars)
         self.nonfinite_tracker.update_state(
             1.0 - tf.cast(_step_finite(z, total, grads, groups), tf.float32))
-        self.apply_learner_gradients(grads, encoder_vars, mask_vars)
+        self.apply_learner_gradients(grads, encoder_vars, mask_vars, beta_vars, learner)
         bank = self.feature_bank
         if bank is not None and isinstance(x, dict) and "indices" in x and _num_replicas() == 1:
             bank.write(x["indices"], f)
@@ -197,10 +234,12 @@ class DnCModel(keras.Model):
         self.update_compiled_metrics(labels, self.subspaces(z))
         return self.get_metrics_result()
 
-    def apply_learner_gradients(self, grads, encoder_vars, mask_vars):
-        """Coupled L2 on encoder weights and masks, then one optimizer step each for encoder
-        and masks; the backbone's step is undone while it is frozen (`freeze_backbone`)."""
-        n = len(encoder_vars)
+    def apply_learner_gradients(self, grads, encoder_vars, mask_vars, beta_vars=(),
+                                learner=None):
+        """Coupled L2 on encoder weights and masks, then one optimizer step each for encoder,
+        masks and learned betas (the batch's `learner`'s); the backbone's step is undone
+        while it is frozen (`freeze_backbone`)."""
+        n, m = len(encoder_vars), len(mask_vars)
         frozen = self.__dict__.get("_backbone_frozen")
         backbone = self.backbone_variables() if frozen is not None else []
         before = [tf.identity(v) for v in backbone]
@@ -210,7 +249,23 @@ class DnCModel(keras.Model):
             variable.assign(tf.where(frozen, value, variable))
         if mask_vars:
             self.mask_optimizer.apply(
-                _coupled_l2(grads[n:], mask_vars, self.mask_weight_decay), mask_vars)
+                _coupled_l2(grads[n:n + m], mask_vars, self.mask_weight_decay), mask_vars)
+        if beta_vars:
+            self._apply_beta_gradient(grads[n + m], learner)
+
+    def _beta_slot(self, learner):
+        """The batch's beta: its learner's, or once conquered the last one."""
+        return tf.where(tf.cast(self.conquered, tf.bool), self.subspaces.max_learners,
+                        tf.cast(learner, tf.int32))
+
+    def _apply_beta_gradient(self, grad, learner):
+        """Steps the beta the batch used and no other: as PyTorch's Adam skips a parameter
+        without a gradient, the other slots do not drift on their momentum."""
+        used = tf.one_hot(self._beta_slot(learner), self.subspaces.max_learners + 1,
+                          on_value=True, off_value=False)
+        before = tf.identity(self.margin_betas)
+        self.beta_optimizer.apply([grad], [self.margin_betas])
+        self.margin_betas.assign(tf.where(used, self.margin_betas, before))
 
     @property
     def backbone_frozen(self):
@@ -246,7 +301,10 @@ class DnCModel(keras.Model):
     def test_step(self, data):
         x, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
         embedding = self(x, training=False)
-        loss = self.learner_loss(labels, embedding)
+        if self.beta_optimizer is None:
+            loss = self.learner_loss(labels, embedding)
+        else:  # the inference embedding: the conquered one's beta
+            loss = self.learner_loss(labels, embedding, beta=self.margin_betas[-1])
         self.loss_tracker.update_state(loss)
         self.update_compiled_metrics(labels, embedding)
         results = {"loss": self.loss_tracker.result()}
@@ -278,7 +336,16 @@ class DnCModel(keras.Model):
 
     def divide(self):
         """Doubles the learners; the children's masks restart their optimizer slots."""
+        k = self.active_learners
         self.subspaces.divide()
+        if self.margin_betas is not None:
+            inherited = tf.concat([tf.repeat(tf.range(k), 2),
+                                   tf.range(2 * k, self.subspaces.max_learners + 1)], 0)
+            shape = tuple(self.margin_betas.shape)
+            moments = [v for v in (self.beta_optimizer.variables if self.beta_optimizer else [])
+                       if tuple(v.shape) == shape]
+            for v in [self.margin_betas] + moments:
+                v.assign(tf.gather(v, inherited))
         if self.mask_optimizer is not None and self.mask_optimizer.built:
             shape = tuple(self.subspaces.masks.shape)
             for v in self.mask_optimizer.variables:
@@ -329,6 +396,7 @@ class DnCModel(keras.Model):
                       subspaces=keras.saving.serialize_keras_object(self.subspaces),
                       mask_lr_multiplier=self.mask_lr_multiplier, weight_decay=self.weight_decay,
                       mask_weight_decay=self.mask_weight_decay,
+                      learned_beta=self.learned_beta,
                       preprocessing=None if self.preprocessing is None
                       else self.preprocessing.to_dict())
         return config

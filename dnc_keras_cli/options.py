@@ -184,6 +184,8 @@ TRAIN_OPTIONS = (
     _opt("loss", str, "triplet_hard", "the learners' loss", choices=tuple(LOSSES)),
     _opt("margin", float, None, "margin of the loss (alpha for margin)", nullable=True,
          unset="the loss's own"),
+    _opt("learn_beta", bool, False, "margin loss: learn its boundary beta, one per learner "
+         "and one for the conquered embedding (Wu et al.); otherwise fixed at 1.2"),
     _opt("epochs", int, 10, "epochs of training", minimum=1),
     _opt("classes_per_batch", int, 20, "P, classes per batch", minimum=2),
     _opt("samples_per_class", int, 4, "M, images per class in a batch", minimum=1),

@@ -151,6 +151,25 @@ def test_margin_matches_oracle_on_sampled_triplets(seed, dtype, nu):
     _close(got, margin_oracle(x, triplets, nu=nu), dtype)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_margin_with_a_given_beta_matches_oracle_and_its_gradient(seed):
+    """The learned beta a DnCModel passes (`beta=`) replaces the fixed one; its gradient is
+    (number of non-zero negative terms - positive ones + nu * sign(beta)) / non-zero terms."""
+    labels, x = _batch(seed, "float32", d=4, classes=4)
+    a, p, n, valid = DistanceWeightedSampler(seed=seed)(x, labels)
+    triplets = list(zip(a.numpy()[valid], p.numpy()[valid], n.numpy()[valid]))
+    beta = tf.Variable(0.9)
+    with tf.GradientTape() as tape:
+        got = MarginLoss(seed=seed, nu=0.1, learn_beta=True)(labels, x, beta=beta)
+    _close(got, margin_oracle(x, triplets, beta=0.9, nu=0.1), "float32")
+    d = _dist(x)
+    pos = sum(d[i, j] - 0.9 + 0.2 > 0 for i, j, _ in triplets)
+    neg = sum(0.9 - d[i, k] + 0.2 > 0 for i, _, k in triplets)
+    np.testing.assert_allclose(tape.gradient(got, beta), (neg - pos + 0.1) / (pos + neg),
+                               rtol=1e-5)
+    assert MarginLoss.from_config(MarginLoss(learn_beta=True).get_config()).learn_beta
+
+
 # ---------------------------------------------------------------- hand-computed cases
 
 LINE = np.array([[0.0], [1.0], [3.0]])  # d01 = 1, d02 = 3, d12 = 2

@@ -5,7 +5,7 @@ import pytest
 from dnc_keras.backbones import build_encoder, conv4
 from dnc_keras.callbacks import DnCScheduleCallback, dnc_callbacks
 from dnc_keras.layers import SubspaceMasks
-from dnc_keras.losses import TripletHardLoss
+from dnc_keras.losses import MarginLoss, TripletHardLoss
 from dnc_keras.model import DnCModel
 from dnc_keras.sampling import ClusterBatchSampler
 
@@ -95,6 +95,44 @@ def test_mask_weight_decay_adds_coupled_l2_to_the_mask_gradient():
     np.testing.assert_allclose(kernel_decayed, kernel, atol=1e-7)
     config = DnCModel.from_config(model.get_config()).get_config()
     assert config["mask_weight_decay"] == 0.5
+
+
+def _margin_model(k=4, lr=1e-2):
+    backbone = keras.Sequential([keras.Input((12, 1, 1)), keras.layers.Flatten(),
+                                 keras.layers.Dense(16, activation="relu")])
+    encoder = build_encoder(backbone, 8, dropout=0.0, freeze_bn_stats=False)
+    model = DnCModel(encoder, SubspaceMasks(8, k, mode="fixed", initial_learners=1))
+    model.compile(optimizer=keras.optimizers.Adam(lr),
+                  loss=MarginLoss(beta=1.2, learn_beta=True, seed=0))
+    return model
+
+
+def test_learned_beta_steps_only_the_batch_learners_slot(tmp_path):
+    """One beta per learner slot and one for the conquered embedding: Adam's first step moves
+    the batch's slot by its learning rate (m / sqrt(v) = sign of the gradient), no other;
+    dividing learner c gives its beta to children 2c and 2c + 1; a saved model keeps them."""
+    x, y = _blobs()
+    model = _margin_model(k=4, lr=1e-2)
+    assert model.margin_betas.numpy().tolist() == pytest.approx([1.2] * 5)
+    model.divide()  # K = 2: learners 0 and 1
+    model.train_on_batch(*_batch(x, y, learner=1))
+    betas = model.margin_betas.numpy()
+    assert abs(betas[1] - 1.2) == pytest.approx(1e-2, rel=1e-3)
+    np.testing.assert_array_equal(np.delete(betas, 1), np.float32(1.2))
+    model.divide()  # K = 4: learner 1's children are 2 and 3
+    np.testing.assert_allclose(model.margin_betas.numpy(), [1.2, 1.2, betas[1], betas[1], 1.2])
+    model.conquer()
+    model.train_on_batch(*_batch(x, y, learner=2))
+    conquered = model.margin_betas.numpy()
+    assert abs(conquered[4] - 1.2) > 1e-3
+    np.testing.assert_allclose(conquered[:4], [1.2, 1.2, betas[1], betas[1]], rtol=1e-7)
+    path = str(tmp_path / "beta.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(loaded.margin_betas.numpy(), conquered)
+    assert loaded.learner_loss.learn_beta and loaded.beta_optimizer is not None
+    uncompiled = keras.saving.load_model(path, compile=False)  # as `evaluate` and export load
+    np.testing.assert_array_equal(uncompiled.margin_betas.numpy(), conquered)
 
 
 def test_frozen_backbone_keeps_its_weights_while_the_embedding_trains():

@@ -62,6 +62,8 @@ class TrainingState:
                           sampler=tf.train.Checkpoint(**self.sampler_vars))
         if getattr(model, "mask_optimizer", None) is not None:
             trackables["mask_optimizer"] = model.mask_optimizer
+        if getattr(model, "beta_optimizer", None) is not None:
+            trackables["beta_optimizer"] = model.beta_optimizer
         # Keras' SeedGenerator (dropout's) is not reachable by checkpoint tracking: its state
         # is listed explicitly, or a resumed run would draw the first epoch's masks again.
         seeds = [v for v in model.variables if "seed_generator_state" in v.path]
@@ -155,6 +157,9 @@ def _build_optimizers(model):
         masks = getattr(model, "mask_optimizer", None)
         if masks is not None and not masks.built:
             masks.build([model.subspaces.masks])
+        betas = getattr(model, "beta_optimizer", None)
+        if betas is not None and not betas.built:
+            betas.build([model.margin_betas])
 
 
 class EpochCheckpoint(keras.callbacks.Callback):

@@ -45,9 +45,13 @@ def _checks(config):
     if config.mask_weight_decay and config.subspaces != "learned":
         raise ValueError("mask_weight_decay applies to learned masks (subspaces='learned'). "
                          f"Received: subspaces={config.subspaces!r}")
-    if config.freeze_backbone_on_recluster and config.strategy is not None:
-        raise ValueError("freeze_backbone_on_recluster runs with model.fit on one device, not "
-                         f"with a strategy. Received: strategy={config.strategy!r}")
+    if config.learn_beta and config.loss != "margin":
+        raise ValueError("learn_beta learns the margin loss's boundary (loss='margin'). "
+                         f"Received: loss={config.loss!r}")
+    for switch in ("freeze_backbone_on_recluster", "learn_beta"):
+        if getattr(config, switch) and config.strategy is not None:
+            raise ValueError(f"{switch} runs with model.fit on one device, not with a "
+                             f"strategy. Received: strategy={config.strategy!r}")
     if config.backbone == "resnet50" and config.color_mode == "grayscale":
         raise ValueError("resnet50 takes RGB images (its ImageNet weights have 3 input "
                          "channels). Received: color_mode='grayscale'")

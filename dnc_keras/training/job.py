@@ -40,9 +40,10 @@ def build_loss(config):
     """The learner loss the config names (`dnc_keras_cli.options.LOSSES`), with its own default
     margin unless one is set."""
     loss = resolve(LOSSES, config.loss, "loss")
-    if config.margin is None:
-        return loss()
-    return loss(**{loss.MARGIN_ARGUMENT: config.margin})
+    kwargs = {"learn_beta": True} if config.learn_beta else {}
+    if config.margin is not None:
+        kwargs[loss.MARGIN_ARGUMENT] = config.margin
+    return loss(**kwargs)
 
 
 

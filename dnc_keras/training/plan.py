@@ -302,8 +302,9 @@ def describe(config, plan) -> str:
     weights = f", weights {config.weights}" if config.backbone != "conv4" else ""
     lines.append(f"Model: {config.backbone}{weights} -> {config.embedding_dim}-d embedding, "
                  f"{config.subspaces} subspaces, {config.learners} learner(s) at most "
-                 f"(these classes allow {facts['max_learners']}); loss {config.loss}; "
-                 f"{config.inference_embedding} embedding at inference")
+                 f"(these classes allow {facts['max_learners']}); loss {config.loss}"
+                 + (" with a learned beta" if config.learn_beta else "")
+                 + f"; {config.inference_embedding} embedding at inference")
     lines.append(f"Batches: {config.classes_per_batch} classes x {config.samples_per_class} "
                  f"images = {facts['batch']['size']}; {facts['steps_per_epoch']:,d} steps per "
                  f"epoch x {config.epochs} epochs = {facts['total_steps']:,d} steps")

@@ -48,23 +48,28 @@ def test_glyphs_train_evaluate_export_serve_search(tmp_path):
 
 def test_learned_masks_margin_loss_mixed_precision_load_in_a_new_process(tmp_path):
     """The other model kinds a user trains load in a new process as they were trained: learned
-    masks (SubspaceMasks' learned weights), MarginLoss (its trainable beta) and a model built
-    under mixed_float16. `evaluate` in a new process recomputes the run's own metrics."""
+    masks (SubspaceMasks' learned weights), MarginLoss with its learned betas (one per learner
+    and the conquered one, trained) and a model built under mixed_float16. `evaluate` in a new process recomputes the run's own metrics."""
     run_dir = tmp_path / "runs" / "learned"
     results = json.loads(dnc("train", "--dataset", "digits", "--epochs", "2",
                              "--steps-per-epoch", "4", "--classes-per-batch", "4",
                              "--samples-per-class", "4", "--learners", "2",
                              "--embedding-dim", "16", "--subspaces",
-                             "learned", "--loss", "margin", "--mixed-precision", "--no-nmi",
+                             "learned", "--no-progressive", "--loss", "margin", "--learn-beta",
+                             "--mixed-precision",
+                             "--no-nmi",
                              "--out", run_dir, "--no-plots", "--json", cwd=tmp_path))
     loaded = json.loads(run([sys.executable, "-c",
                              "import json, dnc_keras, keras; m = keras.saving.load_model("
                              f"{str(run_dir / 'model.keras')!r}); "
                              "print(json.dumps({'masks': m.subspaces.mode, "
                              "'learners': int(m.subspaces.max_learners), "
+                             "'betas': m.margin_betas.numpy().tolist(), "
                              "'policies': sorted({l.dtype_policy.name for l in "
                              "m._flatten_layers()})}))"], tmp_path))
     assert loaded["masks"] == "learned" and loaded["learners"] == 2
+    # Two learners and the conquered embedding, each trained away from beta's start, 1.2.
+    assert len(loaded["betas"]) == 3 and all(abs(b - 1.2) > 1e-4 for b in loaded["betas"])
     # The backbone computes in float16; SubspaceMasks stays float32.
     assert loaded["policies"] == ["float32", "mixed_float16"]
     evaluated = json.loads(dnc("evaluate", run_dir, "--json", cwd=tmp_path))

@@ -139,6 +139,10 @@ def test_papers_schedule_options_reach_the_saved_model(tmp_path):
 
 @pytest.mark.parametrize("settings, message", [
     (dict(mask_weight_decay=1e-4), "mask_weight_decay applies to learned masks"),
+    (dict(learn_beta=True, loss="margin", strategy="mirrored"), "learn_beta runs with "
+     "model.fit on one device"),
+    (dict(learn_beta=True), "learn_beta learns the margin loss's boundary .loss='margin'.. "
+     "Received: loss='triplet_hard'"),
     (dict(freeze_backbone_on_recluster=True, strategy="mirrored"), "one device, not with a "
      "strategy"),
     (dict(inference_embedding="blocks"), "inference_embedding=.blocks.: expected one of full, "
@@ -156,5 +160,7 @@ def test_every_switch_can_be_set_either_way_over_a_recipe(option):
     flag = "--" + option.name.replace("_", "-")
     for argv, value in (([flag], True), ([flag.replace("--", "--no-", 1)], False), ([], None)):
         assert getattr(build_parser().parse_args(["train", *argv]), option.name) is value
-    config = TrainConfig.resolve(dataset="omniglot", **{option.name: not option.default})
+    needs = {"learn_beta": {"loss": "margin"}}.get(option.name, {})  # a switch of that loss
+    config = TrainConfig.resolve(dataset="omniglot", **needs,
+                                 **{option.name: not option.default})
     assert getattr(config, option.name) is (not option.default)
