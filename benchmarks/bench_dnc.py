@@ -84,7 +84,7 @@ def recipe_variants(results_dir=os.path.join(HERE, "results")):
     "<dataset> recipe, DnC with one learner": the DnC recipe with K = 1, everything else equal,
     the ablation that isolates what the division brings; and each of those three with each of
     the papers' options (`PAPERS_OPTIONS`), to tell what an option brings to DnC from what it
-    brings to any learner."""
+    brings to any learner; and the DnC recipe with the margin loss, its beta fixed or learned."""
     variants = {}
     for path in sorted(glob.glob(os.path.join(results_dir, "recipe_search_*.json"))):
         with open(path) as f:
@@ -100,6 +100,12 @@ def recipe_variants(results_dir=os.path.join(HERE, "results")):
         for option, settings in PAPERS_OPTIONS.items():
             for label, base in bases.items():
                 variants[f"{search['dataset']} recipe, {label}, {option}"] = {**base, **settings}
+        # The margin loss's learned beta, against the same loss with beta fixed (the recipe's
+        # loss, batch-hard triplets, has no beta).
+        margin = {**dnc, "loss": "margin", "margin": 0.2}
+        variants[f"{search['dataset']} recipe, DnC, margin loss"] = margin
+        variants[f"{search['dataset']} recipe, DnC, margin loss, learned beta"] = {
+            **margin, "learn_beta": True}
     return variants
 
 

@@ -104,4 +104,8 @@ def test_recipe_variants_are_each_familys_choice_of_a_search(tmp_path):
         {"epochs": 80, "learners": 4, "margin": 0.2, "freeze_backbone_on_recluster": True}
     assert variants["omniglot recipe, single learner, per-block inference"] == \
         {"epochs": 40, "learners": 1, "subspaces": "learned", "inference_embedding": "masked"}
-    assert len(variants) == len(bases) * (1 + len(bench.PAPERS_OPTIONS))
+    margin = {"epochs": 80, "learners": 4, "margin": 0.2, "loss": "margin"}
+    assert variants["omniglot recipe, DnC, margin loss"] == margin
+    assert variants["omniglot recipe, DnC, margin loss, learned beta"] == {**margin,
+                                                                          "learn_beta": True}
+    assert len(variants) == len(bases) * (1 + len(bench.PAPERS_OPTIONS)) + 2
