@@ -392,9 +392,11 @@ def recipe_search(name):
     """search_recipe.py: every trial of a dataset's recipe search, best first per family, on the
     validation classes; the first row of each family is its choice."""
     data = load(name)
-    caption = (f"{data['dataset']}: {data['runs']} trials ({data['budget_per_family']} per "
-               f"family), each on the training classes with a quarter held out; validation "
-               "MAP@R and R@1 at the trial's best epoch. The test classes were not evaluated.")
+    second = data["runs"] // len(data["families"]) - data["budget_per_family"]
+    caption = (f"{data['dataset']}: {data['runs']} runs ({data['budget_per_family']} random "
+               "trials per family" + (f", then {second} second-stage runs each" if second else "")
+               + "), each on the training classes with a quarter held out; validation "
+               "MAP@R and R@1 at the run's best epoch. The test classes were not evaluated.")
     text = caption + "\n\n" + recipe_trials(data["families"])
     if any("refine" in entry for entry in data["families"].values()):
         text += ("\n\nSecond stage: each family's choice with the options added after the "
