@@ -212,10 +212,28 @@ def test_recipe_search_lists_each_familys_trials_best_first(tmp_path, monkeypatc
         "families": {"dnc": {"trials": [trial(1, 0.4, learners=4), trial(0, 0.3, learners=2)]},
                      "single": {"trials": [trial(0, 0.35, learners=1)]}}})
     text = report.render_block("recipe_search recipe_search_x.json")
-    assert "x: 4 trials (2 per family)" in text
+    assert "x: 4 runs (2 random trials per family)" in text
     assert _lines(text, "| dnc |") == ["| dnc | 1 | 0.400 | 0.500 | 8 | learners 4 |",
                                        "| dnc | 0 | 0.300 | 0.500 | 8 | learners 2 |"]
     assert _lines(text, "| single |") == ["| single | 0 | 0.350 | 0.500 | 8 | learners 1 |"]
+
+
+def test_recipe_search_renders_its_second_stage(tmp_path, monkeypatch):
+    stage = {"values": [{"value": False, "MAP@R": {"0": 0.5, "1": 0.7}, "mean": 0.6},
+                        {"value": True, "MAP@R": {"0": 0.6, "1": 0.9}, "mean": 0.75}],
+             "differences": {"True": {"mean": 0.15, "ci95": [0.02, 0.28], "seeds": [0, 1]}},
+             "kept": True}
+    trial = {"trial": 0, "settings": {"learners": 4}, "validation": {"MAP@R": 0.5, "R@1": 0.5,
+                                                                      "epoch": 8}}
+    _results(tmp_path, monkeypatch, "recipe_search_y.json", {
+        "dataset": "y", "runs": 8, "budget_per_family": 1, "refine": {"seeds": [0, 1]},
+        "families": {"dnc": {"trials": [trial], "refine": {"freeze": stage}}}})
+    text = report.render_block("recipe_search recipe_search_y.json")
+    assert "y: 8 runs (1 random trials per family, then 7 second-stage runs each)" in text
+    assert "seeds 0, 1; the value with the higher mean is kept" in text
+    assert _lines(text, "| dnc | freeze |") == [
+        "| dnc | freeze | False | 2 | 0.600 |  | no |",
+        "| dnc | freeze | True | 2 | 0.750 | +0.150 (+0.020 to +0.280, 2 seeds): ahead | yes |"]
 
 def test_every_committed_results_file_records_its_provenance():
     """Each results file was written by a benchmark (not edited by hand): it carries the
