@@ -22,7 +22,9 @@ def test_fit_with_callbacks_example_runs_and_divides():
     sizes = sampler.cluster_sizes()
     assert len(sizes) == 2 and all(classes >= 2 for _, classes in sizes)
     # The printed metrics are the trained model's: the callback measured the same at the end.
-    assert abs(metrics["MAP@R"] - history.history["val_MAP@R"][-1]) < 1e-6
+    # Up to a near-tie's swap: faiss's threaded float32 search may order exact ties differently
+    # between two passes (a fresh-clone run differed by 7e-6); another model differs by far more.
+    assert abs(metrics["MAP@R"] - history.history["val_MAP@R"][-1]) < 1e-4
 
 
 def test_own_folder_tutorial_trains_on_a_folder_and_saves_a_model_another_process_loads(
