@@ -82,6 +82,7 @@ FIXED = {"validation_classes": VALIDATION_CLASSES, "test_evaluation": False, "nm
          "plots": False, "classes_per_batch": 20, "samples_per_class": 4, "seed": 0}
 DATASETS = {"omniglot": {"dataset": "omniglot", "image_size": 28}, "glyphs": {"dataset": "glyphs"}}
 EVALUATIONS_PER_TRIAL = 20
+TINY = {"epochs": 2, "steps_per_epoch": 2, "eval_every": 1}  # `--tiny`'s runs
 
 
 def shared_space(dataset):
@@ -191,7 +192,7 @@ def main(argv=None):
         records = []
         for index, settings in enumerate(trials):
             if args.tiny:
-                settings = {**settings, "epochs": 2, "steps_per_epoch": 2, "eval_every": 1}
+                settings = {**settings, **TINY}
             record, reused = run_trial(family, index, settings, common, runs_dir, args.out)
             records.append(record)
             print(f"{family} {index:2d}: validation MAP@R {record['validation']['MAP@R']:.3f} "
@@ -234,7 +235,7 @@ def refine(family, choice, seeds, common, runs_dir, out, tiny=False):
                 else:
                     settings = {**recipe, option: value, "seed": seed}
                     if tiny:
-                        settings.update(epochs=2, steps_per_epoch=2, eval_every=1)
+                        settings.update(TINY)
                     record, reused = run_trial(family, choice["trial"], settings, common,
                                                runs_dir, out,
                                                name=f"{family}-{option}-{value}-s{seed}")

@@ -184,11 +184,7 @@ class DnCModel(keras.Model):
         sub = self.subspaces.learner_embedding(z, learner)
         full = tf.math.l2_normalize(tf.cast(z, tf.float32), axis=-1)
         embedding = tf.where(conquered, full, sub)
-        if self.beta_optimizer is None:
-            loss = self.learner_loss(labels, embedding)
-        else:
-            beta = tf.gather(self.margin_betas, self._beta_slot(learner))
-            loss = self.learner_loss(labels, embedding, beta=beta)
+        loss = self._learner_loss(labels, embedding, self._beta_slot(learner))
         overlap = self.subspaces.overlap_penalty() * (1.0 - tf.cast(conquered, tf.float32))
         return loss, overlap
 
@@ -253,6 +249,13 @@ class DnCModel(keras.Model):
         if beta_vars:
             self._apply_beta_gradient(grads[n + m], learner)
 
+    def _learner_loss(self, labels, embedding, beta_slot):
+        """The compiled loss; with learned betas, at the beta in `beta_slot`."""
+        if self.beta_optimizer is None:
+            return self.learner_loss(labels, embedding)
+        return self.learner_loss(labels, embedding,
+                                 beta=tf.gather(self.margin_betas, beta_slot))
+
     def _beta_slot(self, learner):
         """The batch's beta: its learner's, or once conquered the last one."""
         return tf.where(tf.cast(self.conquered, tf.bool), self.subspaces.max_learners,
@@ -301,10 +304,8 @@ class DnCModel(keras.Model):
     def test_step(self, data):
         x, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
         embedding = self(x, training=False)
-        if self.beta_optimizer is None:
-            loss = self.learner_loss(labels, embedding)
-        else:  # the inference embedding: the conquered one's beta
-            loss = self.learner_loss(labels, embedding, beta=self.margin_betas[-1])
+        # The inference embedding: the conquered one's beta, if learned.
+        loss = self._learner_loss(labels, embedding, self.subspaces.max_learners)
         self.loss_tracker.update_state(loss)
         self.update_compiled_metrics(labels, embedding)
         results = {"loss": self.loss_tracker.result()}

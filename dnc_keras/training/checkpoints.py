@@ -157,9 +157,6 @@ def _build_optimizers(model):
         masks = getattr(model, "mask_optimizer", None)
         if masks is not None and not masks.built:
             masks.build([model.subspaces.masks])
-        betas = getattr(model, "beta_optimizer", None)
-        if betas is not None and not betas.built:
-            betas.build([model.margin_betas])
 
 
 class EpochCheckpoint(keras.callbacks.Callback):

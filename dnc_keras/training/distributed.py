@@ -161,8 +161,6 @@ class DistributedTrainer:
             self.model.optimizer.build(self.model.encoder.trainable_variables)
             if self.model.mask_optimizer is not None:
                 self.model.mask_optimizer.build([self.model.subspaces.masks])
-            if self.model.beta_optimizer is not None:
-                self.model.beta_optimizer.build([self.model.margin_betas])
 
     # -- steps ------------------------------------------------------------------------------
     def _train_step(self):
