@@ -24,6 +24,7 @@ the image (bold Zhe, Shcha, ...) are scaled down to fit.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import time
@@ -33,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from dnc_keras.datasets.cache import cached_arrays, file_fingerprint
 from dnc_keras.datasets._base import MetricDataset, assemble, check_train_classes, image_hw
 
 # Font name -> file name in matplotlib's mpl-data/fonts/ttf.
@@ -262,6 +264,7 @@ def load_glyphs(
     scale=0.1,
     invert=False,
     font_dir=None,
+    cache=True,
 ) -> MetricDataset:
     """Rendered glyphs: one class per character, one image per font and jitter draw.
 
@@ -281,11 +284,15 @@ def load_glyphs(
         invert: `False` draws white glyphs on black (strokes bright, like the inverted Omniglot
             images), `True` black on white. Defaults to `False`.
         font_dir: see `font_paths`. Defaults to `None`.
+        cache: read the drawings from `dnc_keras.datasets.cache` when an earlier process drew
+            them with these arguments, fonts and code, else store them there (drawing takes
+            seconds; reading, a fraction). Defaults to `True`.
 
     Returns:
         MetricDataset named `"glyphs"`, images [N, H, W, 1]; class names are the characters.
         `info` holds `fonts`, `dropped` (see `glyph_classes`), `font_ids_train` and
-        `font_ids_test` (the font index of every image), the jitter ranges, `render_seconds`.
+        `font_ids_test` (the font index of every image), the jitter ranges, `render_seconds`
+        and `from_cache`.
 
     Example:
         >>> ds = load_glyphs(seed=0)
@@ -302,39 +309,35 @@ def load_glyphs(
         if not 0 <= value < upper:
             raise ValueError(f"{arg} must be in [0, {upper}). Received: {arg}={value!r}")
     paths = font_paths(font_dir)
-    chars, dropped = glyph_classes(font_dir)
+    key = {"image_size": list(hw), "seed": seed, "images_per_font": int(images_per_font),
+           "rotation": float(rotation), "shift": float(shift), "scale": float(scale),
+           "fonts": [file_fingerprint(p) for p in paths.values()], "code": _CODE_VERSION}
+    drawn, from_cache = cached_arrays(
+        "glyphs", key, lambda: _draw(paths, font_dir, hw, seed, images_per_font, rotation,
+                                     shift, scale), use_cache=cache)
+    chars = [str(c) for c in drawn["chars"]]
+    dropped = {k: tuple(v) for k, v in json.loads(str(drawn["dropped"])).items()}
 
-    split_seq, jitter_seq = np.random.SeedSequence(seed).spawn(2)
-    order = np.random.default_rng(split_seq).permutation(len(chars))
+    order = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[0]).permutation(
+        len(chars))
     if train_classes == "all":
         train_idx, test_idx = np.arange(len(chars)), np.array([], int)
     else:
         n_train = (len(chars) + 1) // 2
         train_idx, test_idx = np.sort(order[:n_train]), np.sort(order[n_train:])
 
-    n_fonts = len(paths)
-    # Jitter is drawn for every (character, font, copy) whatever the split, so an image does not
-    # change when train_classes does.
-    rng = np.random.default_rng(jitter_seq)
-    draws = (len(chars), n_fonts, images_per_font)
-    angles = rng.uniform(-rotation, rotation, draws)
-    scales = rng.uniform(1.0 - scale, 1.0 + scale, draws)
-    shifts = rng.uniform(-shift, shift, (*draws, 2))
-
     from dnc_keras.preprocessing import transform_arrays
 
+    n_fonts = len(paths)
     record = preprocessing(hw, invert)
-    renderer = _Renderer(list(paths.values()), hw)
+    # The record's transform, in batches of every class at once (one class per call costs
+    # seconds of eager TensorFlow ops).
+    images = transform_arrays(drawn["renders"].reshape(-1, *hw, 1), record).reshape(
+        drawn["renders"].shape)
     images_by_class, renders, font_ids = {}, {}, {}
     for i in np.concatenate([train_idx, test_idx]):
-        imgs = np.zeros((n_fonts, images_per_font, *hw), np.uint8)
-        for f in range(n_fonts):
-            clean = renderer.clean(chars[i], f)
-            for k in range(images_per_font):
-                dx, dy = shifts[i, f, k]
-                imgs[f, k] = renderer.jittered(clean, angles[i, f, k], scales[i, f, k], dx, dy)
-        renders[chars[i]] = imgs.reshape(-1, *hw, 1)
-        images_by_class[chars[i]] = transform_arrays(renders[chars[i]], record)
+        renders[chars[i]] = drawn["renders"][i]
+        images_by_class[chars[i]] = images[i]
         font_ids[chars[i]] = np.repeat(np.arange(n_fonts, dtype=np.int32), images_per_font)
 
     train_names = [chars[i] for i in train_idx]
@@ -357,4 +360,45 @@ def load_glyphs(
     }
     dataset = assemble("glyphs", images_by_class, train_names, test_names, info, record, renders)
     info["render_seconds"] = time.perf_counter() - start
+    info["from_cache"] = from_cache
     return dataset
+
+
+def _draw(paths, font_dir, hw, seed, images_per_font, rotation, shift, scale):
+    """{"chars", "dropped" (JSON), "renders" uint8 [chars, fonts x images_per_font, H, W, 1]}:
+    every class drawn, whatever the split."""
+    chars, dropped = glyph_classes(font_dir)
+    n_fonts = len(paths)
+    # Jitter is drawn for every (character, font, copy) whatever the split, so an image does not
+    # change when train_classes does.
+    rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[1])
+    draws = (len(chars), n_fonts, images_per_font)
+    angles = rng.uniform(-rotation, rotation, draws)
+    scales = rng.uniform(1.0 - scale, 1.0 + scale, draws)
+    shifts = rng.uniform(-shift, shift, (*draws, 2))
+    renderer = _Renderer(list(paths.values()), hw)
+    renders = np.zeros((len(chars), n_fonts, images_per_font, *hw), np.uint8)
+    for i, char in enumerate(chars):
+        for f in range(n_fonts):
+            clean = renderer.clean(char, f)
+            for k in range(images_per_font):
+                dx, dy = shifts[i, f, k]
+                renders[i, f, k] = renderer.jittered(clean, angles[i, f, k], scales[i, f, k],
+                                                     dx, dy)
+    return {"chars": np.array(chars), "dropped": np.array(json.dumps(dropped)),
+            "renders": renders.reshape(len(chars), -1, *hw, 1)}
+
+
+def _code_version():
+    """This module's source and the drawing libraries' versions: a change to either draws anew
+    rather than reading an older drawing from the cache."""
+    import hashlib
+
+    import PIL
+
+    with open(__file__, "rb") as f:
+        source = hashlib.sha256(f.read()).hexdigest()[:16]
+    return [source, PIL.__version__, ImageFont.core.freetype2_version, np.__version__]
+
+
+_CODE_VERSION = _code_version()

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 
@@ -33,7 +35,7 @@ def test_shapes_dtype_range(glyphs):
 
 
 def test_same_seed_same_arrays_other_seed_other_split(glyphs):
-    again = load_glyphs(seed=0)
+    again = load_glyphs(seed=0, cache=False)  # drawn again, not read back
     np.testing.assert_array_equal(glyphs.x_train, again.x_train)
     np.testing.assert_array_equal(glyphs.y_test, again.y_test)
     assert glyphs.class_names_train == again.class_names_train
@@ -133,3 +135,31 @@ def test_missing_font_is_named(tmp_path):
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         load_glyphs(**kwargs)
+
+
+def test_a_later_load_reads_the_drawings_an_earlier_one_cached(tmp_path, monkeypatch):
+    """The cache returns what drawing returns, array for array and info for info; another
+    argument or a changed font file is drawn anew."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    kwargs = dict(image_size=(20, 24), images_per_font=1, seed=2)
+    drawn = load_glyphs(**kwargs, cache=False)
+    assert not list(tmp_path.rglob("*.npz"))  # cache=False stores nothing
+    first, read = load_glyphs(**kwargs), load_glyphs(**kwargs, invert=True)
+    assert not first.info["from_cache"] and read.info["from_cache"]  # invert: not drawn
+    for name in ("x_train", "y_train", "x_test", "y_test", "test_sources"):
+        np.testing.assert_array_equal(getattr(read, name),
+                                      1.0 - getattr(drawn, name) if name.startswith("x_")
+                                      else getattr(drawn, name), err_msg=name)
+    assert read.class_names_test == drawn.class_names_test
+    assert read.info["dropped"] == drawn.info["dropped"]
+    np.testing.assert_array_equal(read.info["font_ids_test"], drawn.info["font_ids_test"])
+    assert not load_glyphs(**{**kwargs, "seed": 3}).info["from_cache"]
+    # A font file that changed (a matplotlib upgrade) is drawn again.
+    fonts = tmp_path / "fonts"
+    fonts.mkdir()
+    for path in font_paths().values():
+        (fonts / path.name).write_bytes(path.read_bytes())
+    assert not load_glyphs(**kwargs, font_dir=fonts).info["from_cache"]
+    assert load_glyphs(**kwargs, font_dir=fonts).info["from_cache"]
+    os.utime(fonts / FONT_FILES["STIX General"], ns=(0, 0))
+    assert not load_glyphs(**kwargs, font_dir=fonts).info["from_cache"]
