@@ -91,12 +91,18 @@ def write_files(folder, images_by_class, fmt="PNG"):
 
 
 def check_served_chain(tmp_path, run_dir, name, files, gallery=None, query=None):
-    """export -> embed (run, SavedModel, ONNX) -> TF Serving peers with
-    the gRPC and REST clients (bytes and pixels) -> edge_infer.py (float32, int8) ->
-    build-index -> search, each a fresh process; every served embedding of `files` within
-    TOLERANCE of the run's own. Without a gallery, only the steps that embed `files` (pixels
-    through the REST client alone): what another kind of input can break (a journey per
-    input kind, each step ~10 s of TensorFlow start-up, keeps the suite within its time).
+    """export -> the run's own embeddings of `files` (`embed` on the run folder) -> ... -> each
+    served embedding within TOLERANCE of the run's own, every step a fresh process.
+
+    Each step costs ~10 s of TensorFlow start-up, so a journey runs the steps its input can
+    break, each once (the suite keeps within its time):
+    - without a gallery (a journey per input kind): the decoders - TensorFlow's
+      (`serving_bytes`, run by `embed --runtime savedmodel`), the graph decoder before ONNX
+      Runtime (`embed --runtime onnx`) and serving/image_input.py (edge_infer.py; the
+      clients' --pixels decode with it too);
+    - with a gallery (the main job's journey): the deployment - the TF Serving peers with the
+      gRPC and REST clients (bytes to `serving_bytes`, --pixels to `serving_default`),
+      edge_infer.py (float32, int8), build-index -> search.
     validate-export has its own tests (tests/export/test_validate.py, test_export_cli.py):
     it reads only the export's files.
 
@@ -113,10 +119,15 @@ def check_served_chain(tmp_path, run_dir, name, files, gallery=None, query=None)
     assert json.loads((export_dir / "manifest.json").read_text()) == manifest
 
     reference = embeddings(dnc("embed", run_dir, *files, cwd=tmp_path))
-    for runtime in ("savedmodel", "onnx"):
-        served = embeddings(dnc("embed", export_dir, "--runtime", runtime, *files,
-                                cwd=tmp_path))
-        assert worst(served, reference) <= TOLERANCE, runtime
+    edge = os.path.join(SERVING, "edge_infer.py")
+    assert worst(embeddings(script(edge, export_dir / f"{name}.onnx", *files, cwd=tmp_path)),
+                 reference) <= TOLERANCE
+    if not full:
+        for runtime in ("savedmodel", "onnx"):
+            served = embeddings(dnc("embed", export_dir, "--runtime", runtime, *files,
+                                    cwd=tmp_path))
+            assert worst(served, reference) <= TOLERANCE, runtime
+        return manifest
     with tf_serving_peers(exports, name, tmp_path) as peers:
         assert peers["warmup"] == 2
         manifest_file = export_dir / "manifest.json"
@@ -125,16 +136,9 @@ def check_served_chain(tmp_path, run_dir, name, files, gallery=None, query=None)
             path = os.path.join(SERVING, client)
             as_bytes = embeddings(script(path, *address, "--model", name, *files, cwd=tmp_path))
             assert worst(as_bytes, reference) <= TOLERANCE, client
-            if client == "grpc_client.py" and not full:
-                continue  # both clients decode --pixels with serving/image_input.py
             as_pixels = embeddings(script(path, *address, "--model", name, "--pixels",
                                           "--manifest", manifest_file, *files, cwd=tmp_path))
             assert worst(as_pixels, reference) <= TOLERANCE, client
-    edge = os.path.join(SERVING, "edge_infer.py")
-    assert worst(embeddings(script(edge, export_dir / f"{name}.onnx", *files, cwd=tmp_path)),
-                 reference) <= TOLERANCE
-    if not full:
-        return manifest
     int8 = embeddings(script(edge, export_dir / f"{name}.int8.onnx", *files, cwd=tmp_path))
     assert worst(int8, reference) < 0.5  # quantized: close, not equal
 

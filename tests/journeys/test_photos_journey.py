@@ -1,5 +1,5 @@
 """A folder of the photographs users have: JPEG and PNG of mixed, non-square sizes, EXIF-rotated,
-RGBA, palette, 16-bit, grey. Train on it, then embed its files through every runtime that
+RGBA, palette, 16-bit, grey. Train on it, then embed its files through every decoder that
 serves what was trained, each step a new process."""
 
 import json
@@ -22,6 +22,7 @@ def test_photo_folder_train_export_serve(tmp_path):
                              "--out", run_dir, *SMALL, cwd=tmp_path))
     assert results["test_classes"] == 4
     test_files = [f for f in files if int(f.split("scene")[1].split("/")[0]) >= 4]
-    # The steps that embed files; evaluate, int8 and the index are the glyphs journey's.
+    # Each decoder on these files; evaluate, the serving peers and clients, int8 and the index
+    # are the glyphs journey's.
     manifest = check_served_chain(tmp_path, run_dir, "photos", test_files)
     assert manifest["preprocessing"]["kernel"] == "lanczos"
