@@ -11,7 +11,7 @@ import pytest
 from dnc_keras.backbones import build_encoder
 from dnc_keras.feature_bank import FeatureBank
 from dnc_keras.layers import SubspaceMasks
-from dnc_keras.losses import TripletHardLoss
+from dnc_keras.losses import MarginLoss, TripletHardLoss
 from dnc_keras.model import DnCModel
 from dnc_keras.sampling import ClusterBatchSampler
 from dnc_keras.training.checkpoints import TrainingState
@@ -24,19 +24,20 @@ def _data():
     return x, y
 
 
-def _model():
+def _model(loss=None):
     backbone = keras.Sequential([keras.Input((6, 1, 1)), keras.layers.Flatten(),
                                  keras.layers.Dense(12, activation="relu")])
     # Dropout on: its seed generator's state is part of what must come back.
     model = DnCModel(build_encoder(backbone, 8, dropout=0.2, freeze_bn_stats=False),
                      SubspaceMasks(8, 2, mode="learned"))
-    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=TripletHardLoss(margin=0.2))
+    model.compile(optimizer=keras.optimizers.Adam(1e-2),
+                  loss=loss or TripletHardLoss(margin=0.2))
     return model
 
 
-def _trained(tmp_path, epochs=2):
+def _trained(tmp_path, epochs=2, loss=None):
     x, y = _data()
-    model = _model()
+    model = _model(loss)
     sampler = ClusterBatchSampler(y, 4, 2, steps_per_epoch=3, seed=3)
     state = TrainingState(model, sampler, str(tmp_path / "checkpoints"))
     for epoch in range(epochs):
@@ -46,9 +47,9 @@ def _trained(tmp_path, epochs=2):
     return model, sampler
 
 
-def _fresh(tmp_path):
+def _fresh(tmp_path, loss=None):
     _, y = _data()
-    model = _model()
+    model = _model(loss)
     sampler = ClusterBatchSampler(y, 4, 2, steps_per_epoch=3, seed=3)
     return model, sampler, TrainingState(model, sampler, str(tmp_path / "checkpoints"))
 
@@ -68,6 +69,24 @@ def test_round_trip_of_every_variable_and_the_sampler(tmp_path):
     restored = fresh_sampler.get_state()
     for key, value in sampler.get_state().items():
         np.testing.assert_array_equal(restored[key], value, err_msg=key)
+
+
+def test_round_trip_of_the_learned_betas_and_their_optimizer(tmp_path):
+    """--learn-beta: the margin loss's betas (one per learner slot and the conquered one) and
+    their own Adam's moments come back, so a resumed run steps them as the unstopped one."""
+    def loss():
+        return MarginLoss(beta=1.2, learn_beta=True, seed=0)
+
+    model, _ = _trained(tmp_path, loss=loss())
+    assert np.abs(model.margin_betas.numpy() - 1.2).max() > 1e-3  # trained, not the start
+    fresh, _, state = _fresh(tmp_path, loss=loss())
+    assert state.restore()[0] == 2
+    np.testing.assert_array_equal(fresh.margin_betas.numpy(), model.margin_betas.numpy())
+    mine, theirs = model.beta_optimizer.variables, fresh.beta_optimizer.variables
+    assert len(mine) == len(theirs) > 1
+    assert all(np.any(np.asarray(v) != 0) for v in mine)  # stepped: moments, not zeros
+    for a, b in zip(mine, theirs):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
 
 
 def test_round_trip_of_the_feature_bank_with_which_rows_serve_once_more(tmp_path):
