@@ -309,12 +309,14 @@ def load_glyphs(
         if not 0 <= value < upper:
             raise ValueError(f"{arg} must be in [0, {upper}). Received: {arg}={value!r}")
     paths = font_paths(font_dir)
-    key = {"image_size": list(hw), "seed": seed, "images_per_font": int(images_per_font),
+    # seed=None draws fresh entropy each time: nothing to read back.
+    key = {"image_size": [int(v) for v in hw], "seed": None if seed is None else int(seed),
+           "images_per_font": int(images_per_font),
            "rotation": float(rotation), "shift": float(shift), "scale": float(scale),
            "fonts": [file_fingerprint(p) for p in paths.values()], "code": _CODE_VERSION}
     drawn, from_cache = cached_arrays(
         "glyphs", key, lambda: _draw(paths, font_dir, hw, seed, images_per_font, rotation,
-                                     shift, scale), use_cache=cache)
+                                     shift, scale), use_cache=cache and seed is not None)
     chars = [str(c) for c in drawn["chars"]]
     dropped = {k: tuple(v) for k, v in json.loads(str(drawn["dropped"])).items()}
 

@@ -154,6 +154,10 @@ def test_a_later_load_reads_the_drawings_an_earlier_one_cached(tmp_path, monkeyp
     assert read.info["dropped"] == drawn.info["dropped"]
     np.testing.assert_array_equal(read.info["font_ids_test"], drawn.info["font_ids_test"])
     assert not load_glyphs(**{**kwargs, "seed": 3}).info["from_cache"]
+    assert load_glyphs(**{**kwargs, "seed": np.int64(2)}).info["from_cache"]  # a config's int
+    files = set(tmp_path.rglob("*.npz"))
+    assert not load_glyphs(**{**kwargs, "seed": None}).info["from_cache"]  # fresh entropy
+    assert set(tmp_path.rglob("*.npz")) == files
     # A font file that changed (a matplotlib upgrade) is drawn again.
     fonts = tmp_path / "fonts"
     fonts.mkdir()
