@@ -313,15 +313,16 @@ def load_glyphs(
     key = {"image_size": [int(v) for v in hw], "seed": None if seed is None else int(seed),
            "images_per_font": int(images_per_font),
            "rotation": float(rotation), "shift": float(shift), "scale": float(scale),
-           "fonts": [file_fingerprint(p) for p in paths.values()], "code": _CODE_VERSION}
+           "fonts": [file_fingerprint(p) for p in paths.values()], "code": _code_version()}
+    split_seq, jitter_seq = np.random.SeedSequence(seed).spawn(2)
     drawn, from_cache = cached_arrays(
-        "glyphs", key, lambda: _draw(paths, font_dir, hw, seed, images_per_font, rotation,
-                                     shift, scale), use_cache=cache and seed is not None)
+        "glyphs", key, lambda: _draw(paths, font_dir, hw, jitter_seq, images_per_font,
+                                     rotation, shift, scale),
+        use_cache=cache and seed is not None)
     chars = [str(c) for c in drawn["chars"]]
     dropped = {k: tuple(v) for k, v in json.loads(str(drawn["dropped"])).items()}
 
-    order = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[0]).permutation(
-        len(chars))
+    order = np.random.default_rng(split_seq).permutation(len(chars))
     if train_classes == "all":
         train_idx, test_idx = np.arange(len(chars)), np.array([], int)
     else:
@@ -366,14 +367,14 @@ def load_glyphs(
     return dataset
 
 
-def _draw(paths, font_dir, hw, seed, images_per_font, rotation, shift, scale):
+def _draw(paths, font_dir, hw, jitter_seq, images_per_font, rotation, shift, scale):
     """{"chars", "dropped" (JSON), "renders" uint8 [chars, fonts x images_per_font, H, W, 1]}:
     every class drawn, whatever the split."""
     chars, dropped = glyph_classes(font_dir)
     n_fonts = len(paths)
     # Jitter is drawn for every (character, font, copy) whatever the split, so an image does not
     # change when train_classes does.
-    rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[1])
+    rng = np.random.default_rng(jitter_seq)
     draws = (len(chars), n_fonts, images_per_font)
     angles = rng.uniform(-rotation, rotation, draws)
     scales = rng.uniform(1.0 - scale, 1.0 + scale, draws)
@@ -391,9 +392,11 @@ def _draw(paths, font_dir, hw, seed, images_per_font, rotation, shift, scale):
             "renders": renders.reshape(len(chars), -1, *hw, 1)}
 
 
+@functools.lru_cache(maxsize=1)
 def _code_version():
     """This module's source and the drawing libraries' versions: a change to either draws anew
-    rather than reading an older drawing from the cache."""
+    rather than reading an older drawing from the cache. Read at the first load, not at
+    import."""
     import hashlib
 
     import PIL
@@ -401,6 +404,3 @@ def _code_version():
     with open(__file__, "rb") as f:
         source = hashlib.sha256(f.read()).hexdigest()[:16]
     return [source, PIL.__version__, ImageFont.core.freetype2_version, np.__version__]
-
-
-_CODE_VERSION = _code_version()
