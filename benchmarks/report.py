@@ -86,8 +86,11 @@ def main_job(name="main_job.json"):
     ks = [m for m in METRICS if m in data["test"]]
     rows = [[data["label"]] + [fmt(data["test"][m]) for m in ks],
             ["raw pixels"] + [fmt(data["raw_pixels"][m]) for m in ks]]
+    machine = (data.get("provenance") or {}).get("machine") or {}
+    where = (f" on {machine['cpus']} cores of an {machine['cpu']}"
+             if machine.get("cpu") and machine.get("cpus") else "")
     return (table([f"{data['test_classes']} unseen characters"] + ks, rows)
-            + f"\n\nTraining took {data['train_seconds']:.0f} s, the whole command "
+            + f"\n\nTraining took {data['train_seconds']:.0f} s{where}, the whole command "
               f"{data['seconds']:.0f} s. " + source(name, data))
 
 
