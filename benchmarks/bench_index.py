@@ -22,7 +22,9 @@ query's class, what a user of the labels sees.
 Each index is what `dnc-keras build-index --index KIND` builds (`dnc_keras.export.faiss_index`:
 the same default parameters and the same tuning of nprobe / efSearch to recall@10 >= 0.95 on
 1,000 gallery items); flat's results on the queries are the exact neighbours. Every index
-builds and searches with the same faiss thread count (`--threads`, faiss.omp_set_num_threads).
+searches with the same faiss thread count (`--threads`, faiss.omp_set_num_threads) and builds
+with the same count (`--build-threads`, by default `--threads`: a million-item HNSW graph
+takes about half an hour to build on one thread).
 Queries per second: all queries in one search call; the indexes take turns, `--repeats`
 rounds, median per index and median of the per-round ratios to flat. Also a sweep of the
 search parameter (recall and queries per second at each value). Memory: bytes of the
@@ -125,7 +127,10 @@ def parse_args(argv=None):
                         help="standard deviation per dimension of the noise around a unit "
                              "class centre, before normalising")
     parser.add_argument("--threads", type=int, default=1,
-                        help="faiss threads for every index, build and search")
+                        help="faiss threads for every index's searches")
+    parser.add_argument("--build-threads", type=int, default=None,
+                        help="faiss threads for every index's build and tuning (default: "
+                             "--threads)")
     parser.add_argument("--repeats", type=int, default=3, help="timed search rounds")
     parser.add_argument("--kinds", nargs="+", default=["flat", "ivf", "hnsw"],
                         choices=["flat", "ivf", "hnsw"],
@@ -137,6 +142,7 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     args.out = common.resolve_out(args.out, "index.json", tiny=args.tiny)
+    args.build_threads = args.build_threads or args.threads
     return args
 
 
@@ -151,14 +157,15 @@ def main(argv=None):
 
     import faiss  # noqa: E402  (after dnc_keras, see above)
 
-    faiss.omp_set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.build_threads)
     start = time.perf_counter()
     gallery, gallery_labels, query, query_labels = make_data(
         sizes["n"], sizes["queries"], sizes["classes"], args.dim, args.spread, args.seed)
     ids = np.arange(len(gallery), dtype=np.int64)
     print(f"{len(gallery):,} gallery and {len(query):,} query embeddings, {args.dim}-d, "
           f"{sizes['classes']:,} classes, spread {args.spread} "
-          f"({time.perf_counter() - start:.0f} s); faiss threads {args.threads}", flush=True)
+          f"({time.perf_counter() - start:.0f} s); faiss threads {args.build_threads} to build, "
+          f"{args.threads} to search", flush=True)
 
     kinds = [kind for kind in faiss_index.KINDS if kind == "flat" or kind in args.kinds]
     hnsw = {name: value for name, value in (("M", args.hnsw_m),
@@ -174,6 +181,7 @@ def main(argv=None):
         print(f"{kind}: built and tuned in {built:.1f} s, {parameters}, "
               f"{rows[kind]['index_bytes'] / 2**20:.0f} MiB", flush=True)
 
+    faiss.omp_set_num_threads(args.threads)
     # The exact neighbours come from the flat index itself (IndexFlatL2 is exact).
     truth = indexes["flat"].search(query, K)[1]
 
@@ -211,7 +219,8 @@ def main(argv=None):
                       and row["speedup_over_flat"]["median"] >= TARGET_SPEEDUP}
     results = {"benchmark": "index",
                "settings": {**sizes, "dim": args.dim, "spread": args.spread, "k": K,
-                            "threads": args.threads, "repeats": args.repeats,
+                            "threads": args.threads,
+                            "build_threads": args.build_threads, "repeats": args.repeats,
                             "kinds": kinds, "hnsw_overrides": hnsw,
                             "seed": args.seed, "tiny": args.tiny},
                "data": {"nearest_neighbour_same_class": rows["flat"]["top1_same_class"],

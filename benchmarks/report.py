@@ -326,7 +326,10 @@ def index(name="index.json"):
                      "-" if kind == "flat" else ("yes" if met else "no")])
     caption = (f"{settings['n']:,} gallery and {settings['queries']:,} query embeddings, "
                f"{settings['dim']}-d, {settings['classes']:,} classes (spread "
-               f"{settings['spread']}), faiss on {settings['threads']} thread(s), "
+               f"{settings['spread']}), faiss on {settings['threads']} thread(s)"
+               + (f" ({settings['build_threads']} to build)"
+                  if settings.get("build_threads", settings["threads"]) != settings["threads"]
+                  else "") + ", "
                f"{settings['repeats']} rounds (speed-up: median, min-max of the rounds). Goal: "
                f"recall@10 >= {target['recall_at_10']} at >= {target['speedup_over_flat']:g}x "
                "flat's queries per second.")

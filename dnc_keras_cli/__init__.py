@@ -181,7 +181,7 @@ INDEX_PARAMETER_FLAGS = [
     ("--nlist", "nlist", "ivf: number of lists (default 4 sqrt(N), at most N/50)"),
     ("--nprobe", "nprobe", "ivf: lists searched per query (default: tuned)"),
     ("--hnsw-m", "M", "hnsw: links per node (default 32)"),
-    ("--ef-construction", "efConstruction", "hnsw: beam width while building (default 80)"),
+    ("--ef-construction", "efConstruction", "hnsw: beam width while building (default 200)"),
     ("--ef-search", "efSearch", "hnsw: beam width while searching (default: tuned)"),
 ]
 

@@ -85,7 +85,7 @@ def test_approximate_kinds_record_their_parameters(folders, embedded, export_dir
     assert code == 0, err
     record = json.loads(out)
     assert record["kind"] == "hnsw" and record["size"] == 24 and record["classes"] == 3
-    assert record["parameters"] == {"M": 16, "efConstruction": 80, "efSearch": 64}
+    assert record["parameters"] == {"M": 16, "efConstruction": 200, "efSearch": 64}
     assert record["tuning"] is None
     assert record["export"]["model_hash"] == model_hash(json.load(open(
         os.path.join(export_dir, "manifest.json"))))

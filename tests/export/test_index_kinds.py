@@ -67,7 +67,7 @@ def test_approximate_kinds_reach_the_tuned_recall(data, kind):
     if kind == "ivf":
         assert index.parameters["nlist"] == min(round(4 * math.sqrt(3000)), 3000 // 50) == 60
     else:
-        assert index.parameters["M"] == 32 and index.parameters["efConstruction"] == 80
+        assert index.parameters["M"] == 32 and index.parameters["efConstruction"] == 200
     found = index.search(queries, k=10, threshold=math.inf)
     _, truth = oracle(gallery, np.arange(len(gallery)), queries, 10)
     # Held-out queries the tuning never saw: within sampling noise of the target.
