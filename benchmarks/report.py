@@ -80,15 +80,20 @@ def fmt(value, digits=3):
 
 # -- renderers ------------------------------------------------------------------------------
 
+def _cpu(data):
+    """ " of an <CPU model>" from a results file's provenance, or "" where it is not recorded."""
+    cpu = ((data.get("provenance") or {}).get("machine") or {}).get("cpu")
+    return f" of an {cpu}" if cpu else ""
+
+
 def main_job(name="main_job.json"):
     """`dnc-keras train` (README command 1) against raw pixels on the unseen glyphs."""
     data = load(name)
     ks = [m for m in METRICS if m in data["test"]]
     rows = [[data["label"]] + [fmt(data["test"][m]) for m in ks],
             ["raw pixels"] + [fmt(data["raw_pixels"][m]) for m in ks]]
-    machine = (data.get("provenance") or {}).get("machine") or {}
-    where = (f" on {machine['cpus']} cores of an {machine['cpu']}"
-             if machine.get("cpu") and machine.get("cpus") else "")
+    cpus = ((data.get("provenance") or {}).get("machine") or {}).get("cpus")
+    where = f" on {cpus} cores{_cpu(data)}" if cpus and _cpu(data) else ""
     return (table([f"{data['test_classes']} unseen characters"] + ks, rows)
             + f"\n\nTraining took {data['train_seconds']:.0f} s{where}, the whole command "
               f"{data['seconds']:.0f} s. " + source(name, data))
@@ -329,7 +334,7 @@ def index(name="index.json"):
                f"{settings['spread']}), faiss on {settings['threads']} thread(s)"
                + (f" ({settings['build_threads']} to build)"
                   if settings.get("build_threads", settings["threads"]) != settings["threads"]
-                  else "") + ", "
+                  else "") + _cpu(data) + ", "
                f"{settings['repeats']} rounds (speed-up: median, min-max of the rounds). Goal: "
                f"recall@10 >= {target['recall_at_10']} at >= {target['speedup_over_flat']:g}x "
                "flat's queries per second.")
