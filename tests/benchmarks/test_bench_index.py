@@ -17,6 +17,7 @@ def test_tiny_run_writes_its_results(tmp_path):
     results = json.loads(out.read_text())
     assert results["settings"]["n"] == 20_000 and results["settings"]["queries"] == 1_000
     assert results["settings"]["threads"] == 1 and results["settings"]["tiny"] is True
+    assert results["settings"]["build_threads"] == 1  # --threads, unless --build-threads
     assert results["provenance"]["command"].endswith(f"--out {out}")
     assert {"git", "machine", "date"} <= set(results["provenance"])
     assert 0.9 <= results["data"]["nearest_neighbour_same_class"] <= 1.0
@@ -42,11 +43,13 @@ def test_tiny_run_writes_its_results(tmp_path):
 
 def test_one_kind_with_other_hnsw_parameters(tmp_path):
     """--kinds hnsw with --hnsw-m / --hnsw-ef-construction: flat (the exact neighbours) and
-    an HNSW graph built with the given parameters, nothing else."""
+    an HNSW graph built with the given parameters, nothing else; --build-threads is recorded
+    apart from the search threads."""
     out = tmp_path / "hnsw.json"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run([sys.executable, BENCHMARK, "--tiny", "--repeats", "1", "--kinds",
-                           "hnsw", "--hnsw-m", "16", "--hnsw-ef-construction", "40", "--out",
+                           "hnsw", "--hnsw-m", "16", "--hnsw-ef-construction", "40",
+                           "--build-threads", "2", "--out",
                            str(out)], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads(out.read_text())
@@ -54,3 +57,5 @@ def test_one_kind_with_other_hnsw_parameters(tmp_path):
     parameters = results["indexes"]["hnsw"]["parameters"]
     assert (parameters["M"], parameters["efConstruction"]) == (16, 40)
     assert results["settings"]["hnsw_overrides"] == {"M": 16, "efConstruction": 40}
+    assert (results["settings"]["threads"], results["settings"]["build_threads"]) == (1, 2)
+    assert "faiss threads 2 to build, 1 to search" in done.stdout
