@@ -49,7 +49,8 @@ def default_parameters(kind, n):
     IVF: nlist = 4 sqrt(n) (the low end of faiss's guideline of 4-16 sqrt(n): more items per
     list, faster to build), at most n / 50 (see MIN_POINTS_PER_LIST). HNSW: M = 32
     links per node (faiss's guidelines span 4-64: more links, more memory and recall),
-    efConstruction = 200 (see HNSW_EF_CONSTRUCTION). The search parameter (nprobe, efSearch) is left to `tune`.
+    efConstruction = 200 (see HNSW_EF_CONSTRUCTION). The search parameter (nprobe, efSearch)
+    is left to `tune`.
     """
     check_kind(kind)
     if kind == "ivf":
