@@ -1,6 +1,6 @@
 """Divide and conquer with model.fit: the glyphs dataset, a Conv-4, K = 4 learners.
 
-    python examples/fit_with_callbacks.py [--epochs 10]
+    python examples/fit_with_callbacks.py [--epochs 10] [--steps-per-epoch N]
 
 The sampler draws one cluster's P x M batch per step; the callbacks divide K = 1 -> 2 -> 4 by
 2-means every 2 epochs, re-cluster with k-means after that, and conquer (train the full
@@ -16,7 +16,7 @@ from dnc_keras import datasets, losses
 from dnc_keras.backbones import build_encoder, conv4
 
 
-def main(epochs=10, learners=4):
+def main(epochs=10, learners=4, steps_per_epoch=None):
     data = datasets.load("glyphs", seed=0)  # 205 characters x 16 fonts; half unseen at test
 
     encoder = build_encoder(conv4(data.x_train.shape[1:]), embedding_dim=128,
@@ -25,8 +25,9 @@ def main(epochs=10, learners=4):
         encoder, dnc_keras.SubspaceMasks(128, max_learners=learners, initial_learners=1))
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=losses.TripletHardLoss())
 
+    # An epoch is one pass over the training images (N // (P x M) steps) unless given.
     sampler = dnc_keras.ClusterBatchSampler(data.y_train, classes_per_batch=20,
-                                            samples_per_class=4)
+                                            samples_per_class=4, steps_per_epoch=steps_per_epoch)
     # The schedule: K from the masks (1 now, `learners` at the end), divide every 2 epochs,
     # conquer the last fifth; one callback executes it.
     callbacks = dnc_keras.dnc_callbacks(sampler, data.x_train, period=2,
@@ -44,5 +45,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--learners", type=int, default=4)
+    parser.add_argument("--steps-per-epoch", type=int, default=None,
+                        help="batches per epoch (default: one pass, N // (P x M))")
     args = parser.parse_args()
-    main(args.epochs, args.learners)
+    main(args.epochs, args.learners, args.steps_per_epoch)
