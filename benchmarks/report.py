@@ -80,9 +80,14 @@ def fmt(value, digits=3):
 
 # -- renderers ------------------------------------------------------------------------------
 
+def _machine(data):
+    """The machine a results file's provenance records ({} where it records none)."""
+    return (data.get("provenance") or {}).get("machine") or {}
+
+
 def _cpu(data):
     """ " of an <CPU model>" from a results file's provenance, or "" where it is not recorded."""
-    cpu = ((data.get("provenance") or {}).get("machine") or {}).get("cpu")
+    cpu = _machine(data).get("cpu")
     return f" of an {cpu}" if cpu else ""
 
 
@@ -92,8 +97,8 @@ def main_job(name="main_job.json"):
     ks = [m for m in METRICS if m in data["test"]]
     rows = [[data["label"]] + [fmt(data["test"][m]) for m in ks],
             ["raw pixels"] + [fmt(data["raw_pixels"][m]) for m in ks]]
-    cpus = ((data.get("provenance") or {}).get("machine") or {}).get("cpus")
-    where = f" on {cpus} cores{_cpu(data)}" if cpus and _cpu(data) else ""
+    cpus, cpu = _machine(data).get("cpus"), _cpu(data)
+    where = f" on {cpus} cores{cpu}" if cpus and cpu else ""
     return (table([f"{data['test_classes']} unseen characters"] + ks, rows)
             + f"\n\nTraining took {data['train_seconds']:.0f} s{where}, the whole command "
               f"{data['seconds']:.0f} s. " + source(name, data))
