@@ -176,12 +176,20 @@ def build_parser():
     return parser
 
 
+# build-index's HNSW build parameters, owned here so that --help shows them without loading
+# faiss or TensorFlow; dnc_keras.export.faiss_index builds with them. efConstruction 200 is
+# hnswlib's default: at 1,000,000 items of benchmarks/bench_index.py a graph built with 200
+# reached recall@10 0.95 at efSearch 48 where one built with 80 needed 96 (a build about twice
+# as long for searches about 1.5x as fast).
+HNSW_DEFAULTS = {"M": 32, "efConstruction": 200}
+
 # (flag, parameter name, help) of build-index's faiss parameters.
 INDEX_PARAMETER_FLAGS = [
     ("--nlist", "nlist", "ivf: number of lists (default 4 sqrt(N), at most N/50)"),
     ("--nprobe", "nprobe", "ivf: lists searched per query (default: tuned)"),
-    ("--hnsw-m", "M", "hnsw: links per node (default 32)"),
-    ("--ef-construction", "efConstruction", "hnsw: beam width while building (default 200)"),
+    ("--hnsw-m", "M", f"hnsw: links per node (default {HNSW_DEFAULTS['M']})"),
+    ("--ef-construction", "efConstruction",
+     f"hnsw: beam width while building (default {HNSW_DEFAULTS['efConstruction']})"),
     ("--ef-search", "efSearch", "hnsw: beam width while searching (default: tuned)"),
 ]
 

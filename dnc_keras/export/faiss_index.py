@@ -17,6 +17,8 @@ import math
 
 import numpy as np
 
+from dnc_keras_cli import HNSW_DEFAULTS
+
 KINDS = ("flat", "ivf", "hnsw")
 # faiss.index_factory strings; every kind keeps caller-given int64 ids.
 FACTORY = {"flat": "IDMap2,Flat", "ivf": "IVF{nlist},Flat", "hnsw": "IDMap2,HNSW{M},Flat"}
@@ -29,11 +31,9 @@ PARAMETERS = {"flat": (), "ivf": ("nlist", "nprobe"), "hnsw": ("M", "efConstruct
 # faiss's k-means warns below 39 training points per centroid; nlist stays under n / 50 so
 # it has them even while `build_tuned` holds a fifth of the gallery out.
 MIN_POINTS_PER_LIST = 50
-HNSW_M = 32
-# hnswlib's default. At 1,000,000 items of benchmarks/bench_index.py a graph built with 200
-# reached recall@10 0.95 at efSearch 48 where one built with 80 needed 96: a build about twice
-# as long for searches about 1.5x as fast.
-HNSW_EF_CONSTRUCTION = 200
+# M and efConstruction (dnc_keras_cli.HNSW_DEFAULTS says why 200).
+HNSW_M = HNSW_DEFAULTS["M"]
+HNSW_EF_CONSTRUCTION = HNSW_DEFAULTS["efConstruction"]
 TUNE_K = 10
 TUNE_SAMPLE = 1000
 MIN_TUNE_SAMPLE = 50
@@ -49,8 +49,8 @@ def default_parameters(kind, n):
     IVF: nlist = 4 sqrt(n) (the low end of faiss's guideline of 4-16 sqrt(n): more items per
     list, faster to build), at most n / 50 (see MIN_POINTS_PER_LIST). HNSW: M = 32
     links per node (faiss's guidelines span 4-64: more links, more memory and recall),
-    efConstruction = 200 (see HNSW_EF_CONSTRUCTION). The search parameter (nprobe, efSearch)
-    is left to `tune`.
+    efConstruction = 200 (`dnc_keras_cli.HNSW_DEFAULTS`). The search parameter (nprobe,
+    efSearch) is left to `tune`.
     """
     check_kind(kind)
     if kind == "ivf":
