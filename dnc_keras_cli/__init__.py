@@ -19,6 +19,19 @@ def _version():
         return "unknown"
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's formatter that appends "(default: ...)", less its noise: not where the help
+    already names the default (a computed or tuned one), nor for a required argument, a switch
+    that is off, or a flag with no value (None, an empty list)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.required or "default" in text or action.default is False
+                or action.default is None or action.default == []):
+            return text
+        return super()._get_help_string(action)
+
+
 def _add_train_flags(parser):
     for option in TRAIN_OPTIONS:
         if option.kind is bool:
@@ -66,7 +79,7 @@ def build_parser():
     embed = commands.add_parser(
         "embed", help="embeddings of image files from a run folder (the run's evaluation "
         "path) or an export folder, one JSON line per file",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsHelpFormatter)
     embed.add_argument("model", help="run folder (dnc-keras train) or export folder "
                        "(dnc-keras export, e.g. saved_models/NAME)")
     embed.add_argument("images", nargs="+", help="image files")
@@ -75,7 +88,7 @@ def build_parser():
 
     export = commands.add_parser(
         "export", help="export a trained run for TF Serving (SavedModel) and ONNX Runtime",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
         description="Writes OUT/NAME/VERSION/ (SavedModel, TF Serving layout, with warm-up "
                     "requests), OUT/NAME/NAME.onnx and OUT/NAME/manifest.json, after checking "
                     "that the SavedModel and ONNX Runtime compute the run's own embeddings of "
@@ -111,14 +124,15 @@ def build_parser():
 
     build = commands.add_parser(
         "build-index", help="embed a gallery folder (one subfolder per class) into a faiss "
-        "index", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "index", formatter_class=DefaultsHelpFormatter,
         description="flat: exact, for up to about a hundred thousand items; ivf and hnsw: "
                     "approximate, for millions (docs/search.md). Without --nprobe / "
                     "--ef-search, the search parameter is tuned to --target-recall.")
     build.add_argument("gallery", help="folder of <label>/<image> files")
     build.add_argument("--model", required=True, help="export folder, e.g. saved_models/NAME")
     build.add_argument("--out", required=True, help="index folder to write")
-    build.add_argument("--runtime", choices=RUNTIMES, default="onnx")
+    build.add_argument("--runtime", choices=RUNTIMES, default="onnx",
+                       help="which artifact of the export embeds the gallery and the queries")
     build.add_argument("--index", dest="kind", choices=("flat", "ivf", "hnsw"), default="flat",
                        help="faiss index kind")
     for flag, name, text in INDEX_PARAMETER_FLAGS:
@@ -130,7 +144,7 @@ def build_parser():
 
     add = commands.add_parser(
         "index-add", help="add images to an index under new ids (no rebuild)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsHelpFormatter)
     add.add_argument("index", help="index folder written by `dnc-keras build-index`")
     add.add_argument("images", nargs="+", help="image files (need --label) or gallery folders "
                      "of <label>/<image>")
@@ -138,7 +152,7 @@ def build_parser():
     _add_output_flags(add, "one JSON object per item added")
 
     remove = commands.add_parser("index-remove", help="remove items from an index by id or path",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=DefaultsHelpFormatter)
     remove.add_argument("index", help="index folder written by `dnc-keras build-index`")
     remove.add_argument("--ids", type=int, nargs="+", default=[], help="item ids")
     remove.add_argument("--paths", nargs="+", default=[], help="items' image paths")
@@ -149,7 +163,7 @@ def build_parser():
 
     calibrate = commands.add_parser(
         "calibrate", help="choose the distance beyond which search answers 'unknown'",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
         description="Searches the images of --data (folders <label>/<image>, none of them in "
                     "the index; classes of the gallery and, to learn to say unknown, classes "
                     "absent from it) and stores the largest distance threshold at which "
@@ -165,7 +179,7 @@ def build_parser():
 
     search = commands.add_parser("search", help="top-k gallery matches of query images, or "
                                  "'unknown' beyond the index's threshold",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=DefaultsHelpFormatter)
     search.add_argument("index", help="index folder written by `dnc-keras build-index`")
     search.add_argument("images", nargs="+", help="query image files")
     search.add_argument("-k", type=int, default=5, help="matches per query")

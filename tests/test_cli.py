@@ -29,6 +29,40 @@ def test_help_lists_the_documented_flags(capsys):
         assert flag in text
 
 
+def _option_helps():
+    """(command, flag, help line as printed, action) of every option of every command."""
+    from dnc_keras_cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if a.choices and a.dest == "command")
+    for name, sub in commands.choices.items():
+        formatter = sub._get_formatter()
+        for action in sub._actions:
+            if action.option_strings and action.help and action.dest not in ("help", "version"):
+                yield name, action.option_strings[-1], formatter._expand_help(action), action
+
+
+def test_every_option_with_a_default_shows_it_once_and_none_shows_none():
+    """Every value-taking option of every command says its default in --help, once (its own
+    words or argparse's "(default: ...)"), and none says "(default: None)": a flag without a
+    value, a required one or a switch has nothing to show."""
+    from dnc_keras_cli.options import TRAIN_OPTIONS
+
+    train_flags = {option.cli_flag for option in TRAIN_OPTIONS}
+    checked = 0
+    for command, flag, text, action in _option_helps():
+        where = f"{command} {flag}: {text!r}"
+        assert "(default: None)" not in text and "(default: [])" not in text, where
+        assert "(default: False)" not in text, where
+        assert text.count("default") <= 1, where
+        # train's flags default to None in argparse (a --config or --preset may set them) and
+        # name their own default.
+        has_value = action.default not in (None, False, [])
+        if (has_value and not action.required) or (command == "train"
+                                                  and train_flags & set(action.option_strings)):
+            assert "default" in text, where
+            checked += 1
+    assert checked >= len(train_flags) + 10
+
 
 def test_a_recipe_search_run_never_evaluates_the_test_classes(tmp_path, capsys, monkeypatch):
     from dnc_keras.training import job
