@@ -101,7 +101,7 @@ def check_served_chain(tmp_path, run_dir, name, files, gallery=None, query=None)
       Runtime (`embed --runtime onnx`) and serving/image_input.py (edge_infer.py; the
       clients' --pixels decode with it too);
     - with a gallery (the main job's journey): the deployment - the TF Serving peers with the
-      gRPC and REST clients (bytes to `serving_bytes`, --pixels to `serving_default`),
+      gRPC and REST clients (bytes to `serving_bytes`; REST's --pixels to `serving_default`),
       edge_infer.py (float32, int8), build-index -> search.
     validate-export has its own tests (tests/export/test_validate.py, test_export_cli.py):
     it reads only the export's files.
@@ -130,15 +130,15 @@ def check_served_chain(tmp_path, run_dir, name, files, gallery=None, query=None)
         return manifest
     with tf_serving_peers(exports, name, tmp_path) as peers:
         assert peers["warmup"] == 2
-        manifest_file = export_dir / "manifest.json"
-        for client, address in (("grpc_client.py", ["--server", peers["grpc"]]),
-                                ("rest_client.py", ["--url", peers["rest"]])):
-            path = os.path.join(SERVING, client)
-            as_bytes = embeddings(script(path, *address, "--model", name, *files, cwd=tmp_path))
-            assert worst(as_bytes, reference) <= TOLERANCE, client
-            as_pixels = embeddings(script(path, *address, "--model", name, "--pixels",
-                                          "--manifest", manifest_file, *files, cwd=tmp_path))
-            assert worst(as_pixels, reference) <= TOLERANCE, client
+        # Files as bytes over both protocols; decoded pixels once, over REST (the gRPC
+        # client's --pixels is the same decoder: tests/export/test_serving_clients.py).
+        grpc = os.path.join(SERVING, "grpc_client.py")
+        rest = os.path.join(SERVING, "rest_client.py")
+        for argv in ([grpc, "--server", peers["grpc"]], [rest, "--url", peers["rest"]],
+                     [rest, "--url", peers["rest"], "--pixels", "--manifest",
+                      export_dir / "manifest.json"]):
+            served = embeddings(script(*argv, "--model", name, *files, cwd=tmp_path))
+            assert worst(served, reference) <= TOLERANCE, argv
     int8 = embeddings(script(edge, export_dir / f"{name}.int8.onnx", *files, cwd=tmp_path))
     assert worst(int8, reference) < 0.5  # quantized: close, not equal
 
