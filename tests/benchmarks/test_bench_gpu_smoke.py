@@ -2,46 +2,37 @@
 processes, gathers their results files into one, records that no GPU was seen, and records a
 benchmark that fails instead of stopping the others."""
 
-import json
 import subprocess
 import sys
 
 import pytest
 
-from bench_harness import BENCHMARKS, read_results, run_script, script_env
+from bench_harness import BENCHMARKS, read_results, script_env
 
 
 @pytest.mark.bench_processes
-def test_gpu_smoke_tiny_gathers_each_benchmark(tmp_path):
-    """The evaluation benchmark only (each benchmark's tiny mode has its own test; inference
-    needs an export, which the failure case below stands in for)."""
-    export_dir = tmp_path / "export"
-    export_dir.mkdir()
-    out = tmp_path / "gpu_smoke.json"
-    run_script("gpu_smoke", export_dir, "--tiny", "--benchmarks", "evaluation", "--out", out,
-               cwd=tmp_path, timeout=600)
-    results = read_results(out, "gpu_smoke", export_dir, "--tiny")
-    assert results["devices"]["tensorflow_gpus"] == [] and results["devices"]["faiss_gpus"] == 0
-    assert results["devices"]["onnxruntime_chosen"] == ["CPUExecutionProvider"]
-    assert results["gpu_seen"] is False and results["failed"] == []
-    assert list(results["benchmarks"]) == ["evaluation"]
-    inner = results["benchmarks"]["evaluation"]["results"]
-    assert "benchmarks/bench_evaluation.py" in inner["provenance"]["command"]
-    assert "--tiny" in inner["provenance"]["command"]
-    assert inner["metrics"] and inner["seconds"]
-
-
-def test_gpu_smoke_records_a_failed_benchmark_and_exits_1(tmp_path):
+def test_gpu_smoke_tiny_gathers_each_benchmark_and_records_a_failed_one(tmp_path):
+    """Inference on a folder that is no export (each benchmark's tiny mode has its own test),
+    then evaluation: the first fails, is recorded with its error and stops nothing; the second's
+    results are gathered; the exit code is 1."""
     not_an_export = tmp_path / "empty"
     not_an_export.mkdir()
     out = tmp_path / "gpu_smoke.json"
     done = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_smoke.py"), str(not_an_export),
-                           "--tiny", "--benchmarks", "inference", "--out", str(out)],
+                           "--tiny", "--benchmarks", "inference", "evaluation", "--out",
+                           str(out)],
                           cwd=tmp_path, env=script_env(), capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 1
-    results = json.loads(out.read_text())
-    assert results["failed"] == ["inference"]
-    assert results["benchmarks"]["inference"]["exit_code"] != 0
-    assert results["benchmarks"]["inference"]["error"]
+                          timeout=600)
+    assert done.returncode == 1, done.stderr[-2000:]
+    results = read_results(out, "gpu_smoke", not_an_export, "--tiny")
+    assert results["devices"]["tensorflow_gpus"] == [] and results["devices"]["faiss_gpus"] == 0
+    assert results["devices"]["onnxruntime_chosen"] == ["CPUExecutionProvider"]
+    assert results["gpu_seen"] is False and results["failed"] == ["inference"]
+    assert list(results["benchmarks"]) == ["inference", "evaluation"]
+    failed = results["benchmarks"]["inference"]
+    assert failed["exit_code"] != 0 and failed["error"]
     assert "gpu_smoke: inference failed" in done.stderr
+    inner = results["benchmarks"]["evaluation"]["results"]
+    assert "benchmarks/bench_evaluation.py" in inner["provenance"]["command"]
+    assert "--tiny" in inner["provenance"]["command"]
+    assert inner["metrics"] and inner["seconds"]
