@@ -57,7 +57,7 @@ def test_onnxruntime_matches_keras_on_the_record_at_other_sizes(session, keras_m
         assert np.abs(onnx_export.run(session, images) - expected).max() < 1e-5
 
 
-def test_int8_variant_reports_its_retrieval_cost(manifest, export_dir, digits):
+def test_int8_variant_reports_its_retrieval_cost(manifest, export_dir, digits, serving_modules):
     variant = manifest["variants"]["int8"]
     assert variant["bytes"] < variant["float32_bytes"] / 2
     assert variant["MAP@R_images"] == len(digits[1])
@@ -68,6 +68,10 @@ def test_int8_variant_reports_its_retrieval_cost(manifest, export_dir, digits):
     small = ExportedModel(export_dir, runtime="onnx", onnx_file=variant["path"]).embed(images)
     assert retrieval_metrics(small, labels, nmi=False)["MAP@R"] == pytest.approx(
         variant["MAP@R"], abs=1e-6)
+    # The edge script loads the variant as it loads the float32 file (checked against the
+    # manifest's hash of it) and computes the same embeddings, batch for batch.
+    edge = serving_modules["edge_infer"].EdgeModel(os.path.join(export_dir, variant["path"]))
+    np.testing.assert_allclose(edge.embed(images[:64]), small[:64], rtol=0, atol=1e-6)
 
 
 def test_float16_variant(export_dir, tmp_path, digits):

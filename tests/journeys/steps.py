@@ -102,7 +102,8 @@ def check_served_chain(tmp_path, run_dir, name, files, gallery=None, query=None)
       clients' --pixels decode with it too);
     - with a gallery (the main job's journey): the deployment - the TF Serving peers with the
       gRPC and REST clients (bytes to `serving_bytes`; REST's --pixels to `serving_default`),
-      edge_infer.py (float32, int8), build-index -> search.
+      build-index -> search. (The int8 variant's quality is measured at export, in
+      tests/export: the edge script reads it as it reads the float32 file.)
     validate-export has its own tests (tests/export/test_validate.py, test_export_cli.py):
     it reads only the export's files.
 
@@ -110,8 +111,7 @@ def check_served_chain(tmp_path, run_dir, name, files, gallery=None, query=None)
     """
     full = gallery is not None
     exports = tmp_path / "saved_models"
-    manifest = json.loads(dnc("export", run_dir, "--name", name, "--out", exports,
-                              *(["--quantize", "int8"] if full else []), "--json",
+    manifest = json.loads(dnc("export", run_dir, "--name", name, "--out", exports, "--json",
                               cwd=tmp_path))
     assert manifest["parity"]["passed"], manifest["parity"]
     export_dir = exports / name
@@ -139,9 +139,6 @@ def check_served_chain(tmp_path, run_dir, name, files, gallery=None, query=None)
                       export_dir / "manifest.json"]):
             served = embeddings(script(*argv, "--model", name, *files, cwd=tmp_path))
             assert worst(served, reference) <= TOLERANCE, argv
-    int8 = embeddings(script(edge, export_dir / f"{name}.int8.onnx", *files, cwd=tmp_path))
-    assert worst(int8, reference) < 0.5  # quantized: close, not equal
-
     index = tmp_path / "index"
     dnc("build-index", gallery, "--model", export_dir, "--out", index, cwd=tmp_path)
     found = json.loads(dnc("search", index, query, "-k", "3", "--json", cwd=tmp_path))
