@@ -1,7 +1,7 @@
 """Approximate search (IVF, HNSW) against exact search (flat) at a product catalogue's size.
 
     nice python benchmarks/bench_index.py              # 1,000,000 x 128, 1.5 hours on 1 thread
-    python benchmarks/bench_index.py --tiny            # 20,000 x 128, seconds
+    python benchmarks/bench_index.py --tiny            # 10,000 x 128, seconds
 
 Target (issue 15): recall@10 >= 0.95 against exact search at >= 10x the flat index's queries
 per second.
@@ -48,7 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 FULL = {"n": 1_000_000, "classes": 10_000, "queries": 10_000}
-TINY = {"n": 20_000, "classes": 200, "queries": 1_000}
+TINY = {"n": 10_000, "classes": 100, "queries": 500}
 SWEEP = {"ivf": (1, 2, 4, 8, 16, 32, 64, 128), "hnsw": (16, 32, 64, 128, 256)}
 SPREAD = 0.12
 TARGET_RECALL = 0.95

@@ -15,7 +15,7 @@ def test_tiny_run_writes_its_results(tmp_path):
                            str(out)], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads(out.read_text())
-    assert results["settings"]["n"] == 20_000 and results["settings"]["queries"] == 1_000
+    assert results["settings"]["n"] == 10_000 and results["settings"]["queries"] == 500
     assert results["settings"]["threads"] == 1 and results["settings"]["tiny"] is True
     assert results["settings"]["build_threads"] == 1  # --threads, unless --build-threads
     assert results["provenance"]["command"].endswith(f"--out {out}")
@@ -25,13 +25,13 @@ def test_tiny_run_writes_its_results(tmp_path):
     rows = results["indexes"]
     assert set(rows) == {"flat", "ivf", "hnsw"}
     assert rows["flat"]["recall_at_10"] == 1.0 and rows["flat"]["parameters"] == {}
-    assert rows["ivf"]["parameters"]["nlist"] == 400  # min(4 sqrt(20000) = 566, 20000 / 50)
+    assert rows["ivf"]["parameters"]["nlist"] == 200  # min(4 sqrt(10000) = 400, 10000 / 50)
     assert rows["hnsw"]["parameters"]["M"] == 32
     for kind in ("ivf", "hnsw"):
         row = rows[kind]
         assert row["tuning"]["sample"] == 1000 and row["tuning"]["target"] == 0.95
         assert 0.85 <= row["recall_at_10"] <= 1.0
-        assert row["qps"] > 0 and row["build_s"] > 0 and row["index_bytes"] > 20_000 * 128 * 4
+        assert row["qps"] > 0 and row["build_s"] > 0 and row["index_bytes"] > 10_000 * 128 * 4
         assert row["sweep"][-1]["recall_at_10"] > row["sweep"][0]["recall_at_10"]
         assert all(0 < p["top1_same_class"] <= 1 and p["qps"] > 0 for p in row["sweep"])
         assert results["goal"][kind]["met"] == (
