@@ -515,11 +515,15 @@ def decode_and_transform(contents, record, max_side=None, max_pixels=None):
 # -- eager helpers: files and arrays in, model input out ----------------------------------
 
 @functools.lru_cache(maxsize=16)
-def _file_function(record):
+def file_function(record):
+    """`decode_and_transform` with this record as a traced function of one encoded file
+    (scalar string). Traced once per record: tf.data pipelines built for each pass over the
+    files (every evaluation, every re-clustering) call it instead of tracing the decoders
+    again, which takes seconds."""
     import tensorflow as tf
 
     return tf.function(lambda contents: decode_and_transform(contents, record),
-                       input_signature=[tf.TensorSpec([], tf.string)])
+                       input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
 
 
 @functools.lru_cache(maxsize=16)
@@ -560,7 +564,7 @@ def read_file(path, record):
     except OSError as error:
         raise ValueError(f"Cannot read image {path}: {error.strerror}") from None
     try:
-        return _file_function(record)(tf.constant(contents)).numpy()
+        return file_function(record)(tf.constant(contents)).numpy()
     except (tf.errors.OpError, UnicodeDecodeError) as error:
         raise ValueError(f"Cannot read image {path}: {error_reason(error)}") from None
 
@@ -598,8 +602,8 @@ def files_dataset(paths, record, batch_size=64, contents=None):
         source = source.map(tf.io.read_file, num_parallel_calls=tf.data.AUTOTUNE)
     else:
         source = tf.data.Dataset.from_tensor_slices(contents)
-    images = source.map(lambda data: decode_and_transform(data, record),
-                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    images = source.map(file_function(record), num_parallel_calls=tf.data.AUTOTUNE,
+                        deterministic=True)
     return images.batch(batch_size).prefetch(2)
 
 

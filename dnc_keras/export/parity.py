@@ -82,7 +82,7 @@ def run_reference(model, record, inputs):
     """float32 [n, d]: the run's own evaluation path on each encoded input."""
     import tensorflow as tf
 
-    fn = pp._file_function(record)
+    fn = pp.file_function(record)
     images = np.stack([fn(tf.constant(data)).numpy() for _, data in inputs])
     return model.embed(images)
 
