@@ -533,7 +533,7 @@ def decode_function(record, max_side=None, max_pixels=None):
     import tensorflow as tf
 
     return tf.function(lambda contents: decode(contents, record, max_side, max_pixels),
-                       input_signature=[tf.TensorSpec([], tf.string)])
+                       input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
 
 
 @functools.lru_cache(maxsize=16)
@@ -547,7 +547,7 @@ def header_function(max_side=None, max_pixels=None):
     max_side = FILE_LIMITS["max_side"] if max_side is None else max_side
     max_pixels = FILE_LIMITS["max_pixels"] if max_pixels is None else max_pixels
     return tf.function(lambda contents: image_header.check_size(contents, max_side, max_pixels),
-                       input_signature=[tf.TensorSpec([], tf.string)])
+                       input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
 
 
 def read_file(path, record):
