@@ -41,7 +41,9 @@ def export_onnx(model, path, record, bounds=sig.DEFAULT_BOUNDS, opset=DEFAULT_OP
     import onnx
     import tf2onnx
 
-    serve = tf.function(sig.images_function(model, record, checks=False, batching=False))
+    # Traced as Keras traces the SavedModel's endpoints: without autograph (plain ops).
+    serve = tf.function(sig.images_function(model, record, checks=False, batching=False),
+                        autograph=False)
     proto, _ = tf2onnx.convert.from_function(
         serve, input_signature=[sig.images_spec(record.channels)], opset=opset)
     _name_dynamic_dims(proto)
