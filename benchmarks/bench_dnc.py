@@ -84,7 +84,8 @@ def recipe_variants(results_dir=os.path.join(HERE, "results")):
     "<dataset> recipe, DnC with one learner": the DnC recipe with K = 1, everything else equal,
     the ablation that isolates what the division brings; and each of those three with each of
     the papers' options (`PAPERS_OPTIONS`), to tell what an option brings to DnC from what it
-    brings to any learner; and the DnC recipe with the margin loss, its beta fixed or learned."""
+    brings to any learner; and the DnC recipe with the margin loss, its beta fixed or learned,
+    the latter also with K = 1."""
     variants = {}
     for path in sorted(glob.glob(os.path.join(results_dir, "recipe_search_*.json"))):
         with open(path) as f:
@@ -106,6 +107,9 @@ def recipe_variants(results_dir=os.path.join(HERE, "results")):
         variants[f"{search['dataset']} recipe, DnC, margin loss"] = margin
         variants[f"{search['dataset']} recipe, DnC, margin loss, learned beta"] = {
             **margin, "learn_beta": True}
+        # ... and with K = 1, everything else equal: what the division brings with that loss.
+        variants[f"{search['dataset']} recipe, DnC with one learner, margin loss, learned "
+                 "beta"] = {**margin, "learn_beta": True, "learners": 1}
     return variants
 
 

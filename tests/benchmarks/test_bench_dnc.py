@@ -108,4 +108,6 @@ def test_recipe_variants_are_each_familys_choice_of_a_search(tmp_path):
     assert variants["omniglot recipe, DnC, margin loss"] == margin
     assert variants["omniglot recipe, DnC, margin loss, learned beta"] == {**margin,
                                                                           "learn_beta": True}
-    assert len(variants) == len(bases) * (1 + len(bench.PAPERS_OPTIONS)) + 2
+    assert variants["omniglot recipe, DnC with one learner, margin loss, learned beta"] == {
+        **margin, "learn_beta": True, "learners": 1}
+    assert len(variants) == len(bases) * (1 + len(bench.PAPERS_OPTIONS)) + 3
