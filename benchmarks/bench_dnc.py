@@ -185,6 +185,8 @@ def run_once(name, seed, common, runs_dir, out):
     result, seconds = train(settings, os.path.join(runs_dir, f"{_slug(name)}-s{seed}"))
     record = {"variant": name, "seed": seed, "settings": settings, "seconds": round(seconds, 1),
               **result["test"], "provenance": bench_common.provenance()}
+    if "margin_betas" in result:  # learned (--learn-beta): learners' first, the conquered last
+        record["margin_betas"] = result["margin_betas"]
     bench_common.write_atomic(path, json.dumps(record, indent=2) + "\n")
     return record, False
 

@@ -237,6 +237,9 @@ def run(config, verbose=1, overwrite=False):
         results["skipped_files"] = plan.summary["skipped_files"]
     if selection is not None:
         results["selection"] = _select_best(model, selection, best_path)
+    if model.margin_betas is not None:
+        # The margin loss's learned boundaries: one per learner, the conquered embedding's last.
+        results["margin_betas"] = [round(float(b), 4) for b in model.margin_betas.numpy()]
     with atomic_path(folder.file("model.keras")) as tmp:
         model.save(tmp)
 

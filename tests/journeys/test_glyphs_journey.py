@@ -64,6 +64,10 @@ def test_learned_masks_margin_loss_mixed_precision_load_in_a_new_process(tmp_pat
     assert loaded["masks"] == "learned" and loaded["learners"] == 2
     # Two learners and the conquered embedding, each trained away from beta's start, 1.2.
     assert len(loaded["betas"]) == 3 and all(abs(b - 1.2) > 1e-4 for b in loaded["betas"])
+    # The run reports them (metrics.json and --json), as the model holds them.
+    assert results["margin_betas"] == [round(b, 4) for b in loaded["betas"]]
+    assert json.loads((run_dir / "metrics.json").read_text())["margin_betas"] == (
+        results["margin_betas"])
     # The backbone computes in float16; SubspaceMasks stays float32.
     assert loaded["policies"] == ["float32", "mixed_float16"]
     evaluated = json.loads(dnc("evaluate", run_dir, "--json", cwd=tmp_path))
