@@ -9,7 +9,8 @@ import importlib.metadata
 import os
 import sys
 
-from dnc_keras_cli.options import (BOUNDS_DEFAULTS, QUANTIZE_MODES, RUNTIMES, TRAIN_OPTIONS)
+from dnc_keras_cli.options import (BOUNDS_DEFAULTS, HNSW_DEFAULTS, QUANTIZE_MODES, RUNTIMES,
+                                   TRAIN_OPTIONS)
 
 
 def _version():
@@ -189,13 +190,6 @@ def build_parser():
     _add_output_flags(search, "one JSON object per query")
     return parser
 
-
-# build-index's HNSW build parameters, owned here so that --help shows them without loading
-# faiss or TensorFlow; dnc_keras.export.faiss_index builds with them. efConstruction 200 is
-# hnswlib's default: at 1,000,000 items of benchmarks/bench_index.py a graph built with 200
-# reached recall@10 0.95 at efSearch 48 where one built with 80 needed 96 (a build about twice
-# as long for searches about 1.5x as fast).
-HNSW_DEFAULTS = {"M": 32, "efConstruction": 200}
 
 # (flag, parameter name, help) of build-index's faiss parameters.
 INDEX_PARAMETER_FLAGS = [

@@ -243,6 +243,12 @@ def check_settings(values, where):
 # The export's defaults: the bounds of one request (dnc_keras.export.signatures.Bounds), the
 # edge variants and the runtimes an export can run on.
 BOUNDS_DEFAULTS = {"max_side": 4096, "max_batch": 128, "max_pixels": 4032 * 3024}
+# build-index's HNSW build parameters, here so that --help shows them without loading faiss
+# or TensorFlow; dnc_keras.export.faiss_index builds with them. efConstruction 200 is hnswlib's
+# default: at 1,000,000 items of benchmarks/bench_index.py a graph built with 200 reached
+# recall@10 0.95 at efSearch 48 where one built with 80 needed 96 (a build about twice as long
+# for searches about 1.5x as fast).
+HNSW_DEFAULTS = {"M": 32, "efConstruction": 200}
 # What one image file may declare in its header, checked before it is decoded, wherever a file
 # is read outside a served request (the loaders, evaluation, `dnc-keras embed RUN`): a
 # decompression bomb is refused by name instead of exhausting memory, while every camera

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from dnc_keras_cli import HNSW_DEFAULTS
+from dnc_keras_cli.options import HNSW_DEFAULTS
 
 KINDS = ("flat", "ivf", "hnsw")
 # faiss.index_factory strings; every kind keeps caller-given int64 ids.
@@ -31,9 +31,6 @@ PARAMETERS = {"flat": (), "ivf": ("nlist", "nprobe"), "hnsw": ("M", "efConstruct
 # faiss's k-means warns below 39 training points per centroid; nlist stays under n / 50 so
 # it has them even while `build_tuned` holds a fifth of the gallery out.
 MIN_POINTS_PER_LIST = 50
-# M and efConstruction (dnc_keras_cli.HNSW_DEFAULTS says why 200).
-HNSW_M = HNSW_DEFAULTS["M"]
-HNSW_EF_CONSTRUCTION = HNSW_DEFAULTS["efConstruction"]
 TUNE_K = 10
 TUNE_SAMPLE = 1000
 MIN_TUNE_SAMPLE = 50
@@ -49,14 +46,14 @@ def default_parameters(kind, n):
     IVF: nlist = 4 sqrt(n) (the low end of faiss's guideline of 4-16 sqrt(n): more items per
     list, faster to build), at most n / 50 (see MIN_POINTS_PER_LIST). HNSW: M = 32
     links per node (faiss's guidelines span 4-64: more links, more memory and recall),
-    efConstruction = 200 (`dnc_keras_cli.HNSW_DEFAULTS`). The search parameter (nprobe,
+    efConstruction = 200 (`dnc_keras_cli.options.HNSW_DEFAULTS`). The search parameter (nprobe,
     efSearch) is left to `tune`.
     """
     check_kind(kind)
     if kind == "ivf":
         return {"nlist": int(max(1, min(round(4 * math.sqrt(n)), n // MIN_POINTS_PER_LIST)))}
     if kind == "hnsw":
-        return {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION}
+        return dict(HNSW_DEFAULTS)
     return {}
 
 
