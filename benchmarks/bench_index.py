@@ -54,6 +54,7 @@ SPREAD = 0.12
 TARGET_RECALL = 0.95
 TARGET_SPEEDUP = 10.0
 K = 10
+SMALL_PAGES = ", 4 KiB pages"  # the timing key of an index's copy outside huge pages
 
 
 def mixture(n, centres, spread, rng, chunk=100_000):
@@ -181,6 +182,14 @@ def main(argv=None):
         print(f"{kind}: built and tuned in {built:.1f} s, {parameters}, "
               f"{rows[kind]['index_bytes'] / 2**20:.0f} MiB", flush=True)
 
+    # build-index holds flat's and HNSW's arrays in huge pages (faiss_index.back_with_huge_pages);
+    # a copy of each on ordinary 4 KiB pages takes the same rounds, to show what that brings.
+    small_pages = {}
+    for kind in ("flat", "hnsw"):
+        if kind in indexes:
+            rows[kind]["huge_pages_mib"] = faiss_index.back_with_huge_pages(indexes[kind], kind)
+            small_pages[kind] = faiss.deserialize_index(faiss.serialize_index(indexes[kind]))
+
     faiss.omp_set_num_threads(args.threads)
     # The exact neighbours come from the flat index itself (IndexFlatL2 is exact).
     truth = indexes["flat"].search(query, K)[1]
@@ -196,14 +205,22 @@ def main(argv=None):
     exact_top10_same_class = float(np.mean(gallery_labels[truth] == query_labels[:, None]))
 
     loads = {}
-    times = common.interleaved({kind: (lambda index=index: index.search(query, K))
-                                for kind, index in indexes.items()},
-                               args.repeats, warmup=0, loads=loads)
+    searches = {kind: (lambda index=index: index.search(query, K))
+                for kind, index in indexes.items()}
+    searches.update({f"{kind}{SMALL_PAGES}": (lambda index=index: index.search(query, K))
+                     for kind, index in small_pages.items()})
+    times = common.interleaved(searches, args.repeats, warmup=0, loads=loads)
     for kind in indexes:
         rows[kind]["search_s"] = common.summary(times[kind])
         rows[kind]["qps"] = len(query) / statistics.median(times[kind])
         rows[kind]["speedup_over_flat"] = common.paired_ratios(times["flat"], times[kind])
         rows[kind]["other_load"] = [round(v, 2) for v in loads[kind]]
+        if kind in small_pages:
+            small = times[f"{kind}{SMALL_PAGES}"]
+            rows[kind]["small_pages"] = {
+                "search_s": common.summary(small),
+                "speedup_over_flat": common.paired_ratios(times["flat"], small),
+                "huge_over_small_pages": common.paired_ratios(small, times[kind])}
     for kind in (k for k in faiss_index.SEARCH_PARAMETER if k in indexes):
         rows[kind]["sweep"] = sweep(kind, indexes[kind], query, truth, rows[kind]["parameters"],
                                     args.repeats, same_class)

@@ -241,6 +241,7 @@ class EmbeddingIndex:
         labels, paths = _items(labels, paths, len(vectors))
         ids = np.arange(self._next_id, self._next_id + len(vectors), dtype=np.int64)
         self._index.add_with_ids(vectors, ids)
+        faiss_index.back_with_huge_pages(self._index, self.kind)
         self._next_id += len(vectors)
         self.ids = np.concatenate([self.ids, ids])
         self.labels = np.concatenate([self.labels, np.asarray(labels, dtype=object)])
@@ -434,6 +435,7 @@ class EmbeddingIndex:
         stored = _read_faiss(os.path.join(folder, vectors), meta_path)
         _check_agreement(folder, vectors, stored, kind, meta.get("dim"), ids, labels, paths,
                          hidden, state["next_id"])
+        faiss_index.back_with_huge_pages(stored, kind)
         index = cls.__new__(cls)
         index._restore(stored, kind, parameters, ids, labels, paths, meta.get("export"), state)
         index._saved = (os.path.realpath(folder), vectors)

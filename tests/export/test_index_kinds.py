@@ -292,3 +292,49 @@ def test_bad_target_recall(data):
     with pytest.raises(ValueError, match="target_recall must be in \\(0, 1\\]. Received: "
                                          "target_recall=1.5"):
         EmbeddingIndex(gallery, labels, kind="hnsw", target_recall=1.5)
+
+
+def _anon_huge_bytes(address, nbytes):
+    """AnonHugePages of this process's mappings overlapping [address, address + nbytes), from
+    /proc/self/smaps (madvise splits a mapping where its advice starts and ends)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and all(c in "0123456789abcdef-" for c in head):
+                start, end = (int(v, 16) for v in head.split("-"))
+                inside = start < address + nbytes and address < end
+            elif inside and head == "AnonHugePages:":
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="huge pages: Linux only")
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_searched_arrays_are_held_in_huge_pages_and_search_the_same(kind, tmp_path):
+    import faiss
+
+    vectors = np.random.default_rng(0).standard_normal((20_000, 128)).astype(np.float32)
+    ids = np.arange(len(vectors), dtype=np.int64) * 3
+    parameters = {"M": 8, "efConstruction": 40, "efSearch": 32} if kind == "hnsw" else {}
+    stored = faiss_index.build(kind, vectors, ids, parameters)
+    inner = faiss.downcast_index(stored.index)
+    codes = faiss.downcast_index(inner.storage).codes if kind == "hnsw" else inner.codes
+    moved = faiss_index.back_with_huge_pages(stored, kind)
+    if moved == 0:
+        pytest.skip("this kernel moved nothing into huge pages (MADV_COLLAPSE: Linux 6.1+)")
+    # 10,000 KiB of vectors: at least 3 whole 2 MiB pages inside them, and the kernel says so.
+    assert moved >= 3 + (kind == "hnsw")
+    huge = _anon_huge_bytes(int(codes.data()), codes.byte_size())
+    assert huge >= 3 * faiss_index.HUGE_PAGE
+    copy = faiss.deserialize_index(faiss.serialize_index(stored))  # ordinary pages
+    queries = vectors[:50] + 0.01
+    for a, b in zip(stored.search(queries, 10), copy.search(queries, 10)):
+        np.testing.assert_array_equal(a, b)
+    # A loaded index is moved too.
+    saved = EmbeddingIndex(vectors[:2000], ["a"] * 2000, kind=kind,
+                           parameters=parameters or None)
+    saved.save(str(tmp_path / "index"))
+    loaded = EmbeddingIndex.load(str(tmp_path / "index"))
+    assert faiss_index.back_with_huge_pages(loaded._index, kind) == \
+        faiss_index.back_with_huge_pages(saved._index, kind)
