@@ -26,7 +26,10 @@ searches with the same faiss thread count (`--threads`, faiss.omp_set_num_thread
 with the same count (`--build-threads`, by default `--threads`: a million-item HNSW graph
 takes about half an hour to build on one thread).
 Queries per second: all queries in one search call; the indexes take turns, `--repeats`
-rounds, median per index and median of the per-round ratios to flat. Also a sweep of the
+rounds, median per index and median of the per-round ratios to flat. build-index holds flat's
+and HNSW's arrays in 2 MiB pages (`faiss_index.back_with_huge_pages`); a copy of each on
+ordinary 4 KiB pages takes the same rounds (`small_pages`: its speed-up over flat, and the
+per-round ratio of its time to the index's, `huge_over_small_pages`). Also a sweep of the
 search parameter (recall and queries per second at each value). Memory: bytes of the
 serialized index, and the rise of the process's resident memory over the build.
 `--kinds` builds only some of the approximate indexes (flat always: it gives the exact

@@ -334,6 +334,8 @@ def index(name="index.json"):
                      f"{entry['build_s']:.1f}", f"{entry['index_bytes'] / 2 ** 20:,.0f}",
                      ", ".join(f"{k}={v}" for k, v in entry["parameters"].items()) or "-",
                      "-" if kind == "flat" else ("yes" if met else "no")])
+        if "small_pages" in entry:
+            rows.append(_small_pages_row(kind, entry, settings))
     caption = (f"{settings['n']:,} gallery and {settings['queries']:,} query embeddings, "
                f"{settings['dim']}-d, {settings['classes']:,} classes (spread "
                f"{settings['spread']}), faiss on {settings['threads']} thread(s)"
@@ -346,6 +348,20 @@ def index(name="index.json"):
     return (caption + "\n\n" + table(
         ["index", "recall@10", "queries/s", "x flat", "build s", "MiB", "parameters",
          "goal met"], rows) + "\n\n" + source(name, data))
+
+
+def _small_pages_row(kind, entry, settings):
+    """The row of an index's copy on 4 KiB pages (bench_index.py times it in the same rounds
+    as the index in huge pages): its speed, and what the huge pages brought, per round."""
+    small = entry["small_pages"]
+    speedup, gain = small["speedup_over_flat"], small["huge_over_small_pages"]
+    interval = gain.get("ci95")
+    brought = (f"huge pages: {gain['median']:.2f}x" + (
+        f" ({interval[0]:.2f}-{interval[1]:.2f})" if interval else ""))
+    return [f"{kind}, 4 KiB pages", fmt(entry["recall_at_10"]),
+            f"{settings['queries'] / small['search_s']['median_s']:,.0f}",
+            f"{speedup['median']:.1f} ({speedup['min']:.1f}-{speedup['max']:.1f})", "", "",
+            brought, "-"]
 
 
 def index_sweep(name="index.json"):

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 BENCHMARK = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "bench_index.py")
 
 
@@ -36,6 +38,18 @@ def test_tiny_run_writes_its_results(tmp_path):
         assert all(0 < p["top1_same_class"] <= 1 and p["qps"] > 0 for p in row["sweep"])
         assert results["goal"][kind]["met"] == (
             row["recall_at_10"] >= 0.95 and row["speedup_over_flat"]["median"] >= 10)
+    # Flat and HNSW, as build-index holds them (huge pages where Linux allows), each timed
+    # in the same rounds against a copy on ordinary pages; IVF's lists are left alone.
+    assert "small_pages" not in rows["ivf"] and "huge_pages_mib" not in rows["ivf"]
+    for kind in ("flat", "hnsw"):
+        small, flat_times = rows[kind]["small_pages"], rows["flat"]["search_s"]["all_s"]
+        assert rows[kind]["huge_pages_mib"] >= 0
+        assert small["search_s"]["repeats"] == 1
+        # One round each: the ratios are of that round's times (all_s keeps 5 decimals).
+        own, copy = rows[kind]["search_s"]["all_s"][0], small["search_s"]["all_s"][0]
+        assert small["huge_over_small_pages"]["median"] == pytest.approx(copy / own, rel=2e-3)
+        assert small["speedup_over_flat"]["median"] == pytest.approx(flat_times[0] / copy,
+                                                                     rel=2e-3)
     recalls = [p["recall_at_10"] for p in rows["ivf"]["sweep"]]
     assert recalls == sorted(recalls)  # more lists probed find a superset
     assert "goal" in done.stdout and f"wrote {out}" in done.stdout

@@ -246,3 +246,29 @@ def test_every_committed_results_file_records_its_provenance():
         if not (provenance.get("command") and commit and provenance.get("date")):
             missing.append(os.path.basename(path))
     assert not missing, f"results files without provenance: {missing}"
+
+
+def test_index_shows_each_copy_on_small_pages_and_what_huge_pages_brought(tmp_path,
+                                                                          monkeypatch):
+    def timed(median):
+        return {"median_s": median, "min_s": median, "max_s": median}
+
+    def ratio(median, low, high):
+        return {"median": median, "min": low, "max": high, "ci95": [low, high]}
+
+    hnsw = {"parameters": {"efSearch": 44}, "recall_at_10": 0.955, "qps": 2500.0,
+            "build_s": 10.0, "index_bytes": 2 ** 20, "speedup_over_flat": ratio(12.0, 11, 13),
+            "small_pages": {"search_s": timed(5.0), "speedup_over_flat": ratio(10.0, 9.5, 10.5),
+                            "huge_over_small_pages": ratio(1.2, 1.1, 1.3)}}
+    flat = {"parameters": {}, "recall_at_10": 1.0, "qps": 200.0, "build_s": 0.1,
+            "index_bytes": 2 ** 20, "speedup_over_flat": ratio(1.0, 1.0, 1.0)}
+    _results(tmp_path, monkeypatch, "index.json", {
+        "settings": {"n": 1000, "queries": 10_000, "dim": 8, "classes": 10, "spread": 0.1,
+                     "threads": 1, "repeats": 3},
+        "target": {"recall_at_10": 0.95, "speedup_over_flat": 10.0},
+        "indexes": {"flat": flat, "hnsw": hnsw}})
+    rows = _lines(report.index(), "| hnsw")
+    assert rows[0].startswith("| hnsw | 0.955 | 2,500 | 12.0 (11.0-13.0) |")
+    # 10,000 queries in 5 s; the gain is the index's time per round over its copy's.
+    assert rows[1] == ("| hnsw, 4 KiB pages | 0.955 | 2,000 | 10.0 (9.5-10.5) |  |  | "
+                       "huge pages: 1.20x (1.10-1.30) | - |")
