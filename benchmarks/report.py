@@ -352,12 +352,11 @@ def index(name="index.json"):
 
 def _small_pages_row(kind, entry, settings):
     """The row of an index's copy on 4 KiB pages (bench_index.py times it in the same rounds
-    as the index in huge pages): its speed, and what the huge pages brought, per round."""
+    as the index in huge pages): its speed, and the index's speed-up over it (median, min-max
+    of the rounds, as the table's other ratios)."""
     small = entry["small_pages"]
     speedup, gain = small["speedup_over_flat"], small["huge_over_small_pages"]
-    interval = gain.get("ci95")
-    brought = (f"huge pages: {gain['median']:.2f}x" + (
-        f" ({interval[0]:.2f}-{interval[1]:.2f})" if interval else ""))
+    brought = f"huge pages: {gain['median']:.2f}x ({gain['min']:.2f}-{gain['max']:.2f})"
     return [f"{kind}, 4 KiB pages", fmt(entry["recall_at_10"]),
             f"{settings['queries'] / small['search_s']['median_s']:,.0f}",
             f"{speedup['median']:.1f} ({speedup['min']:.1f}-{speedup['max']:.1f})", "", "",
