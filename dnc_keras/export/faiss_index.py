@@ -10,10 +10,12 @@
 Flat and IVF delete in place. HNSW cannot delete from its graph: removed ids are hidden at
 search by a faiss `IDSelector`, and `rebuild` makes a new graph from the stored vectors (no
 re-embedding). `build_tuned` sets the smallest `nprobe` / `efSearch` whose recall@10 against
-exact search reaches a target on gallery vectors held out while it tunes.
+exact search reaches a target on gallery vectors held out while it tunes. Flat and HNSW
+indexes hold the arrays a search reads in huge pages on Linux (`back_with_huge_pages`).
 """
 
 import ctypes
+import errno
 import math
 import sys
 
@@ -40,9 +42,12 @@ MIN_TUNE_SAMPLE = 50
 # index in the nprobe sweep of benchmarks/bench_index.py at 1,000,000 items (IVF scans list by
 # list; flat computes its distances as one matrix product).
 IVF_USEFUL_SCAN = 0.04
-# madvise(2) advice (linux/mman.h) and the size of an x86-64 / arm64 transparent huge page.
+# madvise(2) advice (linux/mman.h) and the size of a transparent huge page on x86-64 (and on
+# arm64 with 4 KiB base pages).
 MADV_HUGEPAGE, MADV_COLLAPSE = 14, 25
 HUGE_PAGE = 2 << 20
+# MADV_COLLAPSE fails with EAGAIN when the kernel found no free huge page at that moment.
+COLLAPSE_ATTEMPTS = 3
 
 
 def default_parameters(kind, n):
@@ -155,10 +160,14 @@ def _collapse(address, nbytes):
     except (OSError, AttributeError):
         return 0
     madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    if madvise(start, end - start, MADV_HUGEPAGE) or \
-            madvise(start, end - start, MADV_COLLAPSE):
+    if madvise(start, end - start, MADV_HUGEPAGE):
         return 0
-    return end - start
+    for _ in range(COLLAPSE_ATTEMPTS):
+        if madvise(start, end - start, MADV_COLLAPSE) == 0:
+            return end - start
+        if ctypes.get_errno() != errno.EAGAIN:  # EINVAL: a kernel before 6.1, or THP off
+            return 0
+    return 0
 
 
 def set_search_parameter(index, kind, parameters):

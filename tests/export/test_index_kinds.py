@@ -338,3 +338,29 @@ def test_searched_arrays_are_held_in_huge_pages_and_search_the_same(kind, tmp_pa
     loaded = EmbeddingIndex.load(str(tmp_path / "index"))
     assert faiss_index.back_with_huge_pages(loaded._index, kind) == \
         faiss_index.back_with_huge_pages(saved._index, kind)
+
+
+@pytest.mark.parametrize("errors, moved, tries", [([], True, 1), ([11, 11], True, 3),
+                                                   ([11, 11, 11], False, 3), ([22], False, 1)])
+def test_collapse_retries_while_the_kernel_says_try_again(monkeypatch, errors, moved, tries):
+    """MADV_COLLAPSE: EAGAIN (11, no free huge page at that moment) is retried, up to
+    COLLAPSE_ATTEMPTS calls; EINVAL (22, a kernel before 6.1) gives up at once."""
+    import ctypes
+    import types
+
+    calls, pending = [], list(errors)
+
+    def madvise(start, length, advice):
+        calls.append((start, length, advice))
+        if advice == faiss_index.MADV_COLLAPSE and pending:
+            ctypes.set_errno(pending.pop(0))
+            return -1
+        return 0
+
+    monkeypatch.setattr(faiss_index.ctypes, "CDLL",
+                        lambda *args, **kwargs: types.SimpleNamespace(madvise=madvise))
+    page = faiss_index.HUGE_PAGE
+    done = faiss_index._collapse(page + 100, 3 * page)  # whole huge pages: the 2nd and 3rd
+    assert done == (2 * page if moved else 0)
+    assert calls[0] == (2 * page, 2 * page, faiss_index.MADV_HUGEPAGE)
+    assert calls[1:] == [(2 * page, 2 * page, faiss_index.MADV_COLLAPSE)] * tries
