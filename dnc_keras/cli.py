@@ -179,9 +179,11 @@ def embed_command(args):
 
 
 def build_index_command(args):
-    from dnc_keras.export.index import EmbeddingIndex
+    from dnc_keras.export.index import EmbeddingIndex, check_new_index_folder
 
     from dnc_keras_cli import INDEX_PARAMETER_FLAGS
+
+    check_new_index_folder(args.out, args.overwrite)  # before minutes of embedding
 
     parameters = {name: getattr(args, name) for _, name, _ in INDEX_PARAMETER_FLAGS
                   if getattr(args, name) is not None}
@@ -267,12 +269,12 @@ def calibrate_command(args):
     from dnc_keras.export.index import EmbeddingIndex, list_gallery
 
     index = EmbeddingIndex.load(args.index)
-    paths, labels = list_gallery(args.data)
+    paths, labels = list_gallery(args.data, "--data folder")
     calibration = index.calibrate_files(paths, labels, args.precision)
     calibration["data"] = os.path.abspath(args.data)
     report = {"index": args.index, "calibration": calibration}
     if args.test:
-        test_paths, test_labels = list_gallery(args.test)
+        test_paths, test_labels = list_gallery(args.test, "--test folder")
         report["test"] = index.open_set_metrics_files(test_paths, test_labels)
         report["test"]["data"] = os.path.abspath(args.test)
         report["test"]["classes_shared_with_calibration"] = len(set(test_labels) & set(labels))

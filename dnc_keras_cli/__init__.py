@@ -141,6 +141,9 @@ def build_parser():
     build.add_argument("--target-recall", type=float, default=0.95,
                        help="ivf/hnsw: recall@10 against exact search that nprobe/efSearch "
                             "are tuned for, on 1,000 gallery items held out while tuning")
+    build.add_argument("--overwrite", action="store_true",
+                       help="replace an index already in --out (its ids, removals and "
+                            "calibrated threshold are lost)")
     _add_output_flags(build, "the index's record as JSON")
 
     add = commands.add_parser(

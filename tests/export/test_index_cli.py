@@ -204,9 +204,30 @@ def test_calibrate_then_search_answers_unknown(folders, embedded, export_dir, tm
         (["calibrate", index, "--data", folders["calibration"], "--precision", 1.5],
          "precision must be in (0, 1]. Received: precision=1.5"),
         (["search", index, queries[0], "--threshold", -1], "threshold must be a distance >= 0"),
+        (["calibrate", index, "--data", tmp_path / "nowhere"],
+         f"--data folder {tmp_path / 'nowhere'} not found"),
+        (["calibrate", index, "--data", folders["calibration"], "--test", tmp_path / "nowhere"],
+         f"--test folder {tmp_path / 'nowhere'} not found"),
     ]:
         code, _, err = run(capsys, *argv)
         assert code == 2 and message in err and "Traceback" not in err
+
+    # A second build-index into the folder would lose the calibrated threshold: refused
+    # before any embedding, unless --overwrite.
+    before = {p.name: p.read_bytes() for p in index.iterdir()}
+    code, _, err = run(capsys, "build-index", folders["gallery"], "--model", export_dir,
+                       "--out", index, "--index", "hnsw")
+    assert code == 2 and f"--out {index} already holds an index; pass --overwrite" in err
+    assert {p.name: p.read_bytes() for p in index.iterdir()} == before
+    assert run(capsys, "build-index", folders["gallery"], "--model", export_dir, "--out", index,
+               "--overwrite", "--json")[0] == 0
+    assert json.loads((index / "index.json").read_text())["calibration"] is None
+    # A file, or a folder of other files, is not an index folder.
+    for out, message in [(index / "index.json", "is a file"),
+                         (folders["gallery"], "is a folder of other files")]:
+        code, _, err = run(capsys, "build-index", folders["gallery"], "--model", export_dir,
+                           "--out", out)
+        assert code == 2 and f"--out {out} {message}" in err and "Traceback" not in err
 
 
 def test_search_refuses_queries_of_another_model(folders, export_dir, tmp_path, capsys):
