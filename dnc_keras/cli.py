@@ -262,7 +262,13 @@ def index_remove_command(args):
     note = (f"; {hidden} removed items stay in the hnsw graph, hidden from search (--compact "
             "rebuilds it)" if hidden else "")
     note += f"; the graph was rebuilt without {dropped} removed items" if dropped else ""
-    print(f"Removed {removed} items from {args.index}; it holds {len(index)}{note}")
+    if args.compact and index.kind != "hnsw":
+        note += f"; --compact: nothing to rebuild, a {index.kind} index deletes in place"
+    print(f"Removed {_items_count(removed)} from {args.index}; it holds {len(index)}{note}")
+
+
+def _items_count(n):
+    return f"{n} item" if n == 1 else f"{n} items"
 
 
 def calibrate_command(args):

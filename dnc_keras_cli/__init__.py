@@ -170,9 +170,11 @@ def build_parser():
         formatter_class=DefaultsHelpFormatter,
         description="Searches the images of --data (folders <label>/<image>, none of them in "
                     "the index; classes of the gallery and, to learn to say unknown, classes "
-                    "absent from it) and stores the largest distance threshold at which "
-                    "precision = correct answers / answers given reaches --precision. "
-                    "Recall = correct answers / queries of gallery classes.")
+                    "absent from it) and stores a distance threshold: among those at which "
+                    "precision = correct answers / answers given reaches --precision, the one "
+                    "with the most recall (correct answers / queries of gallery classes), "
+                    "placed halfway between the farthest query it accepts and the nearest it "
+                    "rejects.")
     calibrate.add_argument("index", help="index folder written by `dnc-keras build-index`")
     calibrate.add_argument("--data", required=True, help="validation folder <label>/<image>")
     calibrate.add_argument("--precision", type=float, default=0.95, help="target precision")

@@ -98,7 +98,9 @@ class GalleryIndex:
         if queries.ndim != 2 or queries.shape[1] != self._index.d:
             raise IndexFileError(f"query embeddings must be [n, {self._index.d}]; got shape "
                                  f"{list(queries.shape)}")
-        k = max(1, min(int(k), len(self.ids)))
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be an integer >= 1. Received: k={k!r}")
+        k = min(int(k), len(self.ids))
         params = None
         if len(self.hidden):  # removed from an HNSW graph but still in it
             keep_alive = faiss.IDSelectorBatch(self.hidden)

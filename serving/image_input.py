@@ -421,6 +421,9 @@ def run_client(prog, args, connect, errors):
     on stderr where `errors` (or a bad input or index) is raised."""
     import gallery_search
 
+    if args.index and args.k < 1:
+        print(f"{prog}: error: -k must be >= 1. Received: -k {args.k}", file=sys.stderr)
+        return 2
     try:
         contract = load_contract(args.manifest) if args.manifest else Contract()
         index = gallery_search.GalleryIndex(args.index, args.manifest) if args.index else None

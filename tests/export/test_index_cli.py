@@ -136,6 +136,10 @@ def test_add_and_remove_without_a_rebuild(folders, export_dir, tmp_path, capsys)
     # A folder adds its classes; ids go on from where they were, never reused.
     code, out, _ = run(capsys, "index-add", index, folders["extra"])
     assert code == 0 and "Added 3 items (ids 27-29)" in out and "it holds 28" in out
+    # --compact on a flat index: nothing to rebuild, and the output says so.
+    code, out, _ = run(capsys, "index-remove", index, "--ids", 27, "--compact")
+    assert code == 0 and f"Removed 1 item from {index}; it holds 27" in out
+    assert "--compact: nothing to rebuild, a flat index deletes in place" in out
 
     for argv, message in [
         (["index-remove", index, "--ids", 999], "ids not in the index: 999"),

@@ -119,3 +119,18 @@ def test_another_model_and_missing_index_are_refused(serving_modules, grpc_targe
     assert client.main(["--server", grpc_target, "--model", "digits", "--index",
                         str(tmp_path / "none"), queries[0]]) == 2
     assert "index.json: cannot read" in capsys.readouterr().err
+
+
+def test_k_below_one_is_refused(serving_modules, grpc_target, index_dir, queries, capsys):
+    """The clients refuse -k 0 in one line, before any request; GalleryIndex.search raises
+    (it used to answer one match for k = 0)."""
+    from gallery_search import GalleryIndex
+
+    client = serving_modules["grpc_client"]
+    assert client.main(["--server", grpc_target, "--model", "digits", "--index", index_dir,
+                        "-k", "0", queries[0]]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.endswith(": error: -k must be >= 1. Received: -k 0")
+    index = GalleryIndex(index_dir)
+    with pytest.raises(ValueError, match="k must be an integer >= 1. Received: k=0"):
+        index.search(np.zeros((1, index._index.d), np.float32), k=0)
