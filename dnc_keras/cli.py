@@ -291,8 +291,13 @@ def calibrate_command(args):
     print(f"Threshold {calibration['threshold']:.4f} stored in {args.index} (target precision "
           f"{args.precision})")
     print(_describe_open_set("calibration", calibration["calibrated_on"]))
+    if calibration["calibrated_on"]["unknown_queries"] == 0:
+        print(f"Note: every class of {args.data} is in the index: the threshold was chosen "
+              "without a query to say 'unknown' to; add classes absent from the gallery")
     if args.test:
-        print(_describe_open_set("test", report["test"]))
+        shared = report["test"]["classes_shared_with_calibration"]
+        print(_describe_open_set("test", report["test"]) + f"; {shared} classes shared with "
+              "the calibration data")
 
 
 def _describe_open_set(name, figures):

@@ -200,8 +200,16 @@ def test_calibrate_then_search_answers_unknown(folders, embedded, export_dir, tm
     assert f"{queries[0]}: unknown (nearest" in out and "> threshold 0.0000" in out
 
     code, out, _ = run(capsys, "calibrate", index, "--data", folders["calibration"],
-                       "--precision", target)
+                       "--precision", target, "--test", folders["test"])
     assert code == 0 and f"Threshold {threshold:.4f} stored in {index}" in out
+    assert "; 0 classes shared with the calibration data" in out and "Note:" not in out
+    # Data of gallery classes only cannot teach "unknown": allowed, with a note.
+    code, out, _ = run(capsys, "calibrate", index, "--data", folders["extra"], "--precision",
+                       0.3)
+    assert code == 0 and f"Note: every class of {folders['extra']} is in the index" in out
+    code, _, _ = run(capsys, "calibrate", index, "--data", folders["calibration"],
+                     "--precision", target)
+    assert code == 0
 
     for argv, message in [
         (["calibrate", index, "--data", folders["gallery"]], "are items of the index"),
