@@ -179,11 +179,11 @@ def embed_command(args):
 
 
 def build_index_command(args):
-    from dnc_keras.export.index import EmbeddingIndex, check_new_index_folder
+    from dnc_keras.export.index import EmbeddingIndex
 
     from dnc_keras_cli import INDEX_PARAMETER_FLAGS
 
-    check_new_index_folder(args.out, args.overwrite)  # before minutes of embedding
+    _check_new_index_folder(args.out, args.overwrite)  # before minutes of embedding
 
     parameters = {name: getattr(args, name) for _, name, _ in INDEX_PARAMETER_FLAGS
                   if getattr(args, name) is not None}
@@ -197,6 +197,29 @@ def build_index_command(args):
     classes = len(set(index.labels.tolist()))
     print(f"Indexed {len(index)} images of {classes} classes ({index.dim}-d) into {args.out}")
     print(_describe_kind(index))
+
+
+def _check_new_index_folder(folder, overwrite=False):
+    """Raises ValueError unless `folder` can take a new index: absent, empty, or (with
+    `overwrite`) an index folder. An index already there holds ids, removals and a calibrated
+    threshold that a rebuild would lose; a folder of other files is not an index folder."""
+    from dnc_keras.export.index import META_FILE
+
+    if not os.path.exists(folder):
+        return
+    if not os.path.isdir(folder):
+        raise ValueError(f"--out {folder} is a file; expected a new or empty folder for the "
+                         "index")
+    if not os.listdir(folder):
+        return
+    meta = os.path.join(folder, META_FILE)
+    if not os.path.exists(meta):
+        raise ValueError(f"--out {folder} is a folder of other files; expected a new or empty "
+                         "folder for the index")
+    if not overwrite:
+        raise ValueError(f"--out {folder} already holds an index; pass --overwrite to replace "
+                         "it (its ids, removals and calibrated threshold are lost), or add "
+                         "images to it with `dnc-keras index-add`")
 
 
 def _describe_kind(index):
@@ -238,7 +261,7 @@ def index_add_command(args):
         for i, path, label in zip(ids.tolist(), paths, labels):
             print(json.dumps({"id": i, "label": label, "path": path}))
         return
-    print(f"Added {len(ids)} items (ids {ids[0]}-{ids[-1]}) to {args.index}; it holds "
+    print(f"Added {_items_count(len(ids))} (ids {ids[0]}-{ids[-1]}) to {args.index}; it holds "
           f"{len(index)}")
 
 

@@ -122,7 +122,6 @@ def build(kind, vectors, ids, parameters):
         index.train(vectors)
     index.add_with_ids(vectors, ids)
     set_search_parameter(index, kind, parameters)
-    back_with_huge_pages(index, kind)
     return index
 
 
@@ -225,10 +224,13 @@ def stored_vectors(index, kind):
 
 
 def rebuild(index, kind, parameters, hidden):
-    """A new index of the same kind and parameters without the `hidden` ids (HNSW's delete)."""
+    """A new index of the same kind and parameters without the `hidden` ids (HNSW's delete),
+    in huge pages."""
     ids, vectors = stored_vectors(index, kind)
     keep = ~np.isin(ids, np.asarray(hidden, dtype=np.int64))
-    return build(kind, np.ascontiguousarray(vectors[keep]), ids[keep], parameters)
+    index = build(kind, np.ascontiguousarray(vectors[keep]), ids[keep], parameters)
+    back_with_huge_pages(index, kind)
+    return index
 
 
 def recall_at(found, truth, k):
@@ -249,12 +251,20 @@ def build_tuned(kind, vectors, ids, parameters, target_recall, k=TUNE_K, sample=
     and added after: held-out queries, as real ones are. (A stored vector used as a query
     sits in its own IVF list and HNSW neighbourhood, which flatters recall.) The sample is at
     most a fifth of the gallery; below 250 vectors the search is made exhaustive instead. If
-    no value reaches the target, the largest tried is kept and `reached` is False.
+    no value reaches the target, the largest tried is kept and `reached` is False. The index
+    is handed over with its searched arrays in huge pages (`back_with_huge_pages`).
 
     Returns:
         (faiss index, tuning record or None): `parameter`, `value`, `recall_at_10`, `target`,
         `sample`, `reached`.
     """
+    index, record = _build_and_tune(kind, vectors, ids, parameters, target_recall, k, sample,
+                                    seed)
+    back_with_huge_pages(index, kind)  # once, on the arrays as they are handed over
+    return index, record
+
+
+def _build_and_tune(kind, vectors, ids, parameters, target_recall, k, sample, seed):
     name = SEARCH_PARAMETER.get(kind)
     if name is None or name in parameters:
         return build(kind, vectors, ids, parameters), None
@@ -275,7 +285,6 @@ def build_tuned(kind, vectors, ids, parameters, target_recall, k=TUNE_K, sample=
     index = build(kind, rest, rest_ids, parameters)
     value, recall = tune(index, kind, queries, rest, rest_ids, target_recall, k)
     index.add_with_ids(queries, ids[held])
-    back_with_huge_pages(index, kind)
     return index, {"parameter": name, "value": value, f"recall_at_{TUNE_K}": round(recall, 4),
                    "target": target_recall, "sample": sample,
                    "reached": bool(recall >= target_recall)}

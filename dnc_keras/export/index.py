@@ -566,27 +566,6 @@ def _shorten(values, limit=10):
     return shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")
 
 
-def check_new_index_folder(folder, overwrite=False):
-    """Raises ValueError unless `folder` can take a new index: absent, empty, or (with
-    `overwrite`) an index folder. An index already there holds ids, removals and a calibrated
-    threshold that a rebuild would lose; a folder of other files is not an index folder."""
-    if not os.path.exists(folder):
-        return
-    if not os.path.isdir(folder):
-        raise ValueError(f"--out {folder} is a file; expected a new or empty folder for the "
-                         "index")
-    if not os.listdir(folder):
-        return
-    meta = os.path.join(folder, META_FILE)
-    if not os.path.exists(meta):
-        raise ValueError(f"--out {folder} is a folder of other files; expected a new or empty "
-                         "folder for the index")
-    if not overwrite:
-        raise ValueError(f"--out {folder} already holds an index; pass --overwrite to replace "
-                         "it (its ids, removals and calibrated threshold are lost), or add "
-                         "images to it with `dnc-keras index-add`")
-
-
 def _now():
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
