@@ -255,6 +255,12 @@ def index_add_command(args):
         else:
             paths.append(path)
             labels.append(args.label)
+    held = index.held_paths(paths)
+    if held and not args.again:
+        raise ValueError(f"{_items_count(len(held))} already in {args.index}: "
+                         f"{', '.join(held[:3])}{', ...' if len(held) > 3 else ''}; pass "
+                         "--again to add them under new ids as well, or remove them first "
+                         "(`dnc-keras index-remove --paths`)")
     ids = index.add_files(paths, labels)
     index.save(args.index)
     if args.json:

@@ -279,15 +279,25 @@ class EmbeddingIndex:
         Raises:
             ValueError: a path no item has.
         """
-        where = {}
-        for i, stored in zip(self.ids.tolist(), self.paths.tolist()):
-            where.setdefault(stored, []).append(i)
-            where.setdefault(os.path.abspath(stored), []).append(i)
+        where = self._ids_by_path()
         missing = [p for p in paths if p not in where and os.path.abspath(p) not in where]
         if missing:
             raise ValueError(f"no item of the index has the path(s) {_shorten(missing)}")
         found = {i for p in paths for i in where.get(p) or where[os.path.abspath(p)]}
         return np.asarray(sorted(found), dtype=np.int64)
+
+    def held_paths(self, paths):
+        """Those of `paths` some item is already stored under (as given, or the same absolute
+        path): adding them again would store the image twice, under new ids."""
+        where = self._ids_by_path()
+        return [p for p in paths if p in where or os.path.abspath(p) in where]
+
+    def _ids_by_path(self):
+        where = {}
+        for i, stored in zip(self.ids.tolist(), self.paths.tolist()):
+            where.setdefault(stored, []).append(i)
+            where.setdefault(os.path.abspath(stored), []).append(i)
+        return where
 
     @property
     def hidden(self):

@@ -10,7 +10,7 @@ import pytest
 
 from dnc_keras import cli
 from dnc_keras.export import ExportedModel
-from dnc_keras.export.index import list_gallery
+from dnc_keras.export.index import EmbeddingIndex, list_gallery
 from dnc_keras.export.manifest import model_hash
 
 
@@ -133,8 +133,14 @@ def test_add_and_remove_without_a_rebuild(folders, export_dir, tmp_path, capsys)
     for line in out.splitlines():
         ids = [m["id"] for m in json.loads(line)["matches"]]
         assert 24 not in ids and 0 not in ids and len(ids) == 25
+    # Files whose paths the index holds (extra[1:], added above) are refused before anything
+    # is embedded; --again adds them a second time.
+    code, _, err = run(capsys, "index-add", index, folders["extra"])
+    assert code == 2 and f"2 items already in {index}: {extra[1]}, {extra[2]}; pass --again" \
+        in err
+    assert len(EmbeddingIndex.load(str(index))) == 25
     # A folder adds its classes; ids go on from where they were, never reused.
-    code, out, _ = run(capsys, "index-add", index, folders["extra"])
+    code, out, _ = run(capsys, "index-add", index, folders["extra"], "--again")
     assert code == 0 and "Added 3 items (ids 27-29)" in out and "it holds 28" in out
     # --compact on a flat index: nothing to rebuild, and the output says so.
     code, out, _ = run(capsys, "index-remove", index, "--ids", 27, "--compact")
