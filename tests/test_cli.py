@@ -317,3 +317,27 @@ def test_recluster_features_through_the_cli(tmp_path, capsys, source):
         # only the images neither epoch drew (an epoch draws 6 x 16 images, some twice).
         assert actions[1]["embedded"] == 0
         assert everything - 2 * 6 * 16 <= actions[2]["embedded"] < everything
+
+
+def test_a_diverged_run_stops_with_one_line_and_writes_no_model(tmp_path, capsys, monkeypatch):
+    """NaN weights before the 8th batch (epoch 1, step 1): exit 2, one line naming where, no
+    model.keras (benchmarks/bench_faults.py injects the same at random points)."""
+    import keras
+
+    batches = {"n": 0}
+    begin = keras.callbacks.CallbackList.on_train_batch_begin
+
+    def poison(self, batch, logs=None):
+        batches["n"] += 1
+        if batches["n"] == 8:
+            variable = self.model.encoder.trainable_variables[0]
+            variable.assign(tf.fill(variable.shape, float("nan")))
+        return begin(self, batch, logs)
+
+    monkeypatch.setattr(keras.callbacks.CallbackList, "on_train_batch_begin", poison)
+    out = tmp_path / "run"
+    assert cli.main(["train", *TINY, "--no-plots", "--quiet", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        "dnc-keras train: error: training diverged at epoch 1 step 1"), err
+    assert not (out / "model.keras").exists()
