@@ -7,13 +7,6 @@ import pytest
 from bench_harness import run_script, write_omniglot_replica
 
 
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers", "bench_processes: a tiny benchmark run that starts fresh Python processes "
-        "(TensorFlow's import, training, export: 10-60 s each on 2 shared cores); deselect "
-        "with -m 'not bench_processes' for a quick local run, never in CI")
-
-
 @pytest.fixture(scope="session")
 def omniglot_replica(tmp_path_factory):
     return write_omniglot_replica(tmp_path_factory.mktemp("omniglot_replica"))

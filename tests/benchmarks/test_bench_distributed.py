@@ -10,7 +10,7 @@ from bench_harness import ratio_ok, read_results, run_script, summary_ok
 CANDIDATES = {"loop_1", "loop_2", "loop_2_local", "fit_1", "fit_2", "gather"}
 
 
-@pytest.mark.bench_processes
+@pytest.mark.bench_tiny
 def test_bench_distributed_tiny(tmp_path):
     out = tmp_path / "distributed.json"
     stdout = run_script("bench_distributed", "--tiny", "--out", out, cwd=tmp_path)

@@ -9,6 +9,7 @@ import pytest
 from bench_harness import BENCHMARKS, load_script, read_results
 
 
+@pytest.mark.bench_tiny
 def test_bench_dnc_tiny(tmp_path, omniglot_replica):
     bench = load_script("bench_dnc")
     out = tmp_path / "dnc.json"

@@ -13,7 +13,7 @@ GROUPS = {"image files", "16-bit images", "tampered exports", "oversized request
 # refusals are asserted in-process by tests/export/test_tampered_exports.py and
 # test_request_bounds.py; this runs them as fresh `dnc-keras` processes (python -m pytest -m slow).
 @pytest.mark.slow
-@pytest.mark.bench_processes
+@pytest.mark.bench_tiny
 def test_bench_export_faults_tiny(tmp_path, export_fidelity_tiny):
     _, workdir = export_fidelity_tiny
     run, export = workdir / "digits", workdir / "exports" / "digits"

@@ -11,7 +11,7 @@ from bench_harness import read_results
 from dnc_keras.export.parity import PARITY_TOLERANCE
 
 
-@pytest.mark.bench_processes
+@pytest.mark.bench_tiny
 def test_bench_export_fidelity_tiny(export_fidelity_tiny):
     out, workdir = export_fidelity_tiny
     results = read_results(out, "bench_export_fidelity", "--tiny", "--workdir")

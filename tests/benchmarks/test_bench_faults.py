@@ -7,7 +7,7 @@ import pytest
 from bench_harness import load_script, read_results
 
 
-@pytest.mark.bench_processes
+@pytest.mark.bench_tiny
 @pytest.mark.timeout(900)
 def test_bench_faults_tiny(tmp_path, repo_on_pythonpath):
     bench = load_script("bench_faults")

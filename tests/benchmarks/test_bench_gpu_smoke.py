@@ -10,7 +10,7 @@ import pytest
 from bench_harness import BENCHMARKS, read_results, script_env
 
 
-@pytest.mark.bench_processes
+@pytest.mark.bench_tiny
 def test_gpu_smoke_tiny_gathers_each_benchmark_and_records_a_failed_one(tmp_path):
     """Inference on a folder that is no export (each benchmark's tiny mode has its own test),
     then evaluation: the first fails, is recorded with its error and stops nothing; the second's

@@ -10,7 +10,7 @@ from bench_harness import read_results, run_script
 RUNTIMES = {"tf_savedmodel", "onnxruntime"}
 
 
-@pytest.mark.bench_processes
+@pytest.mark.bench_tiny
 def test_bench_inference_tiny(tmp_path, export_fidelity_tiny):
     _, workdir = export_fidelity_tiny
     export_dir = workdir / "exports" / "digits"

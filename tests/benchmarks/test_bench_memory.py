@@ -6,7 +6,7 @@ import pytest
 from bench_harness import BENCHMARKS, load_script, read_results
 
 
-@pytest.mark.bench_processes
+@pytest.mark.bench_tiny
 def test_bench_memory_tiny(tmp_path, repo_on_pythonpath):
     bench = load_script("bench_memory")
     out = tmp_path / "memory.json"

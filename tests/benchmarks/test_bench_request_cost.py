@@ -9,7 +9,7 @@ PATHS = {"serving_default", "serving_bytes_png", "serving_bytes_jpeg", "onnx", "
          "loader"}
 
 
-@pytest.mark.bench_processes
+@pytest.mark.bench_tiny
 def test_bench_request_cost_tiny(tmp_path, export_fidelity_tiny):
     _, workdir = export_fidelity_tiny
     export = workdir / "exports" / "digits"

@@ -12,7 +12,7 @@ from bench_harness import load_script, read_results, run_script
 from dnc_keras.export.parity import PARITY_TOLERANCE
 
 
-@pytest.mark.bench_processes
+@pytest.mark.bench_tiny
 def test_bench_served_quality_tiny(tmp_path, omniglot_replica):
     out = tmp_path / "served.json"
     # An earlier label's rows stay; the earlier top-level provenance is replaced.

@@ -12,7 +12,7 @@ from bench_harness import BENCHMARKS, load_script, ratio_ok, read_results, summa
 HAS_TORCH = all(importlib.util.find_spec(m) for m in ("torch", "pytorch_metric_learning"))
 
 
-@pytest.mark.bench_processes
+@pytest.mark.bench_tiny
 def test_bench_train_step_tiny_steps(tmp_path, repo_on_pythonpath):
     bench = load_script("bench_train_step")
     out = tmp_path / "steps.json"
@@ -40,7 +40,7 @@ def test_bench_train_step_tiny_steps(tmp_path, repo_on_pythonpath):
                       candidates["keras"]["median_s"] / candidates["dnc"]["median_s"])
 
 
-@pytest.mark.bench_processes
+@pytest.mark.bench_tiny
 def test_bench_train_step_tiny_epochs(tmp_path, repo_on_pythonpath):
     bench = load_script("bench_train_step")
     out = tmp_path / "epochs.json"

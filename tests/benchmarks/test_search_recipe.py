@@ -31,6 +31,7 @@ def test_trials_are_distinct_seeded_draws_of_the_family_space():
     assert {t["subspaces"] for t in single} == {"fixed", "learned"}
 
 
+@pytest.mark.bench_tiny
 def test_search_recipe_tiny_sees_validation_classes_only(tmp_path, omniglot_replica):
     search = load_script("search_recipe")
     out = tmp_path / "search.json"
