@@ -148,3 +148,15 @@ def _read_faiss(path):
         return faiss.read_index(path)
     except RuntimeError as error:
         raise IndexFileError(f"{path} is not a readable faiss index") from error
+
+
+if __name__ == "__main__":
+    # A module, not a command: say so, and where its search is run from.
+    import sys
+
+    if set(sys.argv[1:]) <= {"-h", "--help"}:
+        print(__doc__.strip())
+        sys.exit(0)
+    print("gallery_search.py is a module and takes no arguments: search an index with "
+          "grpc_client.py or rest_client.py --index INDEX (--help shows how)", file=sys.stderr)
+    sys.exit(2)

@@ -134,3 +134,19 @@ def test_k_below_one_is_refused(serving_modules, grpc_target, index_dir, queries
     index = GalleryIndex(index_dir)
     with pytest.raises(ValueError, match="k must be an integer >= 1. Received: k=0"):
         index.search(np.zeros((1, index._index.d), np.float32), k=0)
+
+
+def test_the_module_run_as_a_script_says_what_it_is():
+    """`python serving/gallery_search.py --help` prints what the module does; arguments get one
+    line pointing at the clients that search with it."""
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(__file__), "..", "..", "serving", "gallery_search.py")
+    shown = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True)
+    assert shown.returncode == 0 and shown.stdout.startswith("Search an index written by")
+    refused = subprocess.run([sys.executable, script, "index"], capture_output=True, text=True)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.strip().splitlines() == [
+        "gallery_search.py is a module and takes no arguments: search an index with "
+        "grpc_client.py or rest_client.py --index INDEX (--help shows how)"]
