@@ -255,20 +255,37 @@ def index_add_command(args):
         else:
             paths.append(path)
             labels.append(args.label)
-    held = index.held_paths(paths)
-    if held and not args.again:
-        raise ValueError(f"{_items_count(len(held))} already in {args.index}: "
-                         f"{', '.join(held[:3])}{', ...' if len(held) > 3 else ''}; pass "
-                         "--again to add them under new ids as well, or remove them first "
-                         "(`dnc-keras index-remove --paths`)")
+    if not args.again:
+        _refuse_paths_twice(index, paths, args.index)
     ids = index.add_files(paths, labels)
     index.save(args.index)
     if args.json:
         for i, path, label in zip(ids.tolist(), paths, labels):
             print(json.dumps({"id": i, "label": label, "path": path}))
         return
-    print(f"Added {_items_count(len(ids))} (ids {ids[0]}-{ids[-1]}) to {args.index}; it holds "
-          f"{len(index)}")
+    where = f"id {ids[0]}" if len(ids) == 1 else f"ids {ids[0]}-{ids[-1]}"
+    print(f"Added {_items_count(len(ids))} ({where}) to {args.index}; it holds {len(index)}")
+
+
+def _refuse_paths_twice(index, paths, index_folder):
+    """Raises, before anything is embedded, if an image would be stored twice: a path the
+    index already holds, or one given twice in this call (a file and its folder, say)."""
+    from dnc_keras.export.index import shorten
+
+    again = "pass --again to add them under new ids as well"
+    held = index.held_paths(paths)
+    if held:
+        raise ValueError(f"{_items_count(len(held))} already in {index_folder}: "
+                         f"{shorten(held, 3)}; {again}, or remove them first "
+                         "(`dnc-keras index-remove --paths`)")
+    seen, twice = set(), []
+    for path in paths:
+        key = os.path.abspath(path)
+        if key in seen:
+            twice.append(path)
+        seen.add(key)
+    if twice:
+        raise ValueError(f"{_items_count(len(twice))} given twice: {shorten(twice, 3)}; {again}")
 
 
 def index_remove_command(args):

@@ -154,8 +154,8 @@ def build_parser():
                      "of <label>/<image>")
     add.add_argument("--label", help="class label of the image files given")
     add.add_argument("--again", action="store_true",
-                     help="add images whose paths the index already holds (stored twice, "
-                          "under new ids); otherwise they are refused")
+                     help="add images whose paths the index already holds, or that are given "
+                          "twice (stored twice, under new ids); otherwise they are refused")
     _add_output_flags(add, "one JSON object per item added")
 
     remove = commands.add_parser("index-remove", help="remove items from an index by id or path",

@@ -265,7 +265,7 @@ class EmbeddingIndex:
         ids = np.unique(_ids(ids))
         missing = ids[~np.isin(ids, self.ids)]
         if len(missing):
-            raise ValueError(f"ids not in the index: {_shorten(missing.tolist())}")
+            raise ValueError(f"ids not in the index: {shorten(missing.tolist())}")
         if not faiss_index.remove(self._index, self.kind, ids):
             self._hidden = np.union1d(self._hidden, ids)
         keep = ~np.isin(self.ids, ids)
@@ -282,7 +282,7 @@ class EmbeddingIndex:
         where = self._ids_by_path()
         missing = [p for p in paths if p not in where and os.path.abspath(p) not in where]
         if missing:
-            raise ValueError(f"no item of the index has the path(s) {_shorten(missing)}")
+            raise ValueError(f"no item of the index has the path(s) {shorten(missing)}")
         found = {i for p in paths for i in where.get(p) or where[os.path.abspath(p)]}
         return np.asarray(sorted(found), dtype=np.int64)
 
@@ -472,7 +472,7 @@ def _check_agreement(folder, vectors, stored, kind, dim, ids, labels, paths, hid
     held = np.sort(faiss_index.stored_ids(stored, kind))
     if not np.array_equal(held, expected):
         differ = np.setxor1d(held, expected)
-        raise ValueError(f"{where} disagree on the ids, e.g. {_shorten(differ.tolist())}")
+        raise ValueError(f"{where} disagree on the ids, e.g. {shorten(differ.tolist())}")
     if len(expected) and int(next_id) <= int(expected[-1]):
         raise ValueError(f"{folder}/{META_FILE}: next_id {next_id} is not above the largest "
                          f"id {int(expected[-1])}")
@@ -567,11 +567,13 @@ def _ids(ids):
     """int64 [n] of a list or array of integer ids (order and repeats kept)."""
     values = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids)
     if values.size and not np.issubdtype(values.dtype, np.integer):
-        raise ValueError(f"ids must be integers. Received: {_shorten(values.tolist())}")
+        raise ValueError(f"ids must be integers. Received: {shorten(values.tolist())}")
     return values.astype(np.int64).reshape(-1) if values.size else np.zeros(0, np.int64)
 
 
-def _shorten(values, limit=10):
+def shorten(values, limit=10):
+    """The first `limit` values, comma-separated, and how many there are in all if more: for
+    one-line messages that name what they refuse."""
     shown = ", ".join(str(v) for v in values[:limit])
     return shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")
 

@@ -139,12 +139,23 @@ def test_add_and_remove_without_a_rebuild(folders, export_dir, tmp_path, capsys)
     assert code == 2 and f"2 items already in {index}: {extra[1]}, {extra[2]}; pass --again" \
         in err
     assert len(EmbeddingIndex.load(str(index))) == 25
+    # So is a file given twice in one call, here as itself and through its folder.
+    fresh = tmp_path / "extra" / "classX" / "fresh.png"
+    fresh.parent.mkdir(parents=True)
+    shutil.copy(extra[0], fresh)
+    code, _, err = run(capsys, "index-add", index, tmp_path / "extra",
+                       f"{tmp_path}/extra/classX/../classX/fresh.png", "--label", "classX")
+    assert code == 2 and f"1 item given twice: {tmp_path}/extra/classX/../classX/fresh.png; " \
+        "pass --again" in err
+    assert len(EmbeddingIndex.load(str(index))) == 25
     # A folder adds its classes; ids go on from where they were, never reused.
     code, out, _ = run(capsys, "index-add", index, folders["extra"], "--again")
     assert code == 0 and "Added 3 items (ids 27-29)" in out and "it holds 28" in out
     # --compact on a flat index: nothing to rebuild, and the output says so.
-    code, out, _ = run(capsys, "index-remove", index, "--ids", 27, "--compact")
-    assert code == 0 and f"Removed 1 item from {index}; it holds 27" in out
+    code, out, _ = run(capsys, "index-add", index, fresh, "--label", "classX")
+    assert code == 0 and "Added 1 item (id 30)" in out and "it holds 29" in out
+    code, out, _ = run(capsys, "index-remove", index, "--ids", 27, 30, "--compact")
+    assert code == 0 and f"Removed 2 items from {index}; it holds 27" in out
     assert "--compact: nothing to rebuild, a flat index deletes in place" in out
 
     for argv, message in [
