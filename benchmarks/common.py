@@ -24,7 +24,6 @@ import shlex
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -393,20 +392,11 @@ def write_results(results, out, argv=None, script=None, name=None):
 
 
 def write_atomic(path, text):
-    """Writes `text` to `path` through a temporary file in the same folder and os.replace."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    """Writes `text` to `path` atomically (`dnc_keras.files`), creating its folder."""
+    from dnc_keras import files
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    files.write_text(path, text)
 
 
 def _jsonable(value):

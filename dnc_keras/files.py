@@ -44,6 +44,9 @@ def atomic_path(path):
     try:
         handle, tmp = tempfile.mkstemp(dir=folder, prefix=f".{stem}.", suffix=suffix)
         os.close(handle)
+        # mkstemp makes the file owner-only; the renamed file gets what open() would give it,
+        # so a serving account can read a model or manifest as it reads TensorFlow's files.
+        os.chmod(tmp, 0o666 & ~_umask())
     except OSError as error:
         raise WriteError(_message(path, error)) from None
     try:
@@ -73,6 +76,13 @@ def write_text(path, text):
 def write_json(path, value, indent=2):
     """Writes `value` as JSON to `path` atomically."""
     write_text(path, json.dumps(value, indent=indent) + "\n")
+
+
+def _umask():
+    """The process's umask (reading it means setting it: set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _remove(path):

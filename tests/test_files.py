@@ -55,3 +55,18 @@ def test_the_temporary_file_keeps_the_whole_suffix(tmp_path):
     with files.atomic_path(tmp_path / "best.weights.h5") as tmp:
         assert tmp.endswith(".weights.h5") and os.path.dirname(tmp) == str(tmp_path)
         open(tmp, "wb").close()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_a_written_file_has_the_permissions_open_would_give(tmp_path, umask):
+    # Against a file the same process creates with open(): a serving account must be able to
+    # read model.keras and manifest.json as it reads the files TensorFlow writes.
+    previous = os.umask(umask)
+    try:
+        files.write_text(tmp_path / "written.json", "{}")
+        with open(tmp_path / "opened.json", "w"):
+            pass
+    finally:
+        os.umask(previous)
+    mode = os.stat(tmp_path / "written.json").st_mode & 0o777
+    assert mode == os.stat(tmp_path / "opened.json").st_mode & 0o777 == 0o666 & ~umask
