@@ -341,3 +341,10 @@ def test_a_diverged_run_stops_with_one_line_and_writes_no_model(tmp_path, capsys
     assert len(err) == 1 and err[0].startswith(
         "dnc-keras train: error: training diverged at epoch 1 step 1"), err
     assert not (out / "model.keras").exists()
+    # The same command again resumes from the last good checkpoint (epoch 0's end: 6 steps)
+    # and says so before training on.
+    monkeypatch.undo()
+    assert cli.main(["train", *TINY, "--no-plots", "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"Resuming {out}: 1 of 2 epochs done (ckpt-6)" in lines
+    assert (out / "model.keras").exists()

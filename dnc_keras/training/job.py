@@ -128,7 +128,15 @@ def run(config, verbose=1, overwrite=False):
     keras.utils.set_random_seed(config.seed)
     folder = RunFolder(config.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S")),
                        overwrite=overwrite)
+    try:
+        return _run_in(folder, config, strategy, chief, verbose)
+    finally:
+        folder.release()  # the folder's lock, taken when the chief claims it
 
+
+def _run_in(folder, config, strategy, chief, verbose):
+    """`run` in its folder: the chief claims it once the inputs are checked, then trains,
+    evaluates and writes."""
     plan = build_plan(config)
     check_learners(config, plan.train_labels)
     if chief:
@@ -162,6 +170,10 @@ def run(config, verbose=1, overwrite=False):
         state = trainer.state
     restored = state.restore()
     start_epoch, start_step, record = restored or (0, 0, {})
+    if restored and chief and verbose:
+        into = f", {start_step} steps into the next" if start_step else ""
+        print(f"Resuming {folder.path}: {start_epoch} of {config.epochs} epochs done{into} "
+              f"({os.path.basename(state.restored_from)})", flush=True)
     has_test = bool(plan.evaluations) and config.test_evaluation
     guard = DivergenceGuard(verbose=verbose)
     schedule_callback = DnCScheduleCallback(

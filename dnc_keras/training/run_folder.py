@@ -4,7 +4,9 @@ A folder is new (absent or empty), unfinished (a run that stopped before writing
 killed, diverged) or finished (metrics.json written, last). `dnc-keras train --out DIR`
 resumes an unfinished run with the same settings, refuses a finished one unless `--overwrite`,
 and writes nothing into the folder before the run's inputs have been checked. Every file goes
-through `dnc_keras.files` (a temporary file, then a rename).
+through `dnc_keras.files` (a temporary file, then a rename). A run holds a lock on its folder
+(`.lock`, released when it ends or its process dies), so a second `train` into the same folder
+while the first is running is refused instead of sharing its checkpoints.
 """
 
 from __future__ import annotations
@@ -16,10 +18,16 @@ import os
 import shutil
 import subprocess
 
+try:
+    import fcntl
+except ImportError:  # not on Windows: runs there are not locked
+    fcntl = None
+
 from dnc_keras import files
 from dnc_keras_cli.options import BY_NAME
 
 FINISHED = "metrics.json"
+LOCK = ".lock"
 # Settings that may differ between a run and its resumption.
 _RESUMABLE_DIFFERENCES = {"out", "seeds"}
 
@@ -36,6 +44,7 @@ class RunFolder:
     def __init__(self, path, overwrite=False):
         self.path = os.fspath(path)
         self.overwrite = bool(overwrite)
+        self._lock = None
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise ValueError(f"--out {self.path} is a file, not a folder: choose another --out")
 
@@ -47,22 +56,28 @@ class RunFolder:
 
     @property
     def state(self):
-        if not os.path.isdir(self.path) or not os.listdir(self.path):
+        if not os.path.isdir(self.path) or not set(os.listdir(self.path)) - {LOCK}:
             return "new"
         return "finished" if os.path.exists(self.file(FINISHED)) else "unfinished"
 
     def claim(self, config):
         """Makes the folder the run's: checked against what it holds, created or cleared,
-        config.json written. Call it only once the run's inputs are known to be good.
+        config.json written, locked until `release`. Call it only once the run's inputs are
+        known to be good.
 
         Returns:
             True when the folder holds an unfinished run of these settings to resume.
+
+        Raises:
+            ValueError: another process's run holds the folder, or the folder holds a run
+                this one may not resume or replace.
         """
         state = self.state
         if state == "finished" and not self.overwrite:
             raise ValueError(f"{self.path} holds a finished run; pass --overwrite to replace "
                              "it, or choose another --out")
-        if state == "unfinished" and not self.overwrite:
+        resuming = state == "unfinished" and not self.overwrite
+        if resuming:
             different = self.differences(config)
             if different is None:
                 raise ValueError(f"{self.path} is not empty and holds no dnc-keras run "
@@ -72,16 +87,48 @@ class RunFolder:
                 raise ValueError(f"{self.path} holds an unfinished run with other settings "
                                  f"({', '.join(different)}): resume it with the same settings, "
                                  "pass --overwrite to start again, or choose another --out")
-            return True
-        if state != "new":
-            self._clear()
         try:
             os.makedirs(self.path, exist_ok=True)
         except OSError as error:
             raise files.WriteError(f"cannot create {self.path}: "
                                    f"{error.strerror or error}") from None
-        files.write_json(self.file("config.json"), config)
-        return False
+        self._acquire()
+        try:
+            if not resuming:
+                if state != "new":
+                    self._clear()
+                files.write_json(self.file("config.json"), config)
+        except BaseException:
+            self.release()
+            raise
+        return resuming
+
+    def release(self):
+        """Lets another run use the folder (also done by the system when the process ends)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def _acquire(self):
+        if fcntl is None or self._lock is not None:
+            return
+        try:
+            handle = open(self.file(LOCK), "a+")
+        except OSError as error:
+            raise files.WriteError(f"cannot write {self.file(LOCK)}: "
+                                   f"{error.strerror or error}") from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise ValueError(f"{self.path} is in use by a run still going (process {holder}): "
+                             "wait for it to end, or choose another --out") from None
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._lock = handle
 
     def differences(self, config):
         """The settings in which the folder's run differs from `config` (sorted names; those
@@ -102,7 +149,7 @@ class RunFolder:
             return None
 
     def _clear(self):
-        for entry in os.listdir(self.path):
+        for entry in set(os.listdir(self.path)) - {LOCK}:
             full = self.file(entry)
             if os.path.isdir(full) and not os.path.islink(full):
                 shutil.rmtree(full)

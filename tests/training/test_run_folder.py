@@ -2,6 +2,10 @@
 without --overwrite, an unfinished one resumes only with its own settings."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -30,7 +34,7 @@ def test_finished_run_is_refused_then_replaced_with_overwrite(tmp_path):
                                 "or choose another --out")
     assert (run / "model.keras").read_text() == "weights"
     assert RunFolder(run, overwrite=True).claim({**CONFIG, "epochs": 4}) is False
-    assert sorted(p.name for p in run.iterdir()) == ["config.json"]
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "config.json"]
 
 
 def test_unfinished_run_resumes_with_the_same_settings_only(tmp_path):
@@ -43,6 +47,48 @@ def test_unfinished_run_resumes_with_the_same_settings_only(tmp_path):
         RunFolder(run).claim({**CONFIG, "epochs": 5, "seed": 1})
     assert (run / "checkpoints").is_dir()
 
+
+
+def test_a_run_still_going_holds_its_folder(tmp_path):
+    # The README's resume instruction is "run the same command again": typed while the first
+    # run still goes, it must be refused, not train on the first run's checkpoints.
+    run = tmp_path / "run"
+    first = RunFolder(run)
+    first.claim(CONFIG)
+    with pytest.raises(ValueError) as error:
+        RunFolder(run).claim(CONFIG)
+    assert str(error.value) == (f"{run} is in use by a run still going (process {os.getpid()}):"
+                                " wait for it to end, or choose another --out")
+    with pytest.raises(ValueError, match="in use by a run still going"):
+        RunFolder(run, overwrite=True).claim(CONFIG)
+    assert json.loads((run / "config.json").read_text()) == CONFIG  # nothing cleared
+    first.release()
+    assert RunFolder(run).claim(CONFIG) is True  # resumes
+
+
+def test_a_killed_run_leaves_its_folder_free(tmp_path):
+    run = tmp_path / "run"
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from dnc_keras.training.run_folder import RunFolder;"
+         f" folder = RunFolder(sys.argv[1]); folder.claim({CONFIG!r}); print('held', flush=True);"
+         " sys.stdin.read()",
+         str(run)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "held\n"
+        with pytest.raises(ValueError, match=f"in use by a run still going .process {child.pid}"):
+            RunFolder(run).claim(CONFIG)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert RunFolder(run).claim(CONFIG) is True
+
+
+def test_a_refused_claim_writes_nothing(tmp_path):
+    # A folder of other files is left as it was: no lock file, nothing cleared.
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds no dnc-keras run"):
+        RunFolder(tmp_path).claim(CONFIG)
+    assert os.listdir(tmp_path) == ["notes.txt"]
 
 
 def test_a_setting_added_since_the_run_was_saved_counts_at_its_default(tmp_path):
