@@ -238,9 +238,12 @@ def load_class_folders(class_dirs, extensions, on_error, read):
                 # PIL raises UnidentifiedImageError (an OSError) for garbage and OSError or
                 # SyntaxError for truncated files.
                 if on_error == "raise":
+                    # The readers' own messages already name the file.
+                    detail = str(err) if str(path) in str(err) else (
+                        f"Cannot read image file '{path}': {err}")
                     raise ValueError(
-                        f"Cannot read image file '{path}': {err}. Fix or remove it, or pass "
-                        "on_error='skip' to leave unreadable files out."
+                        f"{detail.rstrip('.')}. Fix or remove it (in Python, the loaders' "
+                        "on_error='skip' leaves unreadable files out)."
                     ) from err
                 skipped_files.append(f"{path}: {err}")
         if len(images) < MIN_IMAGES_PER_CLASS:
@@ -253,7 +256,8 @@ def load_class_folders(class_dirs, extensions, on_error, read):
                 problem += " It holds subfolders: is data_dir one level too high?"
             if on_error == "raise":
                 raise ValueError(
-                    problem + " Add images, remove the folder, or pass on_error='skip'."
+                    problem + " Add images or remove the folder (in Python, the loaders' "
+                    "on_error='skip' leaves such classes out)."
                 )
             dropped_classes.append(problem)
             continue

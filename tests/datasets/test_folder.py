@@ -91,7 +91,9 @@ def test_single_image_class_raises_or_warns(tmp_path):
 def test_corrupt_file_raises_naming_it_or_is_skipped(tmp_path):
     _replica(tmp_path)
     (tmp_path / "dog" / "broken.jpg").write_bytes(b"\xff\xd8 garbage")
-    with pytest.raises(ValueError, match=r"Cannot read image file '.*broken\.jpg'"):
+    # One line naming the file once, with advice a CLI user can follow too.
+    with pytest.raises(ValueError, match=r"^Cannot read image [^ ]*broken\.jpg: [^']*\. Fix or "
+                       r"remove it \(in Python, the loaders' on_error='skip'"):
         load_folder(tmp_path)
     with pytest.warns(UserWarning, match="Skipped 1 unreadable"):
         ds = load_folder(tmp_path, on_error="skip")
