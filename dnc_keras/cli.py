@@ -164,6 +164,10 @@ def validate_command(args):
 def embed_command(args):
     import numpy as np
 
+    if not os.path.isdir(args.model):
+        raise FileNotFoundError(f"{args.model} does not exist: expected a run folder (dnc-keras "
+                                "train) or an export folder (dnc-keras export, e.g. "
+                                "saved_models/NAME)")
     if os.path.exists(os.path.join(args.model, "model.keras")):
         from dnc_keras import preprocessing
         from dnc_keras.export import load_run

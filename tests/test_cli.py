@@ -185,6 +185,9 @@ def test_user_errors_are_one_line(tmp_path, capsys):
          "corrupt); train the run again with --overwrite"),
         (["train", "--out", str(a_file)],
          f"--out {a_file} is a file, not a folder: choose another --out"),
+        (["embed", str(tmp_path / "nowhere"), str(a_file)],
+         f"{tmp_path / 'nowhere'} does not exist: expected a run folder (dnc-keras train) or an "
+         "export folder (dnc-keras export, e.g. saved_models/NAME)"),
         (["train", "--dataset", "folder", "--data-dir", str(two_classes), "--out",
           str(tmp_path / "r")],
          "the training split has 1 class(es), 1 with at least 2 images; training needs at "
