@@ -57,6 +57,7 @@ def _announce_recipe(config, overrides, stream):
 
 
 def evaluate_command(args):
+    from dnc_keras import datasets
     from dnc_keras.export.build import load_run
     from dnc_keras.training import plan
 
@@ -64,8 +65,12 @@ def evaluate_command(args):
     model = run.model
     overrides = {"dataset": args.dataset, "data_dir": args.data_dir}
     config = TrainConfig.from_file(os.path.join(args.run_dir, "config.json"), **overrides)
-    if args.dataset and not args.data_dir:  # another dataset: not the run's folder
-        config = dataclasses.replace(config, data_dir=None)
+    if args.data_dir and not args.dataset and datasets.is_built_in(config.dataset):
+        raise ValueError(f"{args.run_dir} was trained on {config.dataset}, which is built in: "
+                         "to evaluate on a folder of <class>/<image> files, pass --dataset "
+                         f"folder --data-dir {args.data_dir}")
+    if args.dataset:
+        config = _another_dataset(config, args, model.preprocessing)
     data = plan.build_plan(config)
     if model.preprocessing is not None and data.preprocessing != model.preprocessing:
         raise ValueError(f"{args.run_dir}'s model was trained on images made by "
@@ -82,6 +87,23 @@ def evaluate_command(args):
     text = "\n".join(f"{name:>8s} {k:>12s} {v:.4f}" for name, values in metrics.items()
                      for k, v in values.items())
     _report(results, text, args.json)
+
+
+def _another_dataset(config, args, record):
+    """The run's config for evaluating on another dataset: its standard test classes (the run's
+    --train-classes concerns its own data), its images made the way the model's were where the
+    loader can (side and colour; a loader's own transforms, such as Omniglot's inversion, stay
+    and are refused below if the model's differ)."""
+    changes = {"train_classes": "standard", "validation_classes": 0.0,
+               "data_dir": args.data_dir}
+    from dnc_keras import datasets
+
+    if record is not None:
+        if not datasets.is_built_in(config.dataset):  # those are grey only
+            changes["color_mode"] = "grayscale" if record.channels == 1 else "rgb"
+        if record.size[0] == record.size[1]:
+            changes["image_size"] = record.size[0]
+    return dataclasses.replace(config, **changes)
 
 
 def _verbosity(args):

@@ -73,7 +73,9 @@ def build_parser():
 
     evaluate = commands.add_parser("evaluate", help="retrieval metrics of a trained run")
     evaluate.add_argument("run_dir", help="run folder written by `dnc-keras train`")
-    evaluate.add_argument("--dataset", help="another dataset than the run's")
+    evaluate.add_argument("--dataset", help="another dataset than the run's: its standard "
+                          "test classes (for folder: the second half of the sorted classes), "
+                          "images sized and coloured as the run's")
     evaluate.add_argument("--data-dir", help="another data folder than the run's")
     _add_output_flags(evaluate, "the metrics as one JSON line")
 

@@ -322,9 +322,10 @@ def test_recluster_features_through_the_cli(tmp_path, capsys, source):
         assert everything - 2 * 6 * 16 <= actions[2]["embedded"] < everything
 
 
-def test_a_diverged_run_stops_with_one_line_and_writes_no_model(tmp_path, capsys, monkeypatch):
+def test_a_diverged_run_stops_then_resumes_saying_so(tmp_path, capsys, monkeypatch):
     """NaN weights before the 8th batch (epoch 1, step 1): exit 2, one line naming where, no
-    model.keras (benchmarks/bench_faults.py injects the same at random points)."""
+    model.keras (benchmarks/bench_faults.py injects the same at random points); the same
+    command again resumes from the last good checkpoint and says where."""
     import keras
 
     batches = {"n": 0}
@@ -351,3 +352,9 @@ def test_a_diverged_run_stops_with_one_line_and_writes_no_model(tmp_path, capsys
     lines = capsys.readouterr().out.splitlines()
     assert f"Resuming {out}: 1 of 2 epochs done (ckpt-6)" in lines
     assert (out / "model.keras").exists()
+    # A built-in dataset's run evaluated with only --data-dir: told how to name a folder.
+    assert cli.main(["evaluate", str(out), "--data-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        f"dnc-keras evaluate: error: {out} was trained on digits, which is built in: to "
+        f"evaluate on a folder of <class>/<image> files, pass --dataset folder --data-dir "
+        f"{tmp_path}\n")

@@ -63,6 +63,12 @@ def canonical_name(name) -> str:
     return _ALIASES.get(key, key)
 
 
+def is_built_in(name) -> bool:
+    """True for the datasets that come with the package and take no data_dir (glyphs, digits)."""
+    key = canonical_name(name)
+    return key in DATASET_NAMES and key not in _LAYOUTS
+
+
 def is_benchmark(name) -> bool:
     """True for the on-disk benchmarks, which `load` returns as a `PathDataset`."""
     return canonical_name(name) in BENCHMARK_NAMES
@@ -136,7 +142,7 @@ def load(
             f"Dataset {key!r} reads images from disk: pass data_dir{where}. "
             f"Expected layout: {_LAYOUTS[key]}"
         )
-    if key not in _LAYOUTS and data_dir is not None:
+    if is_built_in(key) and data_dir is not None:
         raise ValueError(
             f"Dataset {key!r} needs no data_dir (it is built in). Received: data_dir={data_dir!r}"
         )
