@@ -51,6 +51,16 @@ class EdgeModel:
     def __init__(self, onnx_path, threads=None, providers=None, manifest="auto"):
         if not os.path.exists(onnx_path):
             raise FileNotFoundError(f"{onnx_path} not found")
+        if os.path.isdir(onnx_path):
+            found = sorted(f for f in os.listdir(onnx_path) if f.endswith(".onnx"))
+            plain = os.path.basename(os.path.normpath(onnx_path)) + ".onnx"  # export NAME/NAME.onnx
+            example = os.path.join(onnx_path, plain if plain in found else
+                                   (found or ["NAME.onnx"])[0])
+            raise image_input.InputError(f"{onnx_path} is a folder: expected the exported "
+                                         f".onnx file, e.g. {example}")
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise image_input.InputError(f"threads must be an integer >= 1. Received: "
+                                         f"{threads!r}")
         if manifest == "auto":
             manifest = image_input.find_manifest(onnx_path)
         options = ort.SessionOptions()
@@ -142,7 +152,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model", help="the exported .onnx file")
     parser.add_argument("images", nargs="+", help="image files")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="onnxruntime's intra-op threads (default: onnxruntime's choice)")
     parser.add_argument("--compare", action="store_true",
                         help="print the distance matrix of the images")
     args = parser.parse_args(argv)
@@ -153,8 +164,10 @@ def main(argv=None):
         print(f"edge_infer: error: {error}", file=sys.stderr)
         return 2
     if args.compare:
-        squared = 2.0 - 2.0 * embeddings @ embeddings.T
-        distances = np.sqrt(np.clip(squared, 0.0, None))
+        # Differences, not 2 - 2 x.y: an image's distance to itself is exactly 0, not a
+        # rounding residue such as 0.001.
+        vectors = embeddings.astype(np.float64)
+        distances = np.linalg.norm(vectors[:, None] - vectors[None], axis=2)
         for path, row in zip(args.images, distances):
             print(" ".join(f"{d:6.3f}" for d in row), path)
         return 0

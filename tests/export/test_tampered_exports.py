@@ -144,7 +144,20 @@ def test_edge_script_refuses_an_onnx_file_its_manifest_disowns(tampered, serving
     broken.write_bytes(b"not an onnx model")
     assert edge.main([str(broken), str(image)]) == 2
     assert "model.onnx: not a loadable ONNX model" in capsys.readouterr().err
+    # The export folder instead of its .onnx file, and a thread count below 1: told what to pass.
+    for argv, message in (([str(export_dir)], f"{export_dir} is a folder: expected the exported "
+                           f".onnx file, e.g. {os.path.join(export_dir, 'digits.onnx')}"),
+                          ([os.path.join(export_dir, "digits.onnx"), "--threads", "-1"],
+                           "threads must be an integer >= 1. Received: -1")):
+        assert edge.main([*argv, str(image)]) == 2
+        assert capsys.readouterr().err == f"edge_infer: error: {message}\n"
     assert edge.main([os.path.join(export_dir, "digits.onnx"), str(image)]) == 0
+    capsys.readouterr()
+    # --compare: an image's distance to itself is 0 exactly.
+    assert edge.main([os.path.join(export_dir, "digits.onnx"), str(image), str(image),
+                      "--compare"]) == 0
+    rows = [line.split()[:2] for line in capsys.readouterr().out.splitlines()]
+    assert rows == [["0.000", "0.000"], ["0.000", "0.000"]]
 
 
 def test_an_index_refuses_its_export_once_changed(export_dir, gallery, tmp_path):
