@@ -9,8 +9,8 @@ import importlib.metadata
 import os
 import sys
 
-from dnc_keras_cli.options import (BOUNDS_DEFAULTS, HNSW_DEFAULTS, QUANTIZE_MODES, RUNTIMES,
-                                   TRAIN_OPTIONS)
+from dnc_keras_cli.options import (BOUNDS_DEFAULTS, HNSW_DEFAULTS, QUANTIZE_MODES, RECIPES,
+                                   RUNTIMES, TRAIN_OPTIONS)
 
 
 def _version():
@@ -59,8 +59,10 @@ def build_parser():
 
     train = commands.add_parser(
         "train", help="train a model; with no arguments, on the embedded glyphs dataset",
-        description="Flags override a --config file, which overrides a --preset; every flag's "
-                    "default is shown.")
+        description="Flags override a --config file, which overrides a --preset or, without "
+                    f"one, the dataset's recipe ({' and '.join(sorted(RECIPES))} have one: "
+                    "printed at the start, saved in config.json); the defaults shown apply "
+                    "where neither sets a value.")
     _add_train_flags(train)
     train.add_argument("--config", help="JSON or YAML file of settings (flags override it)")
     train.add_argument("--overwrite", action="store_true",
