@@ -94,10 +94,10 @@ def _another_dataset(config, args, record):
     --train-classes concerns its own data), its images made the way the model's were where the
     loader can (side and colour; a loader's own transforms, such as Omniglot's inversion, stay
     and are refused below if the model's differ)."""
-    changes = {"train_classes": "standard", "validation_classes": 0.0,
-               "data_dir": args.data_dir}
     from dnc_keras import datasets
 
+    changes = {"train_classes": "standard", "validation_classes": 0.0,
+               "data_dir": args.data_dir}
     if record is not None:
         if not datasets.is_built_in(config.dataset):  # those are grey only
             changes["color_mode"] = "grayscale" if record.channels == 1 else "rgb"

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import subprocess
+import warnings
 
 try:
     import fcntl
@@ -119,12 +120,17 @@ class RunFolder:
                                    f"{error.strerror or error}") from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:  # another open file holds the lock
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
             handle.close()
             raise ValueError(f"{self.path} is in use by a run still going (process {holder}): "
                              "wait for it to end, or choose another --out") from None
+        except OSError as error:  # a file system without locks: run, unprotected
+            handle.close()
+            warnings.warn(f"cannot lock {self.path} ({error.strerror or error}): nothing stops "
+                          "a second run into it while this one goes", stacklevel=3)
+            return
         handle.truncate(0)
         handle.write(f"{os.getpid()}\n")
         handle.flush()

@@ -83,6 +83,20 @@ def test_a_killed_run_leaves_its_folder_free(tmp_path):
     assert RunFolder(run).claim(CONFIG) is True
 
 
+def test_a_file_system_without_locks_runs_unprotected_with_a_warning(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(handle, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.warns(UserWarning, match=r"cannot lock .*\(No locks available\): nothing "
+                      "stops a second run"):
+        assert RunFolder(tmp_path / "run").claim(CONFIG) is False
+    assert json.loads((tmp_path / "run" / "config.json").read_text()) == CONFIG
+
+
 def test_a_refused_claim_writes_nothing(tmp_path):
     # A folder of other files is left as it was: no lock file, nothing cleared.
     (tmp_path / "notes.txt").write_text("mine")
