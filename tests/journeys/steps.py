@@ -107,7 +107,7 @@ def check_served_chain(tmp_path, run_dir, name, files, gallery=None, query=None)
     validate-export has its own tests (tests/export/test_validate.py, test_export_cli.py):
     it reads only the export's files.
 
-    Returns the export manifest.
+    Returns (the export manifest, {file: the run's own embedding}).
     """
     full = gallery is not None
     exports = tmp_path / "saved_models"
@@ -127,7 +127,7 @@ def check_served_chain(tmp_path, run_dir, name, files, gallery=None, query=None)
             served = embeddings(dnc("embed", export_dir, "--runtime", runtime, *files,
                                     cwd=tmp_path))
             assert worst(served, reference) <= TOLERANCE, runtime
-        return manifest
+        return manifest, reference
     with tf_serving_peers(exports, name, tmp_path) as peers:
         assert peers["warmup"] == 2
         # Files as bytes over both protocols; decoded pixels once, over REST (the gRPC
@@ -144,4 +144,4 @@ def check_served_chain(tmp_path, run_dir, name, files, gallery=None, query=None)
     found = json.loads(dnc("search", index, query, "-k", "3", "--json", cwd=tmp_path))
     assert found["matches"][0]["path"] == str(query)  # a gallery image finds itself first
     assert found["matches"][0]["distance"] < 1e-3
-    return manifest
+    return manifest, reference

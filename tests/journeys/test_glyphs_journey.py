@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 from PIL import Image
-from steps import check_served_chain, dnc, embeddings, run, write_files
+from steps import check_served_chain, dnc, run, write_files
 
 from dnc_keras import datasets
 
@@ -35,15 +35,17 @@ def test_glyphs_train_evaluate_export_serve_search(tmp_path):
                                                                          Image.BICUBIC))
                            for im in v[:2]])[..., None] for k, v in picked.items()}
     files += write_files(tmp_path / "photos", photos, "JPEG")
+    manifest, reference = check_served_chain(tmp_path, run_dir, "glyphs", files, gallery,
+                                             files[0])
 
     # Evaluated on a folder of the user's files (the README's `evaluate --data-dir`): the
     # run's preprocessing applied to them, the folder's second half of classes as queries;
-    # against a numpy oracle over `embed`'s embeddings of the same files.
+    # against a numpy oracle over the run's own embeddings of the same files (`embed`, in
+    # check_served_chain).
     on_folder = json.loads(dnc("evaluate", run_dir, "--dataset", "folder", "--data-dir",
                                gallery, "--json", cwd=tmp_path))
     queries = [f for f in files[:24] if f.split("/")[-2] in ("class3", "class4", "class5")]
-    vectors = embeddings(dnc("embed", run_dir, *queries, cwd=tmp_path))
-    x = np.stack([vectors[q] for q in queries])
+    x = np.stack([reference[q] for q in queries])
     labels = np.array([q.split("/")[-2] for q in queries])
     distances = np.linalg.norm(x[:, None] - x[None], axis=2) + np.diag([np.inf] * len(x))
     order = np.argsort(distances, axis=1, kind="stable")[:, :3]  # R = 3 others per class
@@ -52,7 +54,6 @@ def test_glyphs_train_evaluate_export_serve_search(tmp_path):
     assert on_folder["test_classes"] == 3
     assert on_folder["test"]["R@1"] == hits[:, 0].mean()
     assert abs(on_folder["test"]["MAP@R"] - map_at_r) < 1e-6
-    manifest = check_served_chain(tmp_path, run_dir, "glyphs", files, gallery, files[0])
     quality = manifest["quality"]["savedmodel"]["agreement"]["evaluations"]["test"]
     assert quality["run MAP@R"] == results["test"]["MAP@R"]
 

@@ -24,5 +24,5 @@ def test_photo_folder_train_export_serve(tmp_path):
     test_files = [f for f in files if int(f.split("scene")[1].split("/")[0]) >= 4]
     # Each decoder on these files; evaluate, the serving peers and clients, int8 and the index
     # are the glyphs journey's.
-    manifest = check_served_chain(tmp_path, run_dir, "photos", test_files)
+    manifest, _ = check_served_chain(tmp_path, run_dir, "photos", test_files)
     assert manifest["preprocessing"]["kernel"] == "lanczos"
