@@ -164,10 +164,13 @@ def main(argv=None):
         print(f"edge_infer: error: {error}", file=sys.stderr)
         return 2
     if args.compare:
-        # Differences, not 2 - 2 x.y: an image's distance to itself is exactly 0, not a
-        # rounding residue such as 0.001.
+        # |a|^2 + |b|^2 - 2 a.b in float64, not 2 - 2 a.b: float32 vectors are not exactly
+        # unit, and an image's distance to itself would print as 0.001. (Not the differences
+        # a - b either: n x n x d floats.)
         vectors = embeddings.astype(np.float64)
-        distances = np.linalg.norm(vectors[:, None] - vectors[None], axis=2)
+        norms = (vectors * vectors).sum(axis=1)
+        squared = norms[:, None] + norms[None] - 2.0 * vectors @ vectors.T
+        distances = np.sqrt(np.clip(squared, 0.0, None))
         for path, row in zip(args.images, distances):
             print(" ".join(f"{d:6.3f}" for d in row), path)
         return 0
