@@ -90,6 +90,10 @@ def _remove(path):
         os.remove(path)
 
 
+def cause(error):
+    """An `OSError`'s cause in a few words: "the disk is full", "permission denied", ..."""
+    return _CAUSES.get(error.errno, error.strerror or str(error))
+
+
 def _message(path, error):
-    cause = _CAUSES.get(error.errno, error.strerror or str(error))
-    return f"cannot write {path}: {cause}"
+    return f"cannot write {path}: {cause(error)}"

@@ -91,8 +91,7 @@ class RunFolder:
         try:
             os.makedirs(self.path, exist_ok=True)
         except OSError as error:
-            raise files.WriteError(f"cannot create {self.path}: "
-                                   f"{error.strerror or error}") from None
+            raise files.WriteError(f"cannot create {self.path}: {files.cause(error)}") from None
         self._acquire()
         try:
             if not resuming:
@@ -117,7 +116,7 @@ class RunFolder:
             handle = open(self.file(LOCK), "a+")
         except OSError as error:
             raise files.WriteError(f"cannot write {self.file(LOCK)}: "
-                                   f"{error.strerror or error}") from None
+                                   f"{files.cause(error)}") from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:  # another open file holds the lock
@@ -128,7 +127,7 @@ class RunFolder:
                              "wait for it to end, or choose another --out") from None
         except OSError as error:  # a file system without locks: run, unprotected
             handle.close()
-            warnings.warn(f"cannot lock {self.path} ({error.strerror or error}): nothing stops "
+            warnings.warn(f"cannot lock {self.path} ({files.cause(error)}): nothing stops "
                           "a second run into it while this one goes", stacklevel=3)
             return
         handle.truncate(0)
