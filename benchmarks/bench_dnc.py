@@ -74,6 +74,14 @@ VARIANTS = {
     "DnC K=4 fixed, walk, training features": dict(learners=4, subspaces="fixed",
                                                    batch_order="walk",
                                                    recluster_features="training"),
+    # Conv-4 with batch renormalisation: one-cluster batches normalised by the moving
+    # statistics, as inference is (issue 13: the train steps' features then stand in for a
+    # full pass; issue 14: learners train on the features they are evaluated on).
+    "DnC K=4 fixed, renorm": dict(learners=4, subspaces="fixed", normalization="renorm"),
+    "DnC K=4 fixed, renorm, walk, training features": dict(
+        learners=4, subspaces="fixed", normalization="renorm", batch_order="walk",
+        recluster_features="training"),
+    "single (K=1), renorm": dict(learners=1, normalization="renorm"),
 }
 
 

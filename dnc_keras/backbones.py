@@ -44,19 +44,35 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         return outputs
 
 
-def conv4(input_shape, weights=None, width=64, name="conv4"):
+NORMALIZATIONS = ("batch", "renorm")
+
+
+def conv4(input_shape, weights=None, width=64, name="conv4", normalization="batch"):
     """The Conv-4 of the few-shot literature: 4 x (conv 3x3, BatchNorm, ReLU, max-pool 2).
 
     It trains from scratch: `weights` must be None.
+
+    Args:
+        normalization: `"batch"`: BatchNorm normalises a training batch by its own statistics.
+            `"renorm"`: batch renormalisation (Ioffe, 2017; Keras's `renorm=True`, unclipped):
+            a training batch is normalised by the moving statistics, as inference is, with
+            the gradient of the batch's own. DnC draws each batch from one cluster, whose
+            statistics are not the data's: with `"batch"` a learner trains on features that
+            inference never computes, and the train steps' features cannot stand in for a
+            full embedding pass at re-clustering. Defaults to `"batch"`.
     """
     if weights is not None:
         raise ValueError(f"conv4 has no pretrained weights; it trains from scratch. Received: "
                          f"weights={weights!r}")
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}. Received: "
+                         f"normalization={normalization!r}")
     inputs = keras.Input(shape=input_shape)
     x = inputs
     for i in range(4):
         x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
-        x = FusedBatchNormalization(name=f"bn{i}")(x)
+        x = (FusedBatchNormalization(name=f"bn{i}") if normalization == "batch" else
+             keras.layers.BatchNormalization(renorm=True, name=f"bn{i}"))(x)
         x = keras.layers.ReLU(name=f"relu{i}")(x)
         if x.shape[1] > 1 and x.shape[2] > 1:
             x = keras.layers.MaxPooling2D(2, name=f"pool{i}")(x)
@@ -90,12 +106,13 @@ class CaffePreprocess(keras.layers.Layer):
         return bgr - keras.ops.convert_to_tensor(self.MEAN_BGR, dtype=bgr.dtype)
 
 
-def build_backbone(name, input_shape, weights=None):
-    """Builds a backbone by its name in the registry (`dnc_keras_cli.options.BACKBONES`)."""
+def build_backbone(name, input_shape, weights=None, **kwargs):
+    """Builds a backbone by its name in the registry (`dnc_keras_cli.options.BACKBONES`);
+    `kwargs` go to its builder (conv4's `normalization`)."""
     from dnc_keras_cli.options import BACKBONES as REGISTRY
     from dnc_keras_cli.options import resolve
 
-    return resolve(REGISTRY, name, "backbone")(input_shape, weights=weights)
+    return resolve(REGISTRY, name, "backbone")(input_shape, weights=weights, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="dnc_keras")

@@ -153,6 +153,9 @@ TRAIN_OPTIONS = (
          choices=tuple(BACKBONES)),
     _opt("weights", str, None, "backbone weights: imagenet, a local file, or none",
          nullable=True),
+    _opt("normalization", str, "batch", "conv4's BatchNorm in training: batch: each batch's "
+         "statistics; renorm: batch renormalisation, the moving statistics inference uses "
+         "(one-cluster batches then train what is evaluated)", choices=("batch", "renorm")),
     _opt("embedding_dim", int, 128, "d, the embedding's width", minimum=1),
     _opt("learners", int, 4, "final number of learners K; 1 is the single-learner baseline",
          minimum=1),

@@ -52,6 +52,10 @@ def _checks(config):
         if getattr(config, switch) and config.strategy is not None:
             raise ValueError(f"{switch} runs with model.fit on one device, not with a "
                              f"strategy. Received: strategy={config.strategy!r}")
+    if config.normalization != "batch" and config.backbone != "conv4":
+        raise ValueError(f"normalization applies to conv4, trained from scratch; {config.backbone}"
+                         " keeps its pretrained BatchNorm statistics frozen. Received: "
+                         f"normalization={config.normalization!r}")
     if config.backbone == "resnet50" and config.color_mode == "grayscale":
         raise ValueError("resnet50 takes RGB images (its ImageNet weights have 3 input "
                          "channels). Received: color_mode='grayscale'")

@@ -63,7 +63,8 @@ def build_model(config, input_shape, preprocessing=None):
 
 def _build_model(config, input_shape, preprocessing):
     weights = None if str(config.weights).lower() == "none" else config.weights
-    backbone = backbones.build_backbone(config.backbone, input_shape, weights=weights)
+    extra = {} if config.backbone != "conv4" else {"normalization": config.normalization}
+    backbone = backbones.build_backbone(config.backbone, input_shape, weights=weights, **extra)
     encoder = backbones.build_encoder(backbone, config.embedding_dim,
                                       freeze_bn_stats=config.backbone != "conv4")
     initial = 1 if config.progressive else config.learners
