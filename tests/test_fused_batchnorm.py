@@ -55,3 +55,47 @@ def test_conv4_uses_the_fused_layer_and_round_trips(tmp_path):
     loaded = keras.saving.load_model(path)
     x = np.random.default_rng(0).random((2, 16, 16, 1)).astype(np.float32)
     np.testing.assert_allclose(loaded(x), model(x), atol=1e-6)
+
+
+def _trained_conv4(normalization):
+    """conv4 after a few SGD steps on batches drawn from two groups of different means and
+    scales, as DnC draws one cluster per batch, so every moving statistic has moved."""
+    keras.utils.set_random_seed(0)
+    model = conv4((12, 12, 1), normalization=normalization)
+    optimizer = keras.optimizers.SGD(0.05)
+    rng = np.random.default_rng(0)
+    for step in range(30):
+        shift, scale = (0.2, 0.1) if step % 2 else (0.8, 0.4)
+        x = tf.constant(shift + scale * rng.random((8, 12, 12, 1)), tf.float32)
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(model(x, training=True)))
+        optimizer.apply(tape.gradient(loss, model.trainable_variables),
+                        model.trainable_variables)
+    return model
+
+
+def test_renorm_trains_on_the_features_inference_computes():
+    """With batch renormalisation a training batch from one group is normalised by the moving
+    statistics, as inference normalises it (what lets the train steps' features stand in for a
+    full embedding pass); BatchNorm normalises it by the group's own statistics instead."""
+    x = tf.constant(0.2 + 0.1 * np.random.default_rng(1).random((8, 12, 12, 1)), tf.float32)
+    gaps = {}
+    for normalization in ("batch", "renorm"):
+        model = _trained_conv4(normalization)
+        inference = model(x, training=False).numpy()
+        training = model(x, training=True).numpy()  # before this call's statistics update
+        gaps[normalization] = np.abs(training - inference).max() / np.abs(inference).max()
+    assert gaps["renorm"] < 1e-4
+    assert gaps["batch"] > 0.05
+
+
+def test_conv4_renorm_round_trips_and_refuses_other_modes(tmp_path):
+    model = _trained_conv4("renorm")
+    assert model.get_layer("bn0").renorm
+    path = str(tmp_path / "conv4.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    x = np.random.default_rng(0).random((2, 12, 12, 1)).astype(np.float32)
+    np.testing.assert_allclose(loaded(x), model(x), atol=1e-6)
+    with pytest.raises(ValueError, match="normalization must be one of"):
+        conv4((12, 12, 1), normalization="group")

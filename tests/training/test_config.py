@@ -147,6 +147,9 @@ def test_papers_schedule_options_reach_the_saved_model(tmp_path):
      "strategy"),
     (dict(inference_embedding="blocks"), "inference_embedding=.blocks.: expected one of full, "
      "masked"),
+    (dict(normalization="renorm", backbone="resnet50"), "normalization applies to conv4.*"
+     "Received: normalization='renorm'"),
+    (dict(normalization="layer"), "normalization=.layer.: expected one of batch, renorm"),
 ])
 def test_papers_schedule_options_refuse_what_they_cannot_do(settings, message):
     with pytest.raises(ValueError, match=message):
