@@ -71,18 +71,22 @@ def evaluate_command(args):
                          f"folder --data-dir {args.data_dir}")
     if args.dataset:
         config = _another_dataset(config, args, model.preprocessing)
+    if args.classes == "all":
+        config = dataclasses.replace(config, train_classes="all", validation_classes=0.0)
     data = plan.build_plan(config)
     if model.preprocessing is not None and data.preprocessing != model.preprocessing:
         raise ValueError(f"{args.run_dir}'s model was trained on images made by "
                          f"{model.preprocessing.describe()}; this data would be made by "
                          f"{data.preprocessing.describe()}")
-    if not data.evaluations:
+    evaluations = data.evaluations if args.classes == "test" else [
+        plan.Evaluation("test", data.train_images, data.train_labels)]
+    if not evaluations:
         raise ValueError(f"{config.dataset} with train_classes={config.train_classes} has no "
-                         "test classes to evaluate on")
-    metrics = plan.evaluate(model, data.evaluations, data.recall_ks, nmi=config.nmi,
+                         "test classes to evaluate on (--classes all evaluates every class)")
+    metrics = plan.evaluate(model, evaluations, data.recall_ks, nmi=config.nmi,
                             seed=config.seed)
-    results = {"dataset": data.name, "run_dir": args.run_dir,
-               "test_classes": max(len(set(ev.query_labels.tolist())) for ev in data.evaluations),
+    results = {"dataset": data.name, "run_dir": args.run_dir, "classes": args.classes,
+               "test_classes": max(len(set(ev.query_labels.tolist())) for ev in evaluations),
                "test": metrics["test"] if list(metrics) == ["test"] else metrics}
     text = "\n".join(f"{name:>8s} {k:>12s} {v:.4f}" for name, values in metrics.items()
                      for k, v in values.items())

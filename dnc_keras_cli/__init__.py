@@ -79,6 +79,10 @@ def build_parser():
                           "test classes (for folder: the second half of the sorted classes), "
                           "images sized and coloured as the run's")
     evaluate.add_argument("--data-dir", help="another data folder than the run's")
+    evaluate.add_argument("--classes", choices=("test", "all"), default="test",
+                          help="test: the dataset's standard test classes; all: every class "
+                          "of the data, each image a query against all the others (a folder "
+                          "of classes the model never saw) (default: test)")
     _add_output_flags(evaluate, "the metrics as one JSON line")
 
     embed = commands.add_parser(

@@ -245,6 +245,15 @@ def test_evaluate_on_another_folder_equals_the_models_own_embeddings(tmp_path, c
                                  labels)
     for name in ("R@1", "MAP@R", "NMI"):
         assert got[name] == pytest.approx(expected[name], abs=1e-6)
+    # --classes all: every class of the folder, each image a query against all the others.
+    assert cli.main(["evaluate", str(run), "--data-dir", str(evaluated_on), "--classes", "all",
+                     "--json"]) == 0
+    every = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    labels = np.array([int(f.split("scene")[1].split("/")[0]) for f in files])
+    expected = retrieval_metrics(model.embed(load_files(files, model.preprocessing)), labels)
+    assert every["classes"] == "all" and every["test_classes"] == 6
+    for name in ("R@1", "MAP@R", "NMI"):
+        assert every["test"][name] == pytest.approx(expected[name], abs=1e-6)
     # Another dataset makes other images than the model was trained on: refused, named.
     assert cli.main(["evaluate", str(run), "--dataset", "digits"]) == 2
     assert "trained on images made by RGB" in capsys.readouterr().err
