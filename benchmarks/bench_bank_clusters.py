@@ -8,11 +8,12 @@ Trains the Omniglot benchmark's DnC run (K = 4 fixed, 30 epochs, as bench_dnc.py
 cluster walked without replacement (`--batch-order walk`) and re-clustering on the train steps'
 features (`--recluster-features training`). At every clustering and division it also clusters a
 full embedding pass (the papers' way) with the same k-means seed, and records the adjusted Rand
-index between the two assignments, the fraction of images the bank had to embed afresh
-(`unseen_fraction`: those whose row no step rewrote since the previous re-clustering and that
-had served it already), and the seconds of each route. An ARI of 1 means
-the same partition; two k-means runs of the same features with different seeds give the
-reference level of agreement (`seed_ari`).
+index between the two assignments (with `--normalization renorm`, of a Conv-4 trained with
+batch renormalisation, whose train steps normalise as inference does), the fraction of images
+the bank had to embed afresh (`unseen_fraction`: those whose row no step rewrote since the
+previous re-clustering and that had served it already), and the seconds of each route. An ARI
+of 1 means the same partition; two k-means runs of the same features with different seeds
+give the reference level of agreement (`seed_ari`).
 """
 
 import argparse
@@ -83,6 +84,9 @@ def parse_args(argv=None):
                         "DNC_OMNIGLOT_DIR variable)")
     parser.add_argument("--seeds", type=int, default=None, help="runs (default: 3; --tiny: 1)")
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--normalization", choices=("batch", "renorm"), default="batch",
+                        help="Conv-4's normalisation in training (renorm: the train steps' "
+                        "features are computed as inference computes them)")
     common.add_out_argument(parser, "bank_clusters.json")
     args = parser.parse_args(argv)
     args.seeds = args.seeds or (1 if args.tiny else 3)
@@ -102,7 +106,8 @@ def main(argv=None):
                     epochs=args.epochs, embedding_dim=128, classes_per_batch=20,
                     samples_per_class=4, steps_per_epoch=2 if args.tiny else 17,
                     recluster_period=1 if args.tiny else 2, conquer_fraction=0.2,
-                    plots=False, **bench_dnc.VARIANTS["DnC K=4 fixed, walk, training features"])
+                    plots=False, normalization=args.normalization,
+                    **bench_dnc.VARIANTS["DnC K=4 fixed, walk, training features"])
     runs = []
     original, job.DnCScheduleCallback = job.DnCScheduleCallback, ComparingScheduleCallback
     try:
