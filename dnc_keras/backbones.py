@@ -18,30 +18,44 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     Keras 3 builds training-mode batch normalization from separate ops (moments, then scale and
     shift), each a pass over the activation with its own gradient; in the Conv-4 train step on
     CPU they cost about a fifth of the step (docs/performance.md). For 4-D float32
-    channels-last inputs in training mode (no mask, renorm or synchronisation) this layer runs
+    channels-last inputs in training mode (no mask or synchronisation) this layer runs
     `FusedBatchNormV3` instead, with the same arithmetic: normalisation by the biased batch
-    variance, and moving statistics updated with it. Every other case, inference included, is
+    variance, and moving statistics updated with it; with `renorm=True` the kernel normalises
+    and Keras's own renorm correction (r, d, held constant in the gradient) scales and shifts. Every other case, inference included, is
     Keras's own code, so variables, configs, checkpoints and exported graphs are unchanged.
     """
 
     def call(self, inputs, training=None, mask=None):
-        if (not (training and self.trainable) or mask is not None or self.renorm
+        if (not (training and self.trainable) or mask is not None
                 or self.synchronized or len(inputs.shape) != 4 or self.axis not in (-1, 3)
                 or inputs.dtype != tf.float32 or self.compute_dtype != "float32"):
             return super().call(inputs, training=training, mask=mask)
         ones = tf.ones_like(self.moving_mean)
         gamma = self.gamma if self.scale else ones
         beta = self.beta if self.center else tf.zeros_like(ones)
+        if self.renorm:  # the kernel normalises; renorm's correction is a per-channel affine
+            normalized, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+                inputs, ones, tf.zeros_like(ones), epsilon=self.epsilon, data_format="NHWC",
+                is_training=True)
+            variance = _biased(variance, inputs)
+            r, d, _, _ = self._renorm_correction_and_moments(mean, variance)
+            scale, offset = self._compose_transforms(r, d, gamma, beta, inputs.dtype)
+            self._update_renorm_statistics(mean, variance)
+            return normalized * scale + offset
         outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
             inputs, gamma, beta, epsilon=self.epsilon, data_format="NHWC", is_training=True)
-        # The kernel returns the variance with Bessel's correction; Keras tracks the biased one.
-        count = tf.cast(tf.size(inputs) // tf.shape(inputs)[-1], tf.float32)
-        variance = variance * (count - 1.0) / tf.maximum(count, 1.0)
+        variance = _biased(variance, inputs)
         momentum = self.momentum
         self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))
         self.moving_variance.assign(self.moving_variance * momentum
                                     + variance * (1.0 - momentum))
         return outputs
+
+
+def _biased(variance, inputs):
+    """The kernel returns the variance with Bessel's correction; Keras tracks the biased one."""
+    count = tf.cast(tf.size(inputs) // tf.shape(inputs)[-1], tf.float32)
+    return variance * (count - 1.0) / tf.maximum(count, 1.0)
 
 
 NORMALIZATIONS = ("batch", "renorm")
@@ -71,8 +85,7 @@ def conv4(input_shape, weights=None, width=64, name="conv4", normalization="batc
     x = inputs
     for i in range(4):
         x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
-        x = (FusedBatchNormalization(name=f"bn{i}") if normalization == "batch" else
-             keras.layers.BatchNormalization(renorm=True, name=f"bn{i}"))(x)
+        x = FusedBatchNormalization(renorm=normalization == "renorm", name=f"bn{i}")(x)
         x = keras.layers.ReLU(name=f"relu{i}")(x)
         if x.shape[1] > 1 and x.shape[2] > 1:
             x = keras.layers.MaxPooling2D(2, name=f"pool{i}")(x)

@@ -19,9 +19,14 @@ def _pair(shape=(6, 5, 4, 3), **kwargs):
     return reference, fused
 
 
+@pytest.mark.parametrize("renorm", [False, True], ids=["batchnorm", "renorm"])
 @pytest.mark.parametrize("training", [True, False])
-def test_fused_matches_keras_outputs_gradients_and_moving_statistics(training):
-    reference, fused = _pair(momentum=0.9)
+def test_fused_matches_keras_outputs_gradients_and_moving_statistics(training, renorm):
+    reference, fused = _pair(momentum=0.9, renorm=renorm, renorm_momentum=0.9)
+    if renorm:  # renorm statistics away from the batch's, so that r and d matter
+        for layer in (reference, fused):
+            layer.renorm_mean.assign([1.0, 2.0, 4.0])
+            layer.renorm_stddev.assign([1.5, 3.0, 0.5])
     x = tf.constant(3.0 + 2.0 * np.random.default_rng(1).normal(size=(6, 5, 4, 3)), tf.float32)
     results = []
     for layer in (reference, fused):
@@ -37,6 +42,9 @@ def test_fused_matches_keras_outputs_gradients_and_moving_statistics(training):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(m1, m0, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(v1, v0, rtol=1e-5, atol=1e-6)
+    if renorm:
+        np.testing.assert_allclose(fused.renorm_mean, reference.renorm_mean, rtol=1e-5)
+        np.testing.assert_allclose(fused.renorm_stddev, reference.renorm_stddev, rtol=1e-5)
     if training:
         assert not np.allclose(v1, 1.0)  # the statistics did move
 
@@ -91,6 +99,7 @@ def test_renorm_trains_on_the_features_inference_computes():
 
 def test_conv4_renorm_round_trips_and_refuses_other_modes(tmp_path):
     model = _trained_conv4("renorm")
+    assert isinstance(model.get_layer("bn0"), FusedBatchNormalization)
     assert model.get_layer("bn0").renorm
     path = str(tmp_path / "conv4.keras")
     model.save(path)
