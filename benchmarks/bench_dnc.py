@@ -158,6 +158,9 @@ def parse_args(argv=None):
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--baseline", default="single (K=1)", choices=list(VARIANTS),
                         help="the variant every other is compared with, paired by seed")
+    parser.add_argument("--also-against", nargs="+", default=[], choices=list(VARIANTS),
+                        metavar="VARIANT", help="more baselines: every other variant's paired "
+                        "differences against each of them too")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--loss", default="triplet_hard")
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS,
@@ -270,22 +273,24 @@ def main(argv=None):
                                                         for m in METRICS)
                   + (" (recorded)" if reused else ""), flush=True)
     summary, differences = summarise(runs, args.baseline)
-    table = _table(summary, differences, args.baseline)
+    also = {b: summarise(runs, b)[1] for b in args.also_against if b != args.baseline}
+    table = "\n".join([_table(summary, differences, args.baseline)]
+                      + [_table(None, d, b) for b, d in also.items()])
     print(table)
     bench_common.write_results(
         {"command": bench_common.command_line(__file__, argv), "common": common,
          "variants": {n: VARIANTS[n] for n in runs}, "baseline": args.baseline, "runs": runs,
-         "summary": summary, "differences": differences},
+         "summary": summary, "differences": differences, "also_against": also},
         args.out, argv, __file__)
     bench_common.write_atomic(os.path.splitext(args.out)[0] + ".md", table + "\n")
     return args.out
 
 
 def _table(summary, differences, baseline):
-    seeds = {len(v) for v in summary.values()}
-    lines = ["| variant (mean ± std) | " + " | ".join(METRICS) + " |",
-             "|---|" + "---|" * len(METRICS)]
-    for name, s in summary.items():
+    """Mean ± std per variant (none when `summary` is None), then each paired difference."""
+    lines = [] if summary is None else ["| variant (mean ± std) | " + " | ".join(METRICS) + " |",
+                                        "|---|" + "---|" * len(METRICS)]
+    for name, s in (summary or {}).items():
         lines.append(f"| {name} | " + " | ".join(f"{s[m]['mean']:.3f} ± {s[m]['std']:.3f}"
                                                 for m in METRICS) + " |")
     for name, diffs in differences.items():

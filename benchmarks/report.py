@@ -115,16 +115,19 @@ def dnc(name, *variants):
                                           f"{fmt(summary[v][m]['std'])}" for m in ks]
             for v in variants]
     text = table(["variant (mean ± std)"] + ks, rows)
-    differences = {v: d for v, d in data.get("differences", {}).items() if v in variants}
-    if differences:
-        baseline = data["baseline"]
+    against = {data.get("baseline"): data.get("differences", {}), **data.get("also_against", {})}
+    for number, (baseline, found) in enumerate(against.items()):
+        differences = {v: d for v, d in found.items() if v in variants}
+        if not differences:
+            continue
         metrics = [m for m in ("R@1", "MAP@R", "NMI") if any(d.get(m) for d in
                                                              differences.values())]
         rows = [[f"{v} - {baseline}"] + [_paired_cell(d.get(m)) for m in metrics]
                 for v, d in differences.items()]
-        text += ("\n\nPaired differences against the baseline, seed by seed (mean, 95% "
-                 "Student-t interval; ahead or behind only when the interval excludes 0):\n\n"
-                 + table(["variant - baseline"] + metrics, rows))
+        text += (("\n\nPaired differences against the baseline, seed by seed (mean, 95% "
+                  "Student-t interval; ahead or behind only when the interval excludes 0):"
+                  if number == 0 else f"\n\nAgainst {baseline}:")
+                 + "\n\n" + table(["variant - baseline"] + metrics, rows))
     return text + "\n\n" + source(name, data)
 
 

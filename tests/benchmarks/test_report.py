@@ -272,3 +272,27 @@ def test_index_shows_each_copy_on_small_pages_and_what_huge_pages_brought(tmp_pa
     # 10,000 queries in 5 s; the gain is the index's time per round over its copy's.
     assert rows[1] == ("| hnsw, 4 KiB pages | 0.955 | 2,000 | 10.0 (9.5-10.5) |  |  | "
                        "huge pages: 1.20x (1.10-1.30) | - |")
+
+
+def test_dnc_renders_a_table_per_baseline(tmp_path, monkeypatch):
+    def stats(value):
+        return {m: {"mean": value, "std": 0.01} for m in ("R@1", "MAP@R")}
+
+    def diff(mean, low, high):
+        return {"mean": mean, "ci95": [low, high], "seeds": [0, 1, 2]}
+
+    _results(tmp_path, monkeypatch, "x_dnc.json", {
+        "summary": {"A": stats(0.5), "B": stats(0.6), "C": stats(0.4)},
+        "runs": {"A": [{}] * 3, "B": [{}] * 3, "C": [{}] * 3},
+        "baseline": "A", "differences": {"B": {"MAP@R": diff(0.1, 0.05, 0.15)},
+                                         "C": {"MAP@R": diff(-0.1, -0.2, 0.01)}},
+        "also_against": {"C": {"A": {"MAP@R": diff(0.1, -0.01, 0.2)},
+                               "B": {"MAP@R": diff(0.2, 0.1, 0.3)}}}})
+    text = report.dnc("x_dnc.json")
+    assert _lines(text, "| B - A |") == ["| B - A | +0.100 (+0.050 to +0.150, 3 seeds): ahead |"]
+    assert _lines(text, "| C - A |") == ["| C - A | -0.100 (-0.200 to +0.010, 3 seeds): not "
+                                         "ahead |"]
+    assert "Against C:" in text
+    assert _lines(text, "| B - C |") == ["| B - C | +0.200 (+0.100 to +0.300, 3 seeds): ahead |"]
+    assert _lines(text, "| A - C |") == ["| A - C | +0.100 (-0.010 to +0.200, 3 seeds): not "
+                                         "ahead |"]
