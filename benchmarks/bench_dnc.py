@@ -91,9 +91,9 @@ def recipe_variants(results_dir=os.path.join(HERE, "results")):
     settings it drew without the search's own (validation classes, evaluation schedule); and
     "<dataset> recipe, DnC with one learner": the DnC recipe with K = 1, everything else equal,
     the ablation that isolates what the division brings; and each of those three with each of
-    the papers' options (`PAPERS_OPTIONS`), to tell what an option brings to DnC from what it
-    brings to any learner; and the DnC recipe with the margin loss, its beta fixed or learned,
-    the latter also with K = 1."""
+    the papers' options (`PAPERS_OPTIONS`) and batch renormalisation (`NORMALIZATION_OPTIONS`),
+    to tell what an option brings to DnC from what it brings to any learner; and the DnC recipe
+    with the margin loss, its beta fixed or learned, the latter also with K = 1."""
     variants = {}
     for path in sorted(glob.glob(os.path.join(results_dir, "recipe_search_*.json"))):
         with open(path) as f:
@@ -106,7 +106,7 @@ def recipe_variants(results_dir=os.path.join(HERE, "results")):
         variants[f"{search['dataset']} recipe, DnC with one learner"] = {**dnc, "learners": 1}
         bases = {label: variants[f"{search['dataset']} recipe, {label}"]
                  for label in ("DnC", "single learner", "DnC with one learner")}
-        for option, settings in PAPERS_OPTIONS.items():
+        for option, settings in {**PAPERS_OPTIONS, **NORMALIZATION_OPTIONS}.items():
             for label, base in bases.items():
                 variants[f"{search['dataset']} recipe, {label}, {option}"] = {**base, **settings}
         # The margin loss's learned beta, against the same loss with beta fixed (the recipe's
@@ -125,6 +125,13 @@ def recipe_variants(results_dir=os.path.join(HERE, "results")):
 PAPERS_OPTIONS = {
     "per-block inference": dict(inference_embedding="masked"),  # CVPR's test-time embedding
     "backbone lr 0 on re-clustering": dict(freeze_backbone_on_recluster=True),  # TPAMI
+}
+# Batch renormalisation, alone and with the fast re-clustering it makes comparable to a full
+# pass (the walk, re-clustering on the train steps' features): issues 13 and 14.
+NORMALIZATION_OPTIONS = {
+    "renorm": dict(normalization="renorm"),
+    "renorm, walk, training features": dict(normalization="renorm", batch_order="walk",
+                                            recluster_features="training"),
 }
 
 
