@@ -148,6 +148,9 @@ TRAIN_OPTIONS = (
          choices=("rgb", "grayscale"), nullable=True, unset="the dataset's own"),
     _opt("cache_images", bool, False, "keep the training files' bytes in memory"),
     _opt("check_images", bool, True, "decode every image once before training"),
+    _opt("skip_unreadable", bool, False, "folder, omniglot: leave out unreadable images (and "
+         "classes left with fewer than 2), with a warning, instead of stopping at the first "
+         "(the on-disk benchmarks skip them with check_images)"),
     # The model.
     _opt("backbone", str, "conv4", "the network before the embedding",
          choices=tuple(BACKBONES)),

@@ -242,8 +242,9 @@ def load_class_folders(class_dirs, extensions, on_error, read):
                     detail = str(err) if str(path) in str(err) else (
                         f"Cannot read image file '{path}': {err}")
                     raise ValueError(
-                        f"{detail.rstrip('.')}. Fix or remove it (in Python, the loaders' "
-                        "on_error='skip' leaves unreadable files out)."
+                        f"{detail.rstrip('.')}. Fix or remove it (dnc-keras train "
+                        "--skip-unreadable, or in Python the loaders' on_error='skip', leaves "
+                        "unreadable files out)."
                     ) from err
                 skipped_files.append(f"{path}: {err}")
         if len(images) < MIN_IMAGES_PER_CLASS:
@@ -256,8 +257,9 @@ def load_class_folders(class_dirs, extensions, on_error, read):
                 problem += " It holds subfolders: is data_dir one level too high?"
             if on_error == "raise":
                 raise ValueError(
-                    problem + " Add images or remove the folder (in Python, the loaders' "
-                    "on_error='skip' leaves such classes out)."
+                    problem + " Add images or remove the folder (dnc-keras train "
+                    "--skip-unreadable, or in Python the loaders' on_error='skip', leaves such "
+                    "classes out)."
                 )
             dropped_classes.append(problem)
             continue

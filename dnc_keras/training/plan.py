@@ -152,6 +152,8 @@ def load_memory_dataset(config):
         elif config.color_mode != "grayscale":
             raise ValueError(f"{name} images are grey; color_mode does not apply to them. "
                              f"Received: color_mode={config.color_mode!r}")
+    if config.skip_unreadable and name in ("omniglot", "folder"):
+        kwargs["on_error"] = "skip"
     return datasets.load(config.dataset, data_dir=config.data_dir, seed=config.seed,
                          train_classes=config.train_classes, **kwargs)
 

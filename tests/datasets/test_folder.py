@@ -93,7 +93,8 @@ def test_corrupt_file_raises_naming_it_or_is_skipped(tmp_path):
     (tmp_path / "dog" / "broken.jpg").write_bytes(b"\xff\xd8 garbage")
     # One line naming the file once, with advice a CLI user can follow too.
     with pytest.raises(ValueError, match=r"^Cannot read image [^ ]*broken\.jpg: [^']*\. Fix or "
-                       r"remove it \(in Python, the loaders' on_error='skip'"):
+                       r"remove it \(dnc-keras train --skip-unreadable, or in Python the loaders' "
+                       r"on_error='skip'"):
         load_folder(tmp_path)
     with pytest.warns(UserWarning, match="Skipped 1 unreadable"):
         ds = load_folder(tmp_path, on_error="skip")

@@ -96,7 +96,8 @@ def test_corrupt_png_raises_naming_file_or_is_skipped(tmp_path, corruption):
     bad.write_bytes(b"not a png at all" if corruption == "garbage" else data[: len(data) // 2])
     # One line naming the file once, with advice a CLI user can follow too.
     with pytest.raises(ValueError, match=r"^Cannot read image [^ ]*002_02\.png: [^']*\. Fix or "
-                       r"remove it \(in Python, the loaders' on_error='skip'"):
+                       r"remove it \(dnc-keras train --skip-unreadable, or in Python the loaders' "
+                       r"on_error='skip'"):
         load_omniglot(tmp_path)
     with pytest.warns(UserWarning, match="Skipped 1 unreadable image file"):
         ds = load_omniglot(tmp_path, on_error="skip")
