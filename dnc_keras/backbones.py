@@ -21,8 +21,9 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     channels-last inputs in training mode (no mask or synchronisation) this layer runs
     `FusedBatchNormV3` instead, with the same arithmetic: normalisation by the biased batch
     variance, and moving statistics updated with it; with `renorm=True` the kernel normalises
-    and Keras's own renorm correction (r, d, held constant in the gradient) scales and shifts. Every other case, inference included, is
-    Keras's own code, so variables, configs, checkpoints and exported graphs are unchanged.
+    and Keras's own renorm correction (r, d, held constant in the gradient) scales and shifts.
+    Every other case, inference included, is Keras's own code, so variables, configs,
+    checkpoints and exported graphs are unchanged.
     """
 
     def call(self, inputs, training=None, mask=None):
