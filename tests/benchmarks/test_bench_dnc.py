@@ -111,4 +111,9 @@ def test_recipe_variants_are_each_familys_choice_of_a_search(tmp_path):
                                                                           "learn_beta": True}
     assert variants["omniglot recipe, DnC with one learner, margin loss, learned beta"] == {
         **margin, "learn_beta": True, "learners": 1}
-    assert len(variants) == len(bases) * (1 + len(bench.PAPERS_OPTIONS)) + 3
+    # ... and batch renormalisation, alone and with the fast re-clustering.
+    assert variants["omniglot recipe, DnC, renorm, walk, training features"] == {
+        "epochs": 80, "learners": 4, "margin": 0.2, "normalization": "renorm",
+        "batch_order": "walk", "recluster_features": "training"}
+    options = len(bench.PAPERS_OPTIONS) + len(bench.NORMALIZATION_OPTIONS)
+    assert len(variants) == len(bases) * (1 + options) + 3
