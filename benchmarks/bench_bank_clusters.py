@@ -32,6 +32,7 @@ from dnc_keras import callbacks as dnc_callbacks  # noqa: E402
 from dnc_keras.clustering import ClusteringError  # noqa: E402
 from dnc_keras.training import job  # noqa: E402
 from dnc_keras.training.config import TrainConfig  # noqa: E402
+from dnc_keras_cli.options import NORMALIZATIONS  # noqa: E402
 
 
 class ComparingScheduleCallback(dnc_callbacks.DnCScheduleCallback):
@@ -84,7 +85,7 @@ def parse_args(argv=None):
                         "DNC_OMNIGLOT_DIR variable)")
     parser.add_argument("--seeds", type=int, default=None, help="runs (default: 3; --tiny: 1)")
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--normalization", choices=("batch", "renorm"), default="batch",
+    parser.add_argument("--normalization", choices=NORMALIZATIONS, default="batch",
                         help="Conv-4's normalisation in training (renorm: the train steps' "
                         "features are computed as inference computes them)")
     common.add_out_argument(parser, "bank_clusters.json")

@@ -8,6 +8,7 @@ included, feeds the same thing.
 import keras
 import tensorflow as tf
 
+from dnc_keras_cli.options import NORMALIZATIONS
 
 
 @keras.saving.register_keras_serializable(package="dnc_keras")
@@ -57,9 +58,6 @@ def _biased(variance, inputs):
     """The kernel returns the variance with Bessel's correction; Keras tracks the biased one."""
     count = tf.cast(tf.size(inputs) // tf.shape(inputs)[-1], tf.float32)
     return variance * (count - 1.0) / tf.maximum(count, 1.0)
-
-
-NORMALIZATIONS = ("batch", "renorm")
 
 
 def conv4(input_shape, weights=None, width=64, name="conv4", normalization="batch"):

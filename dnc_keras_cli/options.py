@@ -129,6 +129,9 @@ def _opt(name, kind, default, help, **kwargs):
     return Option(name, kind, default, help, **kwargs)
 
 
+# conv4's normalisations in training (dnc_keras.backbones.conv4).
+NORMALIZATIONS = ("batch", "renorm")
+
 TRAIN_OPTIONS = (
     # What to train on.
     _opt("preset", str, None, "the papers' settings for a benchmark, or a dataset's recipe "
@@ -158,7 +161,7 @@ TRAIN_OPTIONS = (
          nullable=True),
     _opt("normalization", str, "batch", "conv4's BatchNorm in training: batch: each batch's "
          "statistics; renorm: batch renormalisation, the moving statistics inference uses "
-         "(one-cluster batches then train what is evaluated)", choices=("batch", "renorm")),
+         "(one-cluster batches then train what is evaluated)", choices=NORMALIZATIONS),
     _opt("embedding_dim", int, 128, "d, the embedding's width", minimum=1),
     _opt("learners", int, 4, "final number of learners K; 1 is the single-learner baseline",
          minimum=1),

@@ -146,13 +146,14 @@ def load_memory_dataset(config):
     """The in-memory MetricDataset of a config (its loader's record, `color_mode` applied)."""
     kwargs = {} if config.image_size is None else {"image_size": config.image_size}
     name = datasets.canonical_name(config.dataset)
+    from_files = name in ("omniglot", "folder")  # read from a folder into memory
     if config.color_mode is not None:
-        if name in ("omniglot", "folder"):
+        if from_files:
             kwargs["color_mode"] = config.color_mode
         elif config.color_mode != "grayscale":
             raise ValueError(f"{name} images are grey; color_mode does not apply to them. "
                              f"Received: color_mode={config.color_mode!r}")
-    if config.skip_unreadable and name in ("omniglot", "folder"):
+    if config.skip_unreadable and from_files:
         kwargs["on_error"] = "skip"
     return datasets.load(config.dataset, data_dir=config.data_dir, seed=config.seed,
                          train_classes=config.train_classes, **kwargs)
