@@ -30,6 +30,9 @@ def omniglot_dir():
 # file is its own group, so module fixtures are built once too.
 SHARED_FIXTURE_GROUPS = {
     "export": ("tests/export/",),
+    # dist_harness.reference(): five training runs, once per worker process.
+    "distributed": ("tests/distributed/test_mirrored.py", "tests/distributed/test_multi_worker.py",
+                    "tests/distributed/test_resume.py"),
     "export_fidelity": ("tests/benchmarks/test_bench_export_fidelity.py",
                         "tests/benchmarks/test_bench_inference.py",
                         "tests/benchmarks/test_bench_export_faults.py",
@@ -42,7 +45,7 @@ SHARED_FIXTURE_GROUPS = {
 # start first: by its own order (most tests first) the one-test journeys came last, and one
 # worker ran a journey alone for two minutes at the end of the suite.
 LONG_GROUPS = ("tests/journeys/test_glyphs_journey.py", "export",
-               "tests/distributed/test_resume.py", "tests/journeys/test_photos_journey.py",
+               "distributed", "tests/journeys/test_photos_journey.py",
                "export_fidelity", "tests/benchmarks/test_bench_faults.py",
                "tests/journeys/test_cub_journey.py", "tests/journeys/test_omniglot_journey.py",
                "tests/benchmarks/test_bench_served_quality.py")

@@ -1,7 +1,8 @@
 """Launches `dist_worker.py` processes for the distributed tests, bounded in time, cleaned up.
 
 Every process is started here and killed here (SIGKILL by its own pid) if it is still running
-when a test ends. `reference()` trains the one-device and two-replica runs once per session;
+when a test ends. `reference()` trains the one-device and two-replica runs once per process;
+the files that use it share one xdist group (tests/conftest.py), so once per session.
 test_mirrored checks them and the other tests compare their results with them.
 """
 
