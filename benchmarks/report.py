@@ -116,8 +116,11 @@ def dnc(name, *variants):
             for v in variants]
     text = table(["variant (mean ± std)"] + ks, rows)
     against = {data.get("baseline"): data.get("differences", {}), **data.get("also_against", {})}
+    shown = set()  # pairs already in a table: their reverse is the same interval negated
     for number, (baseline, found) in enumerate(against.items()):
-        differences = {v: d for v, d in found.items() if v in variants}
+        differences = {v: d for v, d in found.items()
+                       if v in variants and (baseline, v) not in shown}
+        shown |= {(v, baseline) for v in differences}
         if not differences:
             continue
         metrics = [m for m in ("R@1", "MAP@R", "NMI") if any(d.get(m) for d in
