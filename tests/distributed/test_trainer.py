@@ -100,7 +100,7 @@ def test_cli_trains_with_the_mirrored_loop_and_refuses_to_overwrite_it(tmp_path,
     argv = ["train", "--dataset", "digits", "--epochs", "2", "--learners", "2",
             "--embedding-dim", "16", "--classes-per-batch", "4", "--samples-per-class", "4",
             "--steps-per-epoch", "4", "--strategy", "mirrored", "--checkpoint-every", "3",
-            "--out", str(out), "--json"]
+            "--no-plots", "--no-nmi", "--out", str(out), "--json"]
     assert cli.main(argv) == 0
     first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert first["replicas"] == 1 and "resumed_from" not in first
