@@ -136,6 +136,11 @@ NORMALIZATION_OPTIONS = {
 
 
 VARIANTS.update(recipe_variants())
+# The variants and the recipe searches were defined and measured with BatchNorm, a run's default
+# for the Conv-4 until it became batch renormalisation: a variant that does not set
+# `normalization` keeps BatchNorm, and the records written before the option existed (which
+# hold no `normalization`) count as BatchNorm runs.
+MEASURED_NORMALIZATION = {"normalization": "batch"}
 METRICS = ("R@1", "R@2", "R@4", "R@8", "MAP@R", "NMI")
 PAIRED_METRICS = ("R@1", "MAP@R", "NMI")
 DEFAULT_VARIANTS = list(VARIANTS)[:2]
@@ -196,7 +201,7 @@ def run_once(name, seed, common, runs_dir, out):
     """One variant and seed: its record if one was written with these settings, else the run
     (a killed run resumes from its folder), recorded."""
     path = record_path(out, name, seed)
-    settings = {**common, **VARIANTS[name], "seed": seed}
+    settings = {**MEASURED_NORMALIZATION, **common, **VARIANTS[name], "seed": seed}
     record = recorded(path, settings)
     if record is not None:
         return record, True
@@ -229,8 +234,9 @@ def train(settings, out_dir):
 
 
 def _comparable(settings):
-    """Settings that decide a run: the data folder's location on one machine does not."""
-    return {k: v for k, v in settings.items() if k != "data_dir"}
+    """Settings that decide a run: the data folder's location on one machine does not; a
+    record without `normalization` was a BatchNorm run (`MEASURED_NORMALIZATION`)."""
+    return {**MEASURED_NORMALIZATION, **{k: v for k, v in settings.items() if k != "data_dir"}}
 
 
 def summarise(runs, baseline):

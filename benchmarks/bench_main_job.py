@@ -71,6 +71,8 @@ def describe(config):
     recipe = f"{config['preset']} recipe: " if config.get("preset") else ""
     backbone = {"conv4": "Conv-4", "resnet50": "ResNet-50"}.get(config["backbone"],
                                                                   config["backbone"])
+    if config.get("normalization") == "renorm":
+        backbone += " with batch renorm"
     return f"dnc_keras ({recipe}{backbone}, K = {config['learners']}, {config['epochs']} epochs)"
 
 

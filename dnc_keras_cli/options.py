@@ -45,6 +45,7 @@ PRESETS = ("cub", "cars", "sop", "inshop", "vehicleid", "omniglot", "glyphs")
 # dataset's validation classes): `--dataset NAME` without a --preset starts from it.
 RECIPES = ("omniglot", "glyphs")
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+_DEFAULT = object()  # Option.predates unset: such runs had the default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +62,8 @@ class Option:
         minimum: the smallest allowed number, if any.
         flag: the CLI flag. Defaults to `--name` with dashes.
         unset: what a default of None means, for `--help`.
+        predates: the value of a run saved before the option existed (its config.json lacks
+            it), where that is not the default: the value such runs trained with.
     """
 
     name: str
@@ -72,6 +75,12 @@ class Option:
     minimum: float | None = None
     flag: str | None = None
     unset: str = "none"
+    predates: Any = _DEFAULT
+
+    @property
+    def before_it_existed(self):
+        """What a run saved without this option ran with (`predates`, else the default)."""
+        return self.default if self.predates is _DEFAULT else self.predates
 
     @property
     def cli_flag(self):
@@ -129,8 +138,12 @@ def _opt(name, kind, default, help, **kwargs):
     return Option(name, kind, default, help, **kwargs)
 
 
-# conv4's normalisations in training (dnc_keras.backbones.conv4).
+# conv4's normalisations in training (dnc_keras.backbones.conv4), and what a run trains with
+# where no setting chooses (the layer itself defaults to Keras's plain BatchNorm): batch
+# renormalisation, ahead of BatchNorm with the CLI's defaults on Omniglot and glyphs and even
+# with it at both recipes (README, "Batch renormalisation").
 NORMALIZATIONS = ("batch", "renorm")
+CONV4_NORMALIZATION = "renorm"
 
 TRAIN_OPTIONS = (
     # What to train on.
@@ -159,9 +172,11 @@ TRAIN_OPTIONS = (
          choices=tuple(BACKBONES)),
     _opt("weights", str, None, "backbone weights: imagenet, a local file, or none",
          nullable=True),
-    _opt("normalization", str, "batch", "conv4's BatchNorm in training: batch: each batch's "
+    _opt("normalization", str, None, "conv4's BatchNorm in training: batch: each batch's "
          "statistics; renorm: batch renormalisation, the moving statistics inference uses "
-         "(one-cluster batches then train what is evaluated)", choices=NORMALIZATIONS),
+         "(one-cluster batches then train what is evaluated)", choices=NORMALIZATIONS,
+         nullable=True, unset=f"{CONV4_NORMALIZATION} for conv4; a pretrained backbone keeps "
+         "its statistics frozen", predates="batch"),
     _opt("embedding_dim", int, 128, "d, the embedding's width", minimum=1),
     _opt("learners", int, 4, "final number of learners K; 1 is the single-learner baseline",
          minimum=1),

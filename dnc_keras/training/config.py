@@ -14,7 +14,8 @@ import os
 
 import yaml
 
-from dnc_keras_cli.options import BY_NAME, LOSSES, RECIPES, TRAIN_OPTIONS, check_settings
+from dnc_keras_cli.options import (BY_NAME, CONV4_NORMALIZATION, LOSSES, RECIPES, TRAIN_OPTIONS,
+                                   check_settings)
 
 
 def _checks(config):
@@ -52,7 +53,7 @@ def _checks(config):
         if getattr(config, switch) and config.strategy is not None:
             raise ValueError(f"{switch} runs with model.fit on one device, not with a "
                              f"strategy. Received: strategy={config.strategy!r}")
-    if config.normalization != "batch" and config.backbone != "conv4":
+    if config.normalization is not None and config.backbone != "conv4":
         raise ValueError(f"normalization applies to conv4, trained from scratch; {config.backbone}"
                          " keeps its pretrained BatchNorm statistics frozen. Received: "
                          f"normalization={config.normalization!r}")
@@ -64,6 +65,10 @@ def _checks(config):
 def _post_init(self):
     for option in TRAIN_OPTIONS:
         setattr(self, option.name, option.parse(getattr(self, option.name), "setting"))
+    if self.normalization is None and self.backbone == "conv4":
+        # Resolved here, so config.json records what was trained: a run saved before the
+        # default changed then differs from a new one, and is not resumed into another model.
+        self.normalization = CONV4_NORMALIZATION
     _checks(self)
 
 

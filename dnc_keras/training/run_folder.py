@@ -141,8 +141,9 @@ class RunFolder:
         saved = self._saved_config()
         if saved is None:
             return None
-        # A setting added to the package after the run was saved counts at its default.
-        saved = {**{k: v.default for k, v in BY_NAME.items() if k in config}, **saved}
+        # A setting added to the package after the run was saved counts at the value such runs
+        # had: its default, or the one it names (`Option.predates`).
+        saved = {**{k: v.before_it_existed for k, v in BY_NAME.items() if k in config}, **saved}
         return sorted(k for k in set(saved) | set(config)
                       if saved.get(k) != config.get(k) and k not in _RESUMABLE_DIFFERENCES)
 

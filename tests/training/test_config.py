@@ -156,6 +156,29 @@ def test_papers_schedule_options_refuse_what_they_cannot_do(settings, message):
         TrainConfig(**settings)
 
 
+def test_conv4_trains_with_batch_renormalisation_unless_told_otherwise(tmp_path):
+    """The run's Conv-4 defaults to batch renormalisation, recorded as such in the config (so
+    a BatchNorm run saved before the default changed is not resumed into another model); a
+    pretrained backbone keeps its frozen statistics and records no normalisation."""
+    from dnc_keras.training.job import build_model
+    from dnc_keras.training.run_folder import RunFolder
+
+    config = TrainConfig()
+    assert config.normalization == "renorm" and config.to_dict()["normalization"] == "renorm"
+    bn0 = build_model(config, (28, 28, 1)).encoder.get_layer("conv4").get_layer("bn0")
+    assert bn0.renorm
+    batch = build_model(TrainConfig(normalization="batch"), (28, 28, 1))
+    assert not batch.encoder.get_layer("conv4").get_layer("bn0").renorm
+    assert TrainConfig.resolve(preset="cub").normalization is None
+    # A run saved before the option existed trained BatchNorm: it differs from today's default.
+    saved = {k: v for k, v in TrainConfig(normalization="batch").to_dict().items()
+             if k != "normalization"}
+    RunFolder(tmp_path / "run").claim(saved)
+    assert RunFolder(tmp_path / "run").differences(config.to_dict()) == ["normalization"]
+    assert RunFolder(tmp_path / "run").differences(
+        TrainConfig(normalization="batch").to_dict()) == []
+
+
 @pytest.mark.parametrize("option", [o for o in TRAIN_OPTIONS if o.kind is bool],
                          ids=lambda o: o.name)
 def test_every_switch_can_be_set_either_way_over_a_recipe(option):
