@@ -21,8 +21,9 @@ def test_glyphs_train_evaluate_export_serve_search(tmp_path):
     for name in ("config.json", "model.keras", "preprocessing.json", "metrics.json"):
         assert (run_dir / name).exists(), name
 
-    evaluated = json.loads(dnc("evaluate", run_dir, "--json", cwd=tmp_path))
-    assert abs(evaluated["test"]["MAP@R"] - results["test"]["MAP@R"]) < 1e-6
+    # `evaluate` of the run's own test split in a new process is the other test's here; this
+    # one evaluates a folder of the user's files (below), and the export recomputes the run's
+    # MAP@R through the SavedModel (the manifest's quality, asserted last).
 
     # Files a user would send: the test renders as PNG, and upscaled JPEG photos of them.
     data = datasets.load("glyphs", seed=0)
