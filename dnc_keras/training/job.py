@@ -63,10 +63,13 @@ def build_model(config, input_shape, preprocessing=None):
 
 def _build_model(config, input_shape, preprocessing):
     weights = None if str(config.weights).lower() == "none" else config.weights
-    extra = {} if config.backbone != "conv4" else {"normalization": config.normalization}
+    # A backbone trained from scratch (conv4) has a normalisation setting and trains its
+    # BatchNorm statistics; a pretrained one has none (TrainConfig) and keeps them frozen.
+    trains_statistics = config.normalization is not None
+    extra = {"normalization": config.normalization} if trains_statistics else {}
     backbone = backbones.build_backbone(config.backbone, input_shape, weights=weights, **extra)
     encoder = backbones.build_encoder(backbone, config.embedding_dim,
-                                      freeze_bn_stats=config.backbone != "conv4")
+                                      freeze_bn_stats=not trains_statistics)
     initial = 1 if config.progressive else config.learners
     subspaces = SubspaceMasks(config.embedding_dim, max_learners=config.learners,
                               mode=config.subspaces, initial_learners=initial,
