@@ -302,7 +302,9 @@ def describe(config, plan) -> str:
                      f"{plan.preprocessing.describe()}")
     if not facts["images_scanned"] and plan.on_disk:
         lines.append("  (images not decoded in the dry run; training first checks each one)")
-    weights = f", weights {config.weights}" if config.backbone != "conv4" else ""
+    # A backbone trained from scratch names its normalisation; a pretrained one its weights.
+    weights = (f", weights {config.weights}" if config.normalization is None else
+               f", {'batch renormalisation' if config.normalization == 'renorm' else 'BatchNorm'}")
     lines.append(f"Model: {config.backbone}{weights} -> {config.embedding_dim}-d embedding, "
                  f"{config.subspaces} subspaces, {config.learners} learner(s) at most "
                  f"(these classes allow {facts['max_learners']}); loss {config.loss}"

@@ -27,7 +27,15 @@ def test_dry_run_of_the_cub_preset(tmp_path, replicas, capsys):
     assert "epoch 2: divide every cluster in two -> 2 learners" in text
     assert "epoch 44: conquer" in text
     assert "shorter side 256, centre crop 224" in text and "R@1,2,4,8, MAP@R, NMI" in text
+    assert "Model: resnet50, weights imagenet -> 512-d embedding" in text
     assert not (tmp_path / "runs").exists()
+    # A Conv-4 trains its normalisation: the plan names which (batch renormalisation unless
+    # told otherwise).
+    for flags, named in (([], "batch renormalisation"), (["--normalization", "batch"],
+                                                         "BatchNorm")):
+        assert cli.main(["train", "--preset", "cub", "--data-dir", str(root), "--backbone",
+                         "conv4", "--weights", "none", *flags, "--dry-run"]) == 0
+        assert f"Model: conv4, {named} -> 512-d embedding" in capsys.readouterr().out
 
 
 def test_dry_run_json_with_overrides_and_validation(tmp_path, replicas, capsys):
