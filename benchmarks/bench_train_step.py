@@ -74,9 +74,11 @@ STEP_CANDIDATES = ("dnc", "keras", "torch_pml", "torch_pml@2", "torch_pml@3", "k
 # caller_thread (TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD=1), ftz (torch: flush denormals to zero,
 # as TensorFlow does by default), norecluster (dnc_epoch without its re-clustering: the
 # training part of the DnC epoch alone), bank (dnc_epoch re-clustering on the features its
-# train steps computed, feature_source="training", instead of a separate pass).
+# train steps computed, feature_source="training", instead of a separate pass), renorm (the
+# Conv-4 with batch renormalisation, what `dnc-keras train` trains by default, where the other
+# candidates build Keras's plain BatchNorm default of `backbones.conv4`).
 OPTIONS = ("xla", "spe", "interop1", "unfused_bn", "onednn0", "t1", "bf16", "fpmath_bf16",
-           "caller_thread", "ftz", "norecluster", "bank")
+           "caller_thread", "ftz", "norecluster", "bank", "renorm")
 
 
 def _parse(candidate):
@@ -139,7 +141,7 @@ def _keras_plain_model(jit_compile, steps_per_execution=1):
     return model
 
 
-def _dnc_model(learners, jit_compile, steps_per_execution=1):
+def _dnc_model(learners, jit_compile, steps_per_execution=1, normalization="batch"):
     import keras
 
     from dnc_keras.backbones import build_encoder, conv4
@@ -147,11 +149,17 @@ def _dnc_model(learners, jit_compile, steps_per_execution=1):
     from dnc_keras.losses import TripletHardLoss
     from dnc_keras.model import DnCModel
 
-    encoder = build_encoder(conv4(IMAGE), 128, freeze_bn_stats=False)
+    encoder = build_encoder(conv4(IMAGE, normalization=normalization), 128,
+                            freeze_bn_stats=False)
     model = DnCModel(encoder, SubspaceMasks(128, max_learners=learners))
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=TripletHardLoss(margin=1.0),
                   jit_compile=jit_compile, steps_per_execution=steps_per_execution)
     return model
+
+
+def _normalization(options):
+    """The Conv-4's normalisation a candidate's options ask for."""
+    return "renorm" if "renorm" in options else "batch"
 
 
 def _configure_tf(options):
@@ -180,7 +188,7 @@ def _keras_step_unit(name, options, args):
     jit = "xla" in options
     spe = args.steps if "spe" in options else 1
     if name == "dnc":
-        model = _dnc_model(args.learners, jit, spe)
+        model = _dnc_model(args.learners, jit, spe, _normalization(options))
         learner = np.full(y.shape, min(1, args.learners - 1), np.int32)
         inputs = {"images": x, "learner": learner}
     else:
@@ -247,7 +255,8 @@ def _epoch_unit(name, options, args):
     keras.utils.set_random_seed(0)
     if name == "dnc_epoch":
         sampler = ClusterBatchSampler(y, BATCH_CLASSES, BATCH_PER_CLASS, seed=0)
-        model = _dnc_model(args.learners, "xla" in options)
+        model = _dnc_model(args.learners, "xla" in options,
+                           normalization=_normalization(options))
         dataset = sampler.as_dataset(x)
         period = 10 ** 9 if "norecluster" in options else 2
         # fit is called once per unit: the schedule spans every unit, not the first fit's

@@ -282,6 +282,22 @@ def performance():
         "\n\n" + "\n".join("- " + source(f, load(f)) for f in files)
 
 
+def step_ratios(name):
+    """The speed ratios of one `bench_train_step.py` step file: a/b is b's time over a's,
+    per interleaved round, with the rounds' geometric mean and its 95% interval."""
+    data = load(name)
+    step = data["step"]
+    rows = []
+    for pair, entry in step["speed_ratios"].items():
+        interval = entry.get("ci95")
+        rows.append([pair, _ratio(entry), f"{entry['geometric_mean']:.3f}" if interval else "",
+                     f"{interval[0]:.3f}-{interval[1]:.3f}" if interval else "",
+                     len(entry["all"])])
+    ms = ", ".join(f"{n} {c['ms_per_step']:.1f} ms" for n, c in step["candidates"].items())
+    return (table(["speed a / b", "median (range of rounds)", "geometric mean", "95% interval",
+                   "rounds"], rows) + f"\n\nMedian step: {ms}.\n\n" + source(name, data))
+
+
 def recluster_table(name="recluster.json"):
     data = load(name)
     return data["table"] + "\n\n" + source(name, data)
@@ -563,7 +579,7 @@ RENDERERS = {"recipe_search": recipe_search, "faults": faults, "index": index,
              "served_omniglot": served_omniglot, "export_fidelity": export_fidelity,
              "distributed": distributed,
              "inference": inference, "performance": performance,
-             "recluster_table": recluster_table}
+             "recluster_table": recluster_table, "step_ratios": step_ratios}
 
 
 # -- the documents --------------------------------------------------------------------------

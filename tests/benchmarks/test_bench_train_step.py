@@ -79,3 +79,23 @@ def test_bench_train_step_refuses_to_skip_both():
     bench = load_script("bench_train_step")
     with pytest.raises(SystemExit):
         bench.parse_args(["--skip-step", "--skip-epoch"])
+
+
+def test_renorm_option_builds_the_default_conv4(repo_on_pythonpath):
+    """`dnc+renorm` times the network `dnc-keras train` builds (batch renormalisation); the
+    other candidates keep `backbones.conv4`'s plain BatchNorm, as the committed figures ran."""
+    bench = load_script("bench_train_step")
+
+    def renorm_flags(options):
+        model = bench._dnc_model(2, False, normalization=bench._normalization(options))
+        layers, flags = list(model.encoder.layers), set()
+        while layers:
+            layer = layers.pop()
+            layers += getattr(layer, "layers", [])
+            if hasattr(layer, "renorm"):
+                flags.add(layer.renorm)
+        return flags
+
+    assert bench._parse("dnc+renorm") == ("dnc", {"renorm"})
+    assert renorm_flags({"renorm"}) == {True}
+    assert renorm_flags(set()) == {False}

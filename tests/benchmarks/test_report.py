@@ -296,3 +296,18 @@ def test_dnc_renders_a_table_per_baseline(tmp_path, monkeypatch):
     assert _lines(text, "| B - C |") == ["| B - C | +0.200 (+0.100 to +0.300, 3 seeds): ahead |"]
     # C - A is in the first table: its reverse, A - C, is not repeated.
     assert _lines(text, "| A - C |") == []
+
+
+def test_step_ratios_lists_each_pair_with_its_interval(tmp_path, monkeypatch):
+    # Two rounds: dnc took 1.0 s and 2.0 s, dnc+renorm 1.1 s and 2.4 s; a/b = time(b) / time(a).
+    ratios = [1.0 / 1.1, 2.0 / 2.4]
+    entry = {"median": sum(ratios) / 2, "min": min(ratios), "max": max(ratios),
+             "all": ratios, "geometric_mean": (ratios[0] * ratios[1]) ** 0.5,
+             "ci95": [0.5, 1.5]}
+    _results(tmp_path, monkeypatch, "step.json", {"step": {
+        "speed_ratios": {"dnc+renorm/dnc": entry},
+        "candidates": {"dnc": {"ms_per_step": 40.0}, "dnc+renorm": {"ms_per_step": 44.0}}}})
+    text = report.render_block("step_ratios step.json")
+    assert _lines(text, "| dnc+renorm/dnc |") == [
+        "| dnc+renorm/dnc | 0.871 (0.833-0.909) | 0.870 | 0.500-1.500 | 2 |"]
+    assert "Median step: dnc 40.0 ms, dnc+renorm 44.0 ms." in text
