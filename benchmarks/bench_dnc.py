@@ -168,6 +168,11 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", type=int, default=None,
                         help="independent seeds per variant (default: 5; --tiny: 2)")
     parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--looks", type=int, default=1,
+                        help="times this comparison's results were looked at before its seeds "
+                        "were final, this one included (2 for a table extended after its first "
+                        "result): the verdict then reads the interval at 1 - 0.05 / looks "
+                        "(default: 1)")
     parser.add_argument("--baseline", default="single (K=1)", choices=list(VARIANTS),
                         help="the variant every other is compared with, paired by seed")
     parser.add_argument("--also-against", nargs="+", default=[], choices=list(VARIANTS),
@@ -185,6 +190,8 @@ def parse_args(argv=None):
         "glyphs_dnc.json for glyphs, <dataset>_<variants>.json for other variants")
     args = parser.parse_args(argv)
     args.seeds = args.seeds or (2 if args.tiny else 5)
+    if args.looks < 1:
+        parser.error(f"--looks must be at least 1. Received: {args.looks}")
     if args.tiny:
         args.epochs = 2
     args.out = bench_common.resolve_out(
@@ -239,9 +246,10 @@ def _comparable(settings):
     return {**MEASURED_NORMALIZATION, **{k: v for k, v in settings.items() if k != "data_dir"}}
 
 
-def summarise(runs, baseline):
+def summarise(runs, baseline, looks=1):
     """Mean and std per variant and metric; paired differences of each variant against
-    `baseline` (same seeds, so the same data order), with 95% intervals."""
+    `baseline` (same seeds, so the same data order), with 95% intervals (and, after several
+    looks, the wider ones the verdict reads: `bench_common.paired`)."""
     summary = {name: {m: {"mean": float(np.mean([r[m] for r in rs])),
                           "std": float(np.std([r[m] for r in rs], ddof=1)) if len(rs) > 1
                           else 0.0}
@@ -255,10 +263,10 @@ def summarise(runs, baseline):
             differences[name] = {}
             for metric in PAIRED_METRICS:
                 diff = bench_common.paired({r["seed"]: r[metric] for r in base},
-                                           {r["seed"]: r[metric] for r in rs}, metric)
+                                           {r["seed"]: r[metric] for r in rs}, metric, looks)
                 if diff:
-                    diff["ahead"] = diff["ci95"][0] > 0
-                    diff["behind"] = diff["ci95"][1] < 0
+                    low, high = bench_common.verdict_interval(diff)
+                    diff["ahead"], diff["behind"] = low > 0, high < 0
                 differences[name][metric] = diff
     return summary, differences
 
@@ -285,14 +293,16 @@ def main(argv=None):
             print(f"{name:28s} seed {seed}: " + " ".join(f"{m} {record[m]:.3f}"
                                                         for m in METRICS)
                   + (" (recorded)" if reused else ""), flush=True)
-    summary, differences = summarise(runs, args.baseline)
-    also = {b: summarise(runs, b)[1] for b in args.also_against if b != args.baseline}
+    summary, differences = summarise(runs, args.baseline, args.looks)
+    also = {b: summarise(runs, b, args.looks)[1] for b in args.also_against
+            if b != args.baseline}
     table = "\n".join([_table(summary, differences, args.baseline)]
                       + [_table(None, d, b) for b, d in also.items()])
     print(table)
     bench_common.write_results(
         {"command": bench_common.command_line(__file__, argv), "common": common,
-         "variants": {n: VARIANTS[n] for n in runs}, "baseline": args.baseline, "runs": runs,
+         "variants": {n: VARIANTS[n] for n in runs}, "baseline": args.baseline,
+         "looks": args.looks, "runs": runs,
          "summary": summary, "differences": differences, "also_against": also},
         args.out, argv, __file__)
     bench_common.write_atomic(os.path.splitext(args.out)[0] + ".md", table + "\n")
@@ -310,8 +320,11 @@ def _table(summary, differences, baseline):
         for metric, d in diffs.items():
             if d:
                 verdict = "ahead" if d["ahead"] else "behind" if d["behind"] else "not ahead"
+                adjusted = (f"; {d['confidence']:.1%} after {d['looks']} looks: "
+                            f"{d['interval'][0]:+.3f} to {d['interval'][1]:+.3f}"
+                            if "interval" in d else "")
                 lines.append(f"\n{name} - {baseline}, {metric}: {d['mean']:+.3f} (paired 95% "
-                             f"interval {d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f}, "
+                             f"interval {d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f}{adjusted}, "
                              f"{len(d['seeds'])} seeds): {verdict}")
     return "\n".join(lines)
 

@@ -99,9 +99,15 @@ def ratio_interval(ratios):
             "ci95": [float(np.exp(logs.mean() - half)), float(np.exp(logs.mean() + half))]}
 
 
-def paired(baseline, other, metric):
+def paired(baseline, other, metric, looks=1):
     """Mean paired difference other - baseline over the seeds both have ({seed: value}), with
-    a two-sided 95% Student-t interval; None with fewer than 2 common seeds."""
+    a two-sided 95% Student-t interval; None with fewer than 2 common seeds.
+
+    `looks`: how many times the comparison's results were looked at before its seeds were
+    final, this one included. A table extended after a look (5 seeds, then 10) gets two
+    chances to clear 0; with `looks` > 1 the entry also holds `interval`, the interval at
+    confidence 1 - 0.05 / looks (Bonferroni over the looks), which the verdict then reads.
+    """
     import numpy as np
     from scipy import stats
 
@@ -109,10 +115,24 @@ def paired(baseline, other, metric):
     diffs = np.array([other[s] - baseline[s] for s in seeds])
     if len(diffs) < 2:
         return None
-    half = stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / np.sqrt(len(diffs))
-    return {"metric": metric, "seeds": seeds, "mean": float(diffs.mean()),
-            "ci95": [float(diffs.mean() - half), float(diffs.mean() + half)],
-            "per_seed": diffs.round(4).tolist()}
+
+    def interval(confidence):
+        half = (stats.t.ppf(0.5 + confidence / 2, len(diffs) - 1) * diffs.std(ddof=1)
+                / np.sqrt(len(diffs)))
+        return [float(diffs.mean() - half), float(diffs.mean() + half)]
+
+    out = {"metric": metric, "seeds": seeds, "mean": float(diffs.mean()),
+           "ci95": interval(0.95), "per_seed": diffs.round(4).tolist()}
+    if looks > 1:
+        out.update(looks=int(looks), confidence=1 - 0.05 / looks,
+                   interval=interval(1 - 0.05 / looks))
+    return out
+
+
+def verdict_interval(difference):
+    """The interval a paired difference's verdict reads: the looks-adjusted one where the
+    comparison was extended after a look, else the 95% one."""
+    return difference.get("interval", difference["ci95"])
 
 
 def machine():

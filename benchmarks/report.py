@@ -127,18 +127,31 @@ def dnc(name, *variants):
                                                              differences.values())]
         rows = [[f"{v} - {baseline}"] + [_paired_cell(d.get(m)) for m in metrics]
                 for v, d in differences.items()]
-        text += (("\n\nPaired differences against the baseline, seed by seed (mean, 95% "
-                  "Student-t interval; ahead or behind only when the interval excludes 0):"
-                  if number == 0 else f"\n\nAgainst {baseline}:")
+        text += ((_differences_heading(data.get("looks", 1)) if number == 0
+                  else f"\n\nAgainst {baseline}:")
                  + "\n\n" + table(["variant - baseline"] + metrics, rows))
     return text + "\n\n" + source(name, data)
+
+
+def _differences_heading(looks):
+    """The sentence above a file's first table of paired differences."""
+    if looks == 1:
+        return ("\n\nPaired differences against the baseline, seed by seed (mean, 95% "
+                "Student-t interval; ahead or behind only when the interval excludes 0):")
+    return ("\n\nPaired differences against the baseline, seed by seed (mean, 95% Student-t "
+            f"interval). The seeds were extended after a look at the results, {looks} looks in "
+            f"all, so each cell also gives the interval at {1 - 0.05 / looks:.1%} (Bonferroni "
+            "over the looks), and ahead or behind needs that one to exclude 0:")
 
 
 def _paired_cell(d):
     if not d:
         return "n/a"
-    verdict = "ahead" if d["ci95"][0] > 0 else "behind" if d["ci95"][1] < 0 else "not ahead"
-    return (f"{d['mean']:+.3f} ({d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f}, "
+    low, high = d.get("interval", d["ci95"])  # the looks-adjusted one, where there is one
+    verdict = "ahead" if low > 0 else "behind" if high < 0 else "not ahead"
+    adjusted = (f"; {d['confidence']:.1%}: {low:+.3f} to {high:+.3f}" if "interval" in d
+                else "")
+    return (f"{d['mean']:+.3f} ({d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f}{adjusted}, "
             f"{len(d['seeds'])} seeds): {verdict}")
 
 

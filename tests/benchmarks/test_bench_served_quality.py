@@ -49,3 +49,19 @@ def test_paired_differences_by_hand():
     assert paired["ci95"] == pytest.approx([0.1 - half, 0.1 + half], abs=1e-6)
     assert paired["per_seed"] == pytest.approx([0.1, 0.0, 0.2])
     assert load_script("common").paired({0: 0.5}, {0: 0.6}, "R@1") is None
+
+
+def test_paired_widens_the_verdicts_interval_after_several_looks():
+    before = {0: 0.5, 1: 0.6, 2: 0.7}
+    after = {0: 0.6, 1: 0.6, 2: 0.9}
+    diffs = np.array([0.1, 0.0, 0.2])
+    common = load_script("common")
+    once = common.paired(before, after, "MAP@R")
+    assert "interval" not in once and common.verdict_interval(once) == once["ci95"]
+    twice = common.paired(before, after, "MAP@R", looks=2)
+    # Two looks: 97.5% confidence, t(0.9875, 2 degrees of freedom) = 6.205347.
+    half = 6.205347 * diffs.std(ddof=1) / np.sqrt(3)
+    assert twice["confidence"] == pytest.approx(0.975) and twice["looks"] == 2
+    assert twice["interval"] == pytest.approx([0.1 - half, 0.1 + half], abs=1e-6)
+    assert twice["ci95"] == pytest.approx(once["ci95"])
+    assert common.verdict_interval(twice) == twice["interval"]

@@ -311,3 +311,17 @@ def test_step_ratios_lists_each_pair_with_its_interval(tmp_path, monkeypatch):
     assert _lines(text, "| dnc+renorm/dnc |") == [
         "| dnc+renorm/dnc | 0.871 (0.833-0.909) | 0.870 | 0.500-1.500 | 2 |"]
     assert "Median step: dnc 40.0 ms, dnc+renorm 44.0 ms." in text
+
+
+def test_dnc_verdict_reads_the_looks_adjusted_interval(tmp_path, monkeypatch):
+    stats = {m: {"mean": 0.5, "std": 0.01} for m in ("R@1", "MAP@R")}
+    # Clears 0 at 95% but not at 97.5%: not ahead once the extension after a look is counted.
+    diff = {"mean": 0.03, "ci95": [0.01, 0.05], "interval": [-0.002, 0.062], "looks": 2,
+            "confidence": 0.975, "seeds": list(range(10))}
+    _results(tmp_path, monkeypatch, "x_dnc.json", {
+        "summary": {"A": stats, "B": stats}, "runs": {"A": [{}] * 10, "B": [{}] * 10},
+        "baseline": "A", "looks": 2, "differences": {"B": {"MAP@R": diff}}})
+    text = report.dnc("x_dnc.json")
+    assert _lines(text, "| B - A |") == [
+        "| B - A | +0.030 (+0.010 to +0.050; 97.5%: -0.002 to +0.062, 10 seeds): not ahead |"]
+    assert "2 looks in all" in text
