@@ -85,6 +85,24 @@ def test_bench_dnc_default_out_follows_dataset_and_variants():
     assert out("--out", "x/y.json") == "x/y.json"
 
 
+def test_looks_widen_the_interval_the_verdict_reads():
+    bench = load_script("bench_dnc")
+
+    def runs(map_at_r):
+        return [{"seed": s, **{m: 0.5 for m in bench.METRICS}, "MAP@R": v}
+                for s, v in enumerate(map_at_r)]
+
+    # Differences 0.03, 0.05, 0.07: the 95% interval's lower end is just above 0 (t = 4.303,
+    # half-width 0.0497); after two looks the 97.5% one (t = 6.205) reaches below it.
+    both = {"A": runs([0.5, 0.5, 0.5]), "B": runs([0.53, 0.55, 0.57])}
+    once = bench.summarise(both, "A")[1]["B"]["MAP@R"]
+    twice = bench.summarise(both, "A", looks=2)[1]["B"]["MAP@R"]
+    assert once["ahead"] and once["ci95"][0] > 0
+    assert not twice["ahead"] and twice["interval"][0] < 0 < twice["ci95"][0]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--looks", "0"])
+
+
 def test_recipe_variants_are_each_familys_choice_of_a_search(tmp_path):
     bench = load_script("bench_dnc")
     chosen = {"dnc": {"epochs": 80, "learners": 4, "margin": 0.2, "eval_every": 4},
