@@ -21,8 +21,9 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     CPU they cost about a fifth of the step (docs/performance.md). For 4-D float32
     channels-last inputs in training mode (no mask or synchronisation) this layer runs
     `FusedBatchNormV3` instead, with the same arithmetic: normalisation by the biased batch
-    variance, and moving statistics updated with it; with `renorm=True` the kernel normalises
-    and Keras's own renorm correction (r, d, held constant in the gradient) scales and shifts.
+    variance, and moving statistics updated with it; with `renorm=True` Keras's own renorm
+    correction (r, d, held constant in the gradient) is folded into the kernel's scale and
+    offset.
     Every other case, inference included, is Keras's own code, so variables, configs,
     checkpoints and exported graphs are unchanged.
     """
@@ -35,15 +36,19 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         ones = tf.ones_like(self.moving_mean)
         gamma = self.gamma if self.scale else ones
         beta = self.beta if self.center else tf.zeros_like(ones)
-        if self.renorm:  # the kernel normalises; renorm's correction is a per-channel affine
-            normalized, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-                inputs, ones, tf.zeros_like(ones), epsilon=self.epsilon, data_format="NHWC",
-                is_training=True)
-            variance = _biased(variance, inputs)
+        if self.renorm:
+            # Renorm's correction (r, d: constants in the gradient) folded into the kernel's
+            # scale and offset, gamma r and gamma d + beta, from the batch's moments taken
+            # first: those need no gradient, where the correction applied after the kernel
+            # was one more pass over the activation forward and three backward.
+            mean, variance = tf.nn.moments(inputs, axes=[0, 1, 2])
             r, d, _, _ = self._renorm_correction_and_moments(mean, variance)
             scale, offset = self._compose_transforms(r, d, gamma, beta, inputs.dtype)
             self._update_renorm_statistics(mean, variance)
-            return normalized * scale + offset
+            outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                inputs, scale, offset, epsilon=self.epsilon, data_format="NHWC",
+                is_training=True)
+            return outputs
         outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
             inputs, gamma, beta, epsilon=self.epsilon, data_format="NHWC", is_training=True)
         variance = _biased(variance, inputs)
