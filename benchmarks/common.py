@@ -124,8 +124,8 @@ def paired(baseline, other, metric, looks=1):
     out = {"metric": metric, "seeds": seeds, "mean": float(diffs.mean()),
            "ci95": interval(0.95), "per_seed": diffs.round(4).tolist()}
     if looks > 1:
-        out.update(looks=int(looks), confidence=1 - 0.05 / looks,
-                   interval=interval(1 - 0.05 / looks))
+        confidence = 1 - 0.05 / looks
+        out.update(looks=int(looks), confidence=confidence, interval=interval(confidence))
     return out
 
 

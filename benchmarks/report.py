@@ -147,7 +147,7 @@ def _differences_heading(looks):
 def _paired_cell(d):
     if not d:
         return "n/a"
-    low, high = d.get("interval", d["ci95"])  # the looks-adjusted one, where there is one
+    low, high = common.verdict_interval(d)
     verdict = "ahead" if low > 0 else "behind" if high < 0 else "not ahead"
     adjusted = (f"; {d['confidence']:.1%}: {low:+.3f} to {high:+.3f}" if "interval" in d
                 else "")
