@@ -132,7 +132,11 @@ def training_batches(sampler, source, prefetch=2):
                          f"{len(source)} images for {len(sampler.labels)} labels")
     labels = tf.constant(sampler.labels.astype(np.int32))
     dataset = source.batches(sampler.index_batches(), labels, sampler.seed)
-    dataset = dataset.apply(tf.data.experimental.assert_cardinality(sampler.steps))
+    if sampler.epoch_length == "fixed":
+        # A known length lets fit's progress bar count down; the papers' epoch changes length
+        # with every re-clustering, so fit learns it (dnc_keras.training.job trains those
+        # with one fit call per epoch).
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(sampler.steps))
     # Autotuning off: tf.data joins its tuning thread whenever an iterator is destroyed, which
     # stalled every epoch boundary by 0.1 to 1 s (docs/performance.md).
     options = tf.data.Options()

@@ -306,6 +306,29 @@ class DivergenceGuard(keras.callbacks.Callback):
                       f"{self._epoch} step {batch}: training stops", flush=True)
 
 
+class ClusterEpochProgbar(keras.callbacks.ProgbarLogger):
+    """Keras's progress bar for epochs whose length follows the clusters (the papers' epoch,
+    `ClusterBatchSampler(epoch_length="largest")`).
+
+    Each epoch's bar counts to the sampler's steps as they are once the schedule has
+    re-clustered (place it after `DnCScheduleCallback`), and epochs are numbered out of the
+    run's `epochs`, also when `fit` runs one epoch per call
+    (`dnc_keras.training.job.fit_epochs`).
+    """
+
+    def __init__(self, sampler, epochs):
+        super().__init__()
+        self.sampler = sampler
+        self.run_epochs = int(epochs)
+
+    def set_params(self, params):
+        super().set_params({**params, "epochs": self.run_epochs})
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.target = self.sampler.steps
+        super().on_epoch_begin(epoch, logs)
+
+
 def dnc_callbacks(sampler, images, period=2, conquer_epoch=None, conquer_mode="tpami",
                   cluster_on="features", seed=0, backend="auto", feature_source="pass",
                   verbose=1, schedule=None):

@@ -16,6 +16,7 @@ from dnc_keras.clustering import drop_single_image_classes
 BATCH_STREAM = 0
 WALK_STREAM = 3
 ORDERS = ("random", "walk")
+EPOCH_LENGTHS = ("fixed", "largest", "smallest")
 
 
 class ClusterBatchSampler:
@@ -29,11 +30,12 @@ class ClusterBatchSampler:
     state), so over a run every cluster gets the same number of batches, to within one, even
     when an epoch has fewer steps than there are clusters.
 
-    An epoch has a fixed number of steps, by default N // (P * M) (one pass over the training
-    images in expectation), whatever K and the cluster sizes are. The papers' epoch is K x the
-    batches of the largest (or smallest) cluster, which changes at every division and
-    re-clustering; Keras's `fit` fixes an epoch's length for the whole call, and a fixed length
-    also compares runs with different K at equal gradient steps.
+    By default an epoch has a fixed number of steps, N // (P * M) (one pass over the training
+    images in expectation), whatever K and the cluster sizes are: runs with different K then
+    compare at equal gradient steps. The papers' epoch (`epoch_length="largest"`) is K x the
+    batches of the largest cluster, smaller clusters drawn again (CVPR's code), or K x the
+    smallest's (`"smallest"`, the maintainers' later advice); its length changes with every
+    division and re-clustering, and `steps` follows the assignment installed last.
 
     Args:
         labels: int class labels of the training images, shape [N].
@@ -48,10 +50,14 @@ class ClusterBatchSampler:
             class's images in a shuffled order, the P classes with the most images not yet
             drawn first, so between two re-clusterings every image of a cluster is drawn once
             before any is drawn again. Defaults to `"random"`.
+        epoch_length: `"fixed"` (`steps_per_epoch`, else N // (P * M)), `"largest"` or
+            `"smallest"`: K x (images of the largest or smallest cluster // (P * M)), at least
+            one batch per cluster, over the clusters that can form a batch. Defaults to
+            `"fixed"`.
     """
 
     def __init__(self, labels, classes_per_batch=20, samples_per_class=4, seed=0,
-                 steps_per_epoch=None, order="random"):
+                 steps_per_epoch=None, order="random", epoch_length="fixed"):
         self.labels = np.asarray(labels).astype(np.int64).reshape(-1)
         if classes_per_batch < 2 or samples_per_class < 1:
             raise ValueError("Need classes_per_batch >= 2 and samples_per_class >= 1. Received: "
@@ -63,9 +69,11 @@ class ClusterBatchSampler:
         if order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}. Received: order={order!r}")
         self.order = order
-        self.steps = (max(1, len(self.labels) // self.batch_size) if steps_per_epoch is None
-                      else int(steps_per_epoch))
-        if self.steps < 1:
+        check_epoch_length(epoch_length, steps_per_epoch)
+        self.epoch_length = epoch_length
+        self._fixed_steps = (max(1, len(self.labels) // self.batch_size)
+                             if steps_per_epoch is None else int(steps_per_epoch))
+        if self._fixed_steps < 1:
             raise ValueError(f"steps_per_epoch must be >= 1. Received: {steps_per_epoch}")
         self.epoch = 0
         self.turn = 0  # the round-robin's position, across epochs
@@ -75,6 +83,17 @@ class ClusterBatchSampler:
     @property
     def batch_size(self):
         return self.classes_per_batch * self.samples_per_class
+
+    @property
+    def steps(self):
+        """Steps in an epoch of the current assignment (see `epoch_length`)."""
+        if self.epoch_length == "fixed":
+            return self._fixed_steps
+        images = [n for n, k in self._sizes if k >= 2]
+        if not images:  # epoch_batches says why no batch can be formed
+            return self._fixed_steps
+        size = max(images) if self.epoch_length == "largest" else min(images)
+        return len(images) * max(1, size // self.batch_size)
 
     def set_clusters(self, assignment, num_clusters, epoch=None):
         """Installs a new assignment (cluster id per image, -1 for none) with K clusters."""
@@ -88,10 +107,11 @@ class ClusterBatchSampler:
         usable = drop_single_image_classes(assignment, self.labels)
         self._members = [_class_members(np.flatnonzero(usable == c), self.labels)
                          for c in range(self.num_clusters)]
+        self._sizes = [(sum(len(v) for v in m.values()), len(m)) for m in self._members]
 
     def cluster_sizes(self):
         """(images, classes) per cluster, after dropping classes with one image there."""
-        return [(sum(len(v) for v in m.values()), len(m)) for m in self._members]
+        return list(self._sizes)
 
     def epoch_batches(self):
         """One epoch of (indices [P*M], learner id) pairs; advances the epoch counter and the
@@ -211,6 +231,17 @@ class _ClassWalk:
             self.used[i] += take
             n -= take
         return np.concatenate(picks)
+
+
+def check_epoch_length(epoch_length, steps_per_epoch):
+    """ValueError unless `epoch_length` is known and, unless fixed, `steps_per_epoch` unset."""
+    if epoch_length not in EPOCH_LENGTHS:
+        raise ValueError(f"epoch_length must be one of {EPOCH_LENGTHS}. Received: "
+                         f"epoch_length={epoch_length!r}")
+    if epoch_length != "fixed" and steps_per_epoch is not None:
+        raise ValueError(f"steps_per_epoch fixes the epoch's length; epoch_length="
+                         f"{epoch_length!r} sets it from the clusters. Received both: "
+                         f"steps_per_epoch={steps_per_epoch}")
 
 
 def _class_members(indices, labels):

@@ -198,6 +198,10 @@ TRAIN_OPTIONS = (
     _opt("batch_order", str, "random", "random: each batch draws its classes and images "
          "afresh; walk: each cluster's images without replacement between re-clusterings",
          choices=("random", "walk")),
+    _opt("epoch_length", str, "fixed", "fixed: N // (P x M) steps, or steps_per_epoch; "
+         "largest: K x the batches of the largest cluster (the papers' epoch, its length "
+         "changing with each re-clustering); smallest: K x the smallest's",
+         choices=("fixed", "largest", "smallest")),
     _opt("kmeans_backend", str, "auto", "k-means implementation",
          choices=("auto", "faiss", "sklearn")),
     _opt("conquer_fraction", float, 0.2, "last fraction of the epochs trained on the full "

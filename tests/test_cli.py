@@ -1,10 +1,12 @@
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 import tomllib
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -329,6 +331,26 @@ def test_recluster_features_through_the_cli(tmp_path, capsys, source):
         # only the images neither epoch drew (an epoch draws 6 x 16 images, some twice).
         assert actions[1]["embedded"] == 0
         assert everything - 2 * 6 * 16 <= actions[2]["embedded"] < everything
+
+
+def test_the_papers_epoch_through_the_cli(tmp_path, capsys):
+    """--epoch-length largest: each epoch trains K x the largest cluster's batches of the
+    clusters its re-clustering left (history.json's cluster sizes), and nothing more."""
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "digits", "--epochs", "3", "--learners", "2",
+            "--no-progressive", "--recluster-period", "1", "--embedding-dim", "16",
+            "--classes-per-batch", "4", "--samples-per-class", "4", "--conquer-fraction", "0",
+            "--epoch-length", "largest", "--no-plots", "--no-nmi", "--out", str(out)]
+    assert cli.main(argv) == 0
+    assert json.loads((out / "config.json").read_text())["epoch_length"] == "largest"
+    actions = json.loads((out / "history.json").read_text())["dnc_actions"]
+    assert [a["epoch"] for a in actions] == [0, 1, 2]
+    expected = [len(a["cluster_sizes"]) * (max(a["cluster_sizes"]) // 16) for a in actions]
+    printed = capsys.readouterr().out
+    for epoch, steps in enumerate(expected):
+        assert re.search(rf"Epoch {epoch + 1}/3\n{steps}/{steps} ", printed), printed
+    model = keras.models.load_model(out / "model.keras")
+    assert int(model.optimizer.iterations) == sum(expected)
 
 
 def test_a_diverged_run_stops_then_resumes_saying_so(tmp_path, capsys, monkeypatch):

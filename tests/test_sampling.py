@@ -165,3 +165,50 @@ def test_walk_resumes_from_state_into_the_same_batches():
     assert [[b.tolist() for b, _ in resumed.epoch_batches()] for _ in range(2)] == epochs[2:]
     with pytest.raises(ValueError, match="order must be one of"):
         ClusterBatchSampler(labels, 3, 2, order="sequential")
+
+
+def _papers_epoch(assignment, labels, batch, pick):
+    """Independent count: K x (images of the largest or smallest cluster // batch), over the
+    clusters with 2 classes of 2 images."""
+    images = []
+    for c in np.unique(assignment[assignment >= 0]):
+        classes, counts = np.unique(labels[assignment == c], return_counts=True)
+        if np.sum(counts >= 2) >= 2:
+            images.append(int(counts[counts >= 2].sum()))
+    return len(images) * max(1, pick(images) // batch)
+
+
+@pytest.mark.parametrize("length,pick", [("largest", max), ("smallest", min)])
+def test_papers_epoch_is_k_times_the_largest_or_smallest_clusters_batches(length, pick):
+    labels = _labels(12, 4)  # 48 images, batches of 2 x 2
+    sampler = ClusterBatchSampler(labels, 2, 2, seed=3, epoch_length=length)
+    assert sampler.steps == 48 // 4  # one cluster: the fixed epoch
+    # Clusters of 7, 3 and 2 classes: 28, 12 and 8 images.
+    assignment = np.select([labels < 7, labels < 10], [0, 1], 2)
+    sampler.set_clusters(assignment, 3)
+    expected = _papers_epoch(assignment, labels, 4, pick)
+    assert expected == {"largest": 3 * 7, "smallest": 3 * 2}[length]  # the hand count
+    batches = list(sampler.epoch_batches())
+    assert sampler.steps == len(batches) == expected
+    # Round-robin: every cluster its K-th of the epoch, the smaller ones drawn again.
+    assert np.bincount([c for _, c in batches]).tolist() == [expected // 3] * 3
+    images = np.zeros((48, 1, 1, 1), np.float32)
+    assert len(list(sampler.as_dataset(images))) == expected  # no length asserted
+
+
+def test_papers_epoch_counts_only_clusters_that_form_a_batch():
+    labels = _labels(6, 4)
+    sampler = ClusterBatchSampler(labels, 2, 2, epoch_length="largest")
+    assignment = np.where(labels < 5, 0, 1)  # cluster 1 has one class: skipped
+    sampler.set_clusters(assignment, 2)
+    with pytest.warns(UserWarning, match="Cluster 1 has 1 usable class"):
+        batches = list(sampler.epoch_batches())
+    assert sampler.steps == len(batches) == 1 * (20 // 4)
+
+
+def test_epoch_length_settings_are_checked():
+    labels = _labels(4, 4)
+    with pytest.raises(ValueError, match="epoch_length must be one of"):
+        ClusterBatchSampler(labels, 2, 2, epoch_length="papers")
+    with pytest.raises(ValueError, match="steps_per_epoch=5"):
+        ClusterBatchSampler(labels, 2, 2, steps_per_epoch=5, epoch_length="largest")

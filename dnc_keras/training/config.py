@@ -33,6 +33,10 @@ def _checks(config):
         raise ValueError("validation_classes is the fraction of the training classes held out "
                          "for model selection, in [0, 1). Received: "
                          f"validation_classes={config.validation_classes}")
+    if config.epoch_length != "fixed":  # imported only then: the sampler brings TensorFlow
+        from dnc_keras.sampling import check_epoch_length
+
+        check_epoch_length(config.epoch_length, config.steps_per_epoch)
     if config.checkpoint_every is not None and config.strategy is None:
         raise ValueError("checkpoint_every applies to the distributed loop: set strategy "
                          "('mirrored' for one machine)")

@@ -13,7 +13,8 @@ import tensorflow as tf
 
 from dnc_keras import backbones, datasets
 from dnc_keras.batches import training_batches
-from dnc_keras.callbacks import DivergenceGuard, DnCScheduleCallback, RetrievalEvaluation
+from dnc_keras.callbacks import (ClusterEpochProgbar, DivergenceGuard, DnCScheduleCallback,
+                                 RetrievalEvaluation)
 from dnc_keras.clustering import max_learners
 from dnc_keras.evaluation import raw_pixel_baseline
 from dnc_keras.feature_bank import FeatureBank
@@ -155,7 +156,7 @@ def _run_in(folder, config, strategy, chief, verbose):
     sampler = ClusterBatchSampler(plan.train_labels, config.classes_per_batch,
                                   config.samples_per_class, seed=config.seed,
                                   steps_per_epoch=config.steps_per_epoch,
-                                  order=config.batch_order)
+                                  order=config.batch_order, epoch_length=config.epoch_length)
     with strategy.scope() if strategy else contextlib.nullcontext():
         model = build_model(config, plan.input_shape, plan.preprocessing)
     if config.recluster_features == "training" and strategy is None:
@@ -219,10 +220,11 @@ def _run_in(folder, config, strategy, chief, verbose):
                 "seconds": seconds_before + time.perf_counter() - start}
 
     callbacks += [guard, keras.callbacks.TensorBoard(os.path.join(out, "logs"))]
+    if trainer is not None and sampler.epoch_length != "fixed" and verbose and chief:
+        callbacks.append(ClusterEpochProgbar(sampler, config.epochs))  # after the schedule's
     if trainer is None:
         callbacks.append(EpochCheckpoint(state, run_record))
-        model.fit(dataset, epochs=config.epochs, initial_epoch=start_epoch,
-                  callbacks=callbacks, verbose=verbose, shuffle=False)
+        fit_epochs(model, dataset, config.epochs, start_epoch, callbacks, verbose)
     else:
         trainer.fit(config.epochs, callbacks=callbacks, verbose=verbose if chief else 0,
                     start=(start_epoch, start_step))
@@ -271,6 +273,35 @@ def _run_in(folder, config, strategy, chief, verbose):
                    plot, model, curves=config.plots)
     results["run_dir"] = folder.path
     return results
+
+
+def fit_epochs(model, dataset, epochs, initial_epoch=0, callbacks=(), verbose=1):
+    """`model.fit` from `initial_epoch` to `epochs`, also for the papers' epoch.
+
+    Keras's `fit` fixes an epoch's length for the whole call. The papers' epoch changes length
+    with every re-clustering (a `DnCScheduleCallback` whose sampler has `epoch_length`
+    largest or smallest), so it trains one call per epoch, with the same callback objects: the
+    schedule's actions for the epoch run first, and fit is given the length they leave (inside
+    fit the callback sees them done). A dataset of unknown length instead would cost each
+    epoch one more optimizer iteration (Keras counts the step that finds the data exhausted).
+    A callback that stops training stops the run.
+    """
+    schedule = next((c for c in callbacks if isinstance(c, DnCScheduleCallback)
+                     and c.sampler.epoch_length != "fixed"), None)
+    if schedule is None:
+        model.fit(dataset, epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks,
+                  verbose=verbose, shuffle=False)
+        return
+    if verbose and not any(isinstance(c, keras.callbacks.ProgbarLogger) for c in callbacks):
+        callbacks = [*callbacks, ClusterEpochProgbar(schedule.sampler, epochs)]
+    schedule.set_model(model)
+    schedule.on_train_begin()
+    for epoch in range(initial_epoch, epochs):
+        schedule.on_epoch_begin(epoch)
+        model.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, callbacks=callbacks,
+                  verbose=verbose, shuffle=False, steps_per_epoch=schedule.sampler.steps)
+        if model.stop_training:
+            return
 
 
 def _finite_weights(model):

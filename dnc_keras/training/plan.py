@@ -259,7 +259,10 @@ def plan_facts(config, plan) -> dict:
         "max_learners": int(max_learners(plan.train_labels)),
         "batch": {"classes": config.classes_per_batch, "images_per_class":
                   config.samples_per_class, "size": batch},
-        "steps_per_epoch": steps, "epochs": config.epochs, "total_steps": steps * config.epochs,
+        # The papers' epoch (epoch_length largest or smallest) follows the clusters: the first
+        # epoch's steps are known (one cluster, unless K starts higher), the total is not.
+        "epoch_length": config.epoch_length, "steps_per_epoch": steps, "epochs": config.epochs,
+        "total_steps": steps * config.epochs if config.epoch_length == "fixed" else None,
         "schedule": build_schedule(config).to_dict(),
         "evaluations": [{"name": ev.name, "protocol": ev.protocol,
                          "queries": len(ev.query_labels),
@@ -310,9 +313,12 @@ def describe(config, plan) -> str:
                  f"(these classes allow {facts['max_learners']}); loss {config.loss}"
                  + (" with a learned beta" if config.learn_beta else "")
                  + f"; {config.inference_embedding} embedding at inference")
+    steps = (f"{facts['steps_per_epoch']:,d} steps per epoch x {config.epochs} epochs = "
+             f"{facts['total_steps']:,d} steps" if facts["total_steps"] is not None else
+             f"{config.epochs} epochs of K x the batches of the {config.epoch_length} cluster "
+             f"(the papers' epoch; {facts['steps_per_epoch']:,d} steps with one cluster)")
     lines.append(f"Batches: {config.classes_per_batch} classes x {config.samples_per_class} "
-                 f"images = {facts['batch']['size']}; {facts['steps_per_epoch']:,d} steps per "
-                 f"epoch x {config.epochs} epochs = {facts['total_steps']:,d} steps")
+                 f"images = {facts['batch']['size']}; {steps}")
     lines.append(f"Optimiser: Adam, learning rate {config.learning_rate:g}, coupled weight "
                  f"decay {config.weight_decay:g}"
                  + (f", on masks {config.mask_weight_decay:g}" if config.mask_weight_decay

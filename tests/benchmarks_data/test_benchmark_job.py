@@ -23,7 +23,8 @@ def test_dry_run_of_the_cub_preset(tmp_path, replicas, capsys):
     assert "Plan for cub (preset cub)" in text
     assert "train            32 images       8 classes" in text
     assert "test             32 images       8 classes" in text
-    assert "40 classes x 2 images = 80; 1 steps per epoch x 100 epochs" in text
+    assert ("40 classes x 2 images = 80; 100 epochs of K x the batches of the largest cluster "
+            "(the papers' epoch; 1 steps with one cluster)") in text
     assert "epoch 2: divide every cluster in two -> 2 learners" in text
     assert "epoch 44: conquer" in text
     assert "shorter side 256, centre crop 224" in text and "R@1,2,4,8, MAP@R, NMI" in text

@@ -125,3 +125,31 @@ def test_non_finite_loss_stops_training_without_a_checkpoint(tmp_path):
     assert trainer.nan_at == (0, 1)  # seen before the first checkpoint, at step 2
     assert len(history.history["loss"]) == 1 and np.isnan(history.history["loss"][0])
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_the_papers_epoch_follows_the_clusters_in_the_custom_loop():
+    rng = np.random.default_rng(0)
+    # Two far-apart groups of 4 and 12 classes: the division's clusters are unequal.
+    y = np.repeat(np.arange(dist_worker.CLASSES), dist_worker.PER_CLASS)
+    groups = 10 * rng.normal(size=(2, dist_worker.DIM))[(y >= 4).astype(int)]
+    x = (groups + rng.normal(size=(dist_worker.CLASSES, dist_worker.DIM))[y]
+         + 0.1 * rng.normal(size=groups.shape)).reshape(len(y), -1, 1, 1).astype(np.float32)
+    model = dist_worker.build_model(tf.distribute.get_strategy())
+    sampler = ClusterBatchSampler(y, 4, 4, seed=0, epoch_length="largest")
+    callbacks = dnc_callbacks(sampler, x, period=2, backend="sklearn", verbose=0)
+    trained, expected = {}, {}
+
+    class Count(tf.keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):  # after the schedule's callback
+            sizes = np.bincount(sampler.assignment[sampler.assignment >= 0])
+            expected[epoch] = len(sizes) * max(1, sizes.max() // 16)  # K x largest // batch
+            trained[epoch] = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            trained[max(trained)] += 1
+
+    trainer = distributed.DistributedTrainer(model, sampler, sampler.as_dataset(x))
+    trainer.fit(4, callbacks=callbacks + [Count()], verbose=0)
+    assert sampler.num_clusters == 2 and trained == expected
+    assert [trained[e] for e in range(4)] == [8, 8, 12, 12]  # K = 2: 2 x (96 // 16)
+    assert int(model.optimizer.iterations) == sum(trained.values())

@@ -150,6 +150,11 @@ def test_papers_schedule_options_reach_the_saved_model(tmp_path):
     (dict(normalization="renorm", backbone="resnet50"), "normalization applies to conv4.*"
      "Received: normalization='renorm'"),
     (dict(normalization="layer"), "normalization=.layer.: expected one of batch, renorm"),
+    (dict(epoch_length="largest", steps_per_epoch=5), "steps_per_epoch fixes the epoch's "
+     "length; epoch_length='largest' sets it from the clusters. Received both: "
+     "steps_per_epoch=5"),
+    (dict(epoch_length="papers"), "epoch_length=.papers.: expected one of fixed, largest, "
+     "smallest"),
 ])
 def test_papers_schedule_options_refuse_what_they_cannot_do(settings, message):
     with pytest.raises(ValueError, match=message):
