@@ -353,6 +353,43 @@ def test_the_papers_epoch_through_the_cli(tmp_path, capsys):
     assert int(model.optimizer.iterations) == sum(expected)
 
 
+def test_an_interrupted_papers_epoch_run_resumes_to_the_same_model(tmp_path, monkeypatch):
+    """Stopped inside epoch 2 (after the division at its start), the same command again resumes
+    from epoch 1's checkpoint, re-runs nothing the checkpoint holds, and ends with the
+    uninterrupted run's weights and clusters."""
+    import keras
+
+    argv = ["train", "--dataset", "digits", "--epochs", "4", "--learners", "2",
+            "--embedding-dim", "16", "--classes-per-batch", "4", "--samples-per-class", "4",
+            "--epoch-length", "largest", "--no-plots", "--no-nmi", "--quiet"]
+    assert cli.main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    batches = {"n": 0}
+    begin = keras.callbacks.CallbackList.on_train_batch_begin
+
+    def stop(self, batch, logs=None):
+        batches["n"] += 1
+        if batches["n"] == 2 * (901 // 16) + 3:  # 3 steps into epoch 2, the first with K = 2
+            raise KeyboardInterrupt
+        return begin(self, batch, logs)
+
+    monkeypatch.setattr(keras.callbacks.CallbackList, "on_train_batch_begin", stop)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        cli.main([*argv, "--out", str(out)])
+    monkeypatch.undo()
+    assert cli.main([*argv, "--out", str(out)]) == 0
+    whole, resumed = (keras.models.load_model(tmp_path / name / "model.keras")
+                      for name in ("whole", "resumed"))
+    for a, b in zip(whole.get_weights(), resumed.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+    assert int(resumed.optimizer.iterations) == int(whole.optimizer.iterations)
+    assert json.loads((out / "metrics.json").read_text())["resumed_from"]["epoch"] == 2
+    whole, resumed = ([{k: v for k, v in a.items() if k != "seconds"} for a in json.loads(
+        (tmp_path / name / "history.json").read_text())["dnc_actions"]]
+        for name in ("whole", "resumed"))
+    assert resumed == whole and whole[0]["action"] == "divide"
+
+
 def test_a_diverged_run_stops_then_resumes_saying_so(tmp_path, capsys, monkeypatch):
     """NaN weights before the 8th batch (epoch 1, step 1): exit 2, one line naming where, no
     model.keras (benchmarks/bench_faults.py injects the same at random points); the same
