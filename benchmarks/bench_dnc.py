@@ -109,9 +109,13 @@ def recipe_variants(results_dir=os.path.join(HERE, "results")):
         for option, settings in {**PAPERS_OPTIONS, **NORMALIZATION_OPTIONS}.items():
             for label, base in bases.items():
                 variants[f"{search['dataset']} recipe, {label}, {option}"] = {**base, **settings}
-        # The papers' epoch against the default it would replace: the DnC recipe with renorm.
+        # The papers' epoch, and division after a fresh k-means, against the default they
+        # would change: the DnC recipe with renorm.
+        renorm = {**dnc, "normalization": "renorm"}
         variants[f"{search['dataset']} recipe, DnC, renorm, papers' epoch"] = {
-            **dnc, "normalization": "renorm", "epoch_length": "largest"}
+            **renorm, "epoch_length": "largest"}
+        variants[f"{search['dataset']} recipe, DnC, renorm, fresh k-means before division"] = {
+            **renorm, "recluster_before_divide": True}
         # The margin loss's learned beta, against the same loss with beta fixed (the recipe's
         # loss, batch-hard triplets, has no beta).
         margin = {**dnc, "loss": "margin", "margin": 0.2}

@@ -53,6 +53,9 @@ class DnCScheduleCallback(keras.callbacks.Callback):
         freeze_backbone_on_recluster: the backbone's learning rate is 0 on every T-th epoch,
             the epochs that re-cluster (TPAMI: every even epoch; `DnCModel.freeze_backbone`),
             and back on the others. Defaults to `False`.
+        recluster_before_divide: a division first re-clusters by k-means at the current K
+            (matched to the learners), then splits those clusters in two; otherwise it splits
+            the clusters of the last clustering, T epochs old. Defaults to `False`.
         verbose: print one line per action. Defaults to `1`.
 
     Attributes:
@@ -63,7 +66,7 @@ class DnCScheduleCallback(keras.callbacks.Callback):
     def __init__(self, sampler, images, schedule=None, period=2, conquer_epoch=None,
                  conquer_mode="tpami", cluster_on="features", seed=0, backend="auto",
                  batch_size=256, feature_source="pass", freeze_backbone_on_recluster=False,
-                 verbose=1):
+                 recluster_before_divide=False, verbose=1):
         super().__init__()
         if cluster_on not in CLUSTER_ON:
             raise ValueError(f"cluster_on must be one of {CLUSTER_ON}. Received: {cluster_on!r}")
@@ -87,6 +90,7 @@ class DnCScheduleCallback(keras.callbacks.Callback):
         self.batch_size = int(batch_size)
         self.feature_source = feature_source
         self.freeze_backbone_on_recluster = bool(freeze_backbone_on_recluster)
+        self.recluster_before_divide = bool(recluster_before_divide)
         self.verbose = verbose
         self.outcomes = []
 
@@ -170,10 +174,18 @@ class DnCScheduleCallback(keras.callbacks.Callback):
 
     def _divide(self, action):
         k = self.model.active_learners
+        labels, seed = self.sampler.labels, self._seed(action)
+
+        def divided(features):
+            parents = self.sampler.assignment
+            if self.recluster_before_divide and k > 1:
+                parents = clustering.match_clusters(clustering.cluster(
+                    features, labels, k, seed=seed, backend=self.backend), parents, k)
+            return clustering.divide_clusters(features, labels, parents, seed=seed,
+                                              backend=self.backend)
+
         try:
-            new = self._clustered(lambda features: clustering.divide_clusters(
-                features, self.sampler.labels, self.sampler.assignment,
-                seed=self._seed(action), backend=self.backend))
+            new = self._clustered(divided)
         except clustering.ClusteringError as error:
             return self._kept(error), k
         self.model.divide()
@@ -331,10 +343,12 @@ class ClusterEpochProgbar(keras.callbacks.ProgbarLogger):
 
 def dnc_callbacks(sampler, images, period=2, conquer_epoch=None, conquer_mode="tpami",
                   cluster_on="features", seed=0, backend="auto", feature_source="pass",
-                  verbose=1, schedule=None):
+                  verbose=1, schedule=None, recluster_before_divide=False):
     """The DnC schedule's callback, as a list to extend with others. K comes from the model's
     `SubspaceMasks` (learners now and `max_learners` at the end); see `DnCScheduleCallback`."""
     return [DnCScheduleCallback(sampler, images, schedule=schedule, period=period,
                                 conquer_epoch=conquer_epoch, conquer_mode=conquer_mode,
                                 cluster_on=cluster_on, seed=seed, backend=backend,
-                                feature_source=feature_source, verbose=verbose)]
+                                feature_source=feature_source,
+                                recluster_before_divide=recluster_before_divide,
+                                verbose=verbose)]

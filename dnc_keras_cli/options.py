@@ -190,6 +190,9 @@ TRAIN_OPTIONS = (
     _opt("progressive", bool, True, "start with one learner and double K every period"),
     _opt("recluster_period", int, 2, "T, epochs between two re-clusterings or divisions",
          minimum=1),
+    _opt("recluster_before_divide", bool, False, "a division first re-clusters by k-means "
+         "at the current K, then splits each cluster in two; otherwise it splits the last "
+         "clustering's clusters"),
     _opt("cluster_on", str, "features", "what k-means clusters",
          choices=("features", "embedding")),
     _opt("recluster_features", str, "pass", "pass: embed all training images at each "

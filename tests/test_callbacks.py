@@ -189,3 +189,38 @@ def test_nan_embedding_is_seen_even_when_the_loss_masks_it():
     history = model.fit(sampler.as_dataset(x), epochs=3, callbacks=[guard], verbose=0)
     assert guard.diverged_at == (0, 0)
     assert history.history["nonfinite"] == [1.0]
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_a_division_splits_the_last_clusters_or_a_fresh_kmeans(fresh):
+    """Two far-apart pairs of groups of 3 classes; the last clustering (K = 2) mixed them. A
+    division that splits those clusters inherits the mix; one after a fresh k-means at K = 2
+    (the pairs) gives each learner one group."""
+    rng = np.random.default_rng(3)
+    y = np.repeat(np.arange(12), 6)
+    group = y // 3
+    x = (40.0 * rng.normal(size=(2, 10))[group // 2] + 8.0 * rng.normal(size=(4, 10))[group]
+         + rng.normal(size=(12, 10))[y] + 0.1 * rng.normal(size=(72, 10)))
+    x = x.reshape(72, 10, 1, 1).astype(np.float32)
+    keras.utils.set_random_seed(0)
+    model = _model(k=4, initial=2)
+    sampler = ClusterBatchSampler(y, 2, 2)
+    mixed = (y % 2).astype(np.int64)  # each old cluster holds half of every group
+    sampler.set_clusters(mixed, 2, epoch=0)
+    callback = DnCScheduleCallback(sampler, x, DnCSchedule(4, 4, 2, period=2), verbose=0,
+                                   recluster_before_divide=fresh)
+    callback.set_model(model)
+    callback.on_train_begin()
+    callback.on_epoch_begin(2)
+    assert [(o["action"], o["status"]) for o in callback.outcomes] == [("divide", "done")]
+    new = sampler.assignment
+    groups_per_cluster = [len(set(group[new == c])) for c in range(4)]
+    if fresh:
+        assert groups_per_cluster == [1, 1, 1, 1]
+        # Each learner's children hold one pair: the fresh clusters were what was divided.
+        assert {frozenset(group[new // 2 == p]) for p in range(2)} == {frozenset({0, 1}),
+                                                                       frozenset({2, 3})}
+    else:
+        # The children of a mixed parent keep its classes: each is half of the parent's.
+        for c in range(4):
+            assert set(mixed[new == c]) == {c // 2}

@@ -185,7 +185,8 @@ def _run_in(folder, config, strategy, chief, verbose):
         sampler, plan.train_images, schedule=build_schedule(config),
         cluster_on=config.cluster_on, seed=config.seed, backend=config.kmeans_backend,
         feature_source=config.recluster_features,
-        freeze_backbone_on_recluster=config.freeze_backbone_on_recluster, verbose=verbose)
+        freeze_backbone_on_recluster=config.freeze_backbone_on_recluster,
+        recluster_before_divide=config.recluster_before_divide, verbose=verbose)
     schedule_callback.outcomes = list(record.get("outcomes", []))
     callbacks = [schedule_callback]
     selection = best = None

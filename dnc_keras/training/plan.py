@@ -325,7 +325,9 @@ def describe(config, plan) -> str:
                     else "")
                  + ("; backbone learning rate 0 on the epochs that re-cluster"
                     if config.freeze_backbone_on_recluster else ""))
-    lines.append(f"DnC schedule: {build_schedule(config).describe()}")
+    lines.append(f"DnC schedule: {build_schedule(config).describe()}"
+                 + ("; each division splits a fresh k-means at the current K"
+                    if config.recluster_before_divide else ""))
     metrics = "R@" + ",".join(map(str, facts["recall_ks"])) + ", MAP@R" + \
         (", NMI" if config.nmi else "")
     for ev in facts["evaluations"]:

@@ -134,8 +134,10 @@ def test_recipe_variants_are_each_familys_choice_of_a_search(tmp_path):
         "epochs": 80, "learners": 4, "margin": 0.2, "normalization": "renorm",
         "batch_order": "walk", "recluster_features": "training"}
     # The papers' epoch on the default it would replace, the DnC recipe with renorm.
+    renorm = {"epochs": 80, "learners": 4, "margin": 0.2, "normalization": "renorm"}
     assert variants["omniglot recipe, DnC, renorm, papers' epoch"] == {
-        "epochs": 80, "learners": 4, "margin": 0.2, "normalization": "renorm",
-        "epoch_length": "largest"}
+        **renorm, "epoch_length": "largest"}
+    assert variants["omniglot recipe, DnC, renorm, fresh k-means before division"] == {
+        **renorm, "recluster_before_divide": True}
     options = len(bench.PAPERS_OPTIONS) + len(bench.NORMALIZATION_OPTIONS)
-    assert len(variants) == len(bases) * (1 + options) + 3 + 1
+    assert len(variants) == len(bases) * (1 + options) + 3 + 2
