@@ -113,7 +113,7 @@ def recipe_variants(results_dir=os.path.join(HERE, "results")):
         # would change: the DnC recipe with renorm.
         renorm = {**dnc, "normalization": "renorm"}
         variants[f"{search['dataset']} recipe, DnC, renorm, papers' epoch"] = {
-            **renorm, "epoch_length": "largest"}
+            **renorm, "epoch_length": "largest", "steps_per_epoch": None}
         variants[f"{search['dataset']} recipe, DnC, renorm, fresh k-means before division"] = {
             **renorm, "recluster_before_divide": True}
         # The margin loss's learned beta, against the same loss with beta fixed (the recipe's
@@ -143,11 +143,13 @@ NORMALIZATION_OPTIONS = {
 
 
 VARIANTS.update(recipe_variants())
-# The variants and the recipe searches were defined and measured with BatchNorm, a run's default
-# for the Conv-4 until it became batch renormalisation: a variant that does not set
-# `normalization` keeps BatchNorm, and the records written before the option existed (which
-# hold no `normalization`) count as BatchNorm runs.
-MEASURED_NORMALIZATION = {"normalization": "batch"}
+# The variants and the recipe searches were defined and measured with the defaults of their
+# time, since changed: BatchNorm (the Conv-4's default until batch renormalisation), and the
+# full pass with random batches (the re-clustering default until the fast route). A variant
+# that does not set one of these keeps the value it was measured with, and a record written
+# before the option existed (which does not hold it) counts at that value.
+MEASURED_DEFAULTS = {"normalization": "batch", "recluster_features": "pass",
+                     "batch_order": "random"}
 METRICS = ("R@1", "R@2", "R@4", "R@8", "MAP@R", "NMI")
 PAIRED_METRICS = ("R@1", "MAP@R", "NMI")
 DEFAULT_VARIANTS = list(VARIANTS)[:2]
@@ -215,7 +217,7 @@ def run_once(name, seed, common, runs_dir, out):
     """One variant and seed: its record if one was written with these settings, else the run
     (a killed run resumes from its folder), recorded."""
     path = record_path(out, name, seed)
-    settings = {**MEASURED_NORMALIZATION, **common, **VARIANTS[name], "seed": seed}
+    settings = {**MEASURED_DEFAULTS, **common, **VARIANTS[name], "seed": seed}
     record = recorded(path, settings)
     if record is not None:
         return record, True
@@ -249,8 +251,9 @@ def train(settings, out_dir):
 
 def _comparable(settings):
     """Settings that decide a run: the data folder's location on one machine does not; a
-    record without `normalization` was a BatchNorm run (`MEASURED_NORMALIZATION`)."""
-    return {**MEASURED_NORMALIZATION, **{k: v for k, v in settings.items() if k != "data_dir"}}
+    record without `normalization` was a BatchNorm run, one without the re-clustering settings
+    a full-pass run with random batches (`MEASURED_DEFAULTS`)."""
+    return {**MEASURED_DEFAULTS, **{k: v for k, v in settings.items() if k != "data_dir"}}
 
 
 def summarise(runs, baseline, looks=1):

@@ -47,7 +47,7 @@ sys.path.insert(0, HERE)
 import common as bench_common  # noqa: E402
 import report  # noqa: E402
 
-from bench_dnc import MEASURED_NORMALIZATION, recorded, train  # noqa: E402
+from bench_dnc import MEASURED_DEFAULTS, recorded, train  # noqa: E402
 
 # Epochs per dataset, scaled to the same steps: with a quarter of the training classes held out,
 # an Omniglot epoch is 12 steps of 20 x 4 and a glyphs epoch 30 (`train --dry-run` prints both),
@@ -160,7 +160,7 @@ def run_trial(family, index, settings, common, runs_dir, out, name=None):
     the run, recorded."""
     name = name or f"{family}-{index:02d}"
     path = os.path.join(os.path.splitext(out)[0] + ".runs", f"{name}.json")
-    settings = {**MEASURED_NORMALIZATION, **common, **settings}
+    settings = {**MEASURED_DEFAULTS, **common, **settings}
     record = recorded(path, settings)
     if record is not None:
         return record, True

@@ -195,12 +195,15 @@ TRAIN_OPTIONS = (
          "clustering's clusters"),
     _opt("cluster_on", str, "features", "what k-means clusters",
          choices=("features", "embedding")),
-    _opt("recluster_features", str, "pass", "pass: embed all training images at each "
+    _opt("recluster_features", str, None, "pass: embed all training images at each "
          "re-clustering (the papers); training: re-use the train steps' features",
-         choices=("pass", "training")),
-    _opt("batch_order", str, "random", "random: each batch draws its classes and images "
+         choices=("pass", "training"), nullable=True, unset="training where the train steps "
+         "compute inference's features (conv4 with renorm, clustering features, one device), "
+         "else pass", predates="pass"),
+    _opt("batch_order", str, None, "random: each batch draws its classes and images "
          "afresh; walk: each cluster's images without replacement between re-clusterings",
-         choices=("random", "walk")),
+         choices=("random", "walk"), nullable=True, unset="walk with recluster_features "
+         "training, else random", predates="random"),
     _opt("epoch_length", str, "fixed", "fixed: N // (P x M) steps, or steps_per_epoch; "
          "largest: K x the batches of the largest cluster (the papers' epoch, its length "
          "changing with each re-clustering); smallest: K x the smallest's",

@@ -73,7 +73,23 @@ def _post_init(self):
         # Resolved here, so config.json records what was trained: a run saved before the
         # default changed then differs from a new one, and is not resumed into another model.
         self.normalization = CONV4_NORMALIZATION
+    _resolve_reclustering(self)
     _checks(self)
+
+
+def _resolve_reclustering(self):
+    """The fast route by default where it was shown as good as the full pass (issue 13:
+    Omniglot, a Conv-4 with renorm): re-clustering on the train steps' features, which renorm
+    computes as inference does, each cluster walked without replacement so that every image
+    has a recent row. Elsewhere (BatchNorm's training-mode features, a pretrained backbone's
+    augmented crops, the embedding clustered, a strategy) the papers' full pass and random
+    batches. Resolved here, so config.json records what was trained."""
+    if self.recluster_features is None:
+        fast = (self.normalization == "renorm" and self.cluster_on == "features"
+                and self.strategy is None)
+        self.recluster_features = "training" if fast else "pass"
+    if self.batch_order is None:
+        self.batch_order = "walk" if self.recluster_features == "training" else "random"
 
 
 def _conquer_epoch(self):

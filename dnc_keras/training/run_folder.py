@@ -85,9 +85,12 @@ class RunFolder:
                                  "(no config.json): choose another --out, or pass --overwrite "
                                  "to clear it")
             if different:
+                saved = self._saved_settings(config)
+                values = "; ".join(f"{k}: {saved.get(k)!r} there, {config.get(k)!r} here"
+                                   for k in different)
                 raise ValueError(f"{self.path} holds an unfinished run with other settings "
-                                 f"({', '.join(different)}): resume it with the same settings, "
-                                 "pass --overwrite to start again, or choose another --out")
+                                 f"({values}): resume it with the same settings, pass "
+                                 "--overwrite to start again, or choose another --out")
         try:
             os.makedirs(self.path, exist_ok=True)
         except OSError as error:
@@ -138,14 +141,20 @@ class RunFolder:
     def differences(self, config):
         """The settings in which the folder's run differs from `config` (sorted names; those
         that may change on resumption left out), or None when it holds no config.json."""
+        saved = self._saved_settings(config)
+        if saved is None:
+            return None
+        return sorted(k for k in set(saved) | set(config)
+                      if saved.get(k) != config.get(k) and k not in _RESUMABLE_DIFFERENCES)
+
+    def _saved_settings(self, config):
+        """config.json's settings, or None; a setting of `config` added to the package after
+        the run was saved counts at the value such runs had: its default, or the one it names
+        (`Option.predates`)."""
         saved = self._saved_config()
         if saved is None:
             return None
-        # A setting added to the package after the run was saved counts at the value such runs
-        # had: its default, or the one it names (`Option.predates`).
-        saved = {**{k: v.before_it_existed for k, v in BY_NAME.items() if k in config}, **saved}
-        return sorted(k for k in set(saved) | set(config)
-                      if saved.get(k) != config.get(k) and k not in _RESUMABLE_DIFFERENCES)
+        return {**{k: v.before_it_existed for k, v in BY_NAME.items() if k in config}, **saved}
 
     def _saved_config(self):
         try:

@@ -179,9 +179,33 @@ def test_conv4_trains_with_batch_renormalisation_unless_told_otherwise(tmp_path)
     saved = {k: v for k, v in TrainConfig(normalization="batch").to_dict().items()
              if k != "normalization"}
     RunFolder(tmp_path / "run").claim(saved)
-    assert RunFolder(tmp_path / "run").differences(config.to_dict()) == ["normalization"]
+    full_pass = TrainConfig(recluster_features="pass")  # as every run then re-clustered
+    assert RunFolder(tmp_path / "run").differences(full_pass.to_dict()) == ["normalization"]
     assert RunFolder(tmp_path / "run").differences(
         TrainConfig(normalization="batch").to_dict()) == []
+
+
+def test_the_fast_route_is_the_default_where_it_was_measured(tmp_path):
+    """Re-clustering on the train steps' features with the walk, by default, only where the
+    train steps compute inference's features (a Conv-4 with renorm, backbone features, one
+    device); a run folder saved with the earlier default says what differs, with both values."""
+    from dnc_keras.training.run_folder import RunFolder
+
+    def route(**settings):
+        config = TrainConfig(**settings)
+        return config.recluster_features, config.batch_order
+
+    assert route() == ("training", "walk")
+    assert route(normalization="batch") == route(cluster_on="embedding") == \
+        route(strategy="mirrored") == route(recluster_features="pass") == ("pass", "random")
+    assert TrainConfig.resolve(preset="cub").recluster_features == "pass"  # ResNet-50
+    assert route(recluster_features="training", batch_order="random") == ("training", "random")
+    saved = TrainConfig(recluster_features="pass", batch_order="random").to_dict()
+    RunFolder(tmp_path / "run").claim(saved)
+    (tmp_path / "run" / "checkpoints").mkdir()
+    with pytest.raises(ValueError, match="other settings .batch_order: 'random' there, 'walk' "
+                       "here; recluster_features: 'pass' there, 'training' here.: resume"):
+        RunFolder(tmp_path / "run").claim(TrainConfig().to_dict())
 
 
 @pytest.mark.parametrize("option", [o for o in TRAIN_OPTIONS if o.kind is bool],
