@@ -82,6 +82,14 @@ VARIANTS = {
         learners=4, subspaces="fixed", normalization="renorm", batch_order="walk",
         recluster_features="training"),
     "single (K=1), renorm": dict(learners=1, normalization="renorm"),
+    # The papers' epoch (K x the largest cluster's batches) and division after a fresh k-means
+    # at the current K, each on the progressive DnC with renorm (the recipes start at K = 8, so
+    # they never divide): issue 14's papers' schedule.
+    "DnC K=4 fixed, renorm, papers' epoch": dict(learners=4, subspaces="fixed",
+                                                 normalization="renorm", epoch_length="largest",
+                                                 steps_per_epoch=None),
+    "DnC K=4 fixed, renorm, fresh k-means before division": dict(
+        learners=4, subspaces="fixed", normalization="renorm", recluster_before_divide=True),
 }
 
 
@@ -109,13 +117,6 @@ def recipe_variants(results_dir=os.path.join(HERE, "results")):
         for option, settings in {**PAPERS_OPTIONS, **NORMALIZATION_OPTIONS}.items():
             for label, base in bases.items():
                 variants[f"{search['dataset']} recipe, {label}, {option}"] = {**base, **settings}
-        # The papers' epoch, and division after a fresh k-means, against the default they
-        # would change: the DnC recipe with renorm.
-        renorm = {**dnc, "normalization": "renorm"}
-        variants[f"{search['dataset']} recipe, DnC, renorm, papers' epoch"] = {
-            **renorm, "epoch_length": "largest", "steps_per_epoch": None}
-        variants[f"{search['dataset']} recipe, DnC, renorm, fresh k-means before division"] = {
-            **renorm, "recluster_before_divide": True}
         # The margin loss's learned beta, against the same loss with beta fixed (the recipe's
         # loss, batch-hard triplets, has no beta).
         margin = {**dnc, "loss": "margin", "margin": 0.2}
