@@ -352,11 +352,12 @@ def calibrate_command(args):
 
     index = EmbeddingIndex.load(args.index)
     paths, labels = list_gallery(args.data, "--data folder")
+    # Both folders are checked before the calibration's embedding work.
+    test_paths, test_labels = list_gallery(args.test, "--test folder") if args.test else ([], [])
     calibration = index.calibrate_files(paths, labels, args.precision)
     calibration["data"] = os.path.abspath(args.data)
     report = {"index": args.index, "calibration": calibration}
     if args.test:
-        test_paths, test_labels = list_gallery(args.test, "--test folder")
         report["test"] = index.open_set_metrics_files(test_paths, test_labels)
         report["test"]["data"] = os.path.abspath(args.test)
         report["test"]["classes_shared_with_calibration"] = len(set(test_labels) & set(labels))
