@@ -4,8 +4,7 @@ Keras 3's `model.fit` does not run under `MultiWorkerMirroredStrategy` on TF 2.2
 and it runs under `MirroredStrategy` and the default strategy too. Each step is
 `strategy.run(model.train_step, ...)` over a distributed dataset, so mining and the loss see the
 global batch exactly as under `model.fit` (see `dnc_keras.model.gather_global_batch`). The loop
-calls the Keras callback hooks, so the same `ReclusterCallback`, `DivideCallback` and
-`ConquerCallback` objects serve both paths.
+calls the Keras callback hooks, so the same `DnCScheduleCallback` object serves both paths.
 
 Re-clustering: while the loop runs, `model.embed` (what the callbacks call) is sharded across all
 replicas of all workers and the embeddings all-gathered, so every worker clusters the same
