@@ -76,9 +76,10 @@ STEP_CANDIDATES = ("dnc", "keras", "torch_pml", "torch_pml@2", "torch_pml@3", "k
 # training part of the DnC epoch alone), bank (dnc_epoch re-clustering on the features its
 # train steps computed, feature_source="training", instead of a separate pass), renorm (the
 # Conv-4 with batch renormalisation, what `dnc-keras train` trains by default, where the other
-# candidates build Keras's plain BatchNorm default of `backbones.conv4`).
+# candidates build Keras's plain BatchNorm default of `backbones.conv4`), walk (epochs: the
+# sampler walks each cluster without replacement; with renorm and bank, a run's default).
 OPTIONS = ("xla", "spe", "interop1", "unfused_bn", "onednn0", "t1", "bf16", "fpmath_bf16",
-           "caller_thread", "ftz", "norecluster", "bank", "renorm")
+           "caller_thread", "ftz", "norecluster", "bank", "renorm", "walk")
 
 
 def _parse(candidate):
@@ -126,13 +127,14 @@ def _batches(tiny=False):
     return x_train[indices], y_train[indices].astype(np.int32)
 
 
-def _keras_plain_model(jit_compile, steps_per_execution=1):
+def _keras_plain_model(jit_compile, steps_per_execution=1, normalization="batch"):
     import keras
 
     from dnc_keras.backbones import build_encoder, conv4
     from dnc_keras.losses import TripletHardLoss
 
-    encoder = build_encoder(conv4(IMAGE), 128, freeze_bn_stats=False)
+    encoder = build_encoder(conv4(IMAGE, normalization=normalization), 128,
+                            freeze_bn_stats=False)
     inputs = keras.Input(IMAGE)
     _, z = encoder(inputs)
     model = keras.Model(inputs, keras.layers.UnitNormalization()(z))
@@ -192,7 +194,7 @@ def _keras_step_unit(name, options, args):
         learner = np.full(y.shape, min(1, args.learners - 1), np.int32)
         inputs = {"images": x, "learner": learner}
     else:
-        model = _keras_plain_model(jit, spe)
+        model = _keras_plain_model(jit, spe, _normalization(options))
         inputs = x
     # Without autotuning, as the sampler's pipeline: joining tf.data's tuning thread at the end
     # of each fit call would add 0.1-1 s to some units and none to others.
@@ -253,8 +255,9 @@ def _epoch_unit(name, options, args):
     _configure_tf(options)
     x, y = _training_set(args.tiny)
     keras.utils.set_random_seed(0)
+    order = "walk" if "walk" in options else "random"
     if name == "dnc_epoch":
-        sampler = ClusterBatchSampler(y, BATCH_CLASSES, BATCH_PER_CLASS, seed=0)
+        sampler = ClusterBatchSampler(y, BATCH_CLASSES, BATCH_PER_CLASS, seed=0, order=order)
         model = _dnc_model(args.learners, "xla" in options,
                            normalization=_normalization(options))
         dataset = sampler.as_dataset(x)
@@ -266,8 +269,8 @@ def _epoch_unit(name, options, args):
                                   feature_source="training" if "bank" in options else "pass",
                                   verbose=0)
     else:
-        sampler = ClusterBatchSampler(y, BATCH_CLASSES, BATCH_PER_CLASS, seed=0)
-        model = _keras_plain_model("xla" in options)
+        sampler = ClusterBatchSampler(y, BATCH_CLASSES, BATCH_PER_CLASS, seed=0, order=order)
+        model = _keras_plain_model("xla" in options, normalization=_normalization(options))
         dataset = sampler.as_dataset(x).map(lambda inputs, labels: (inputs["images"], labels))
         callbacks = []
     state = {"epoch": 0}
@@ -548,6 +551,8 @@ def main(argv=None):
                                      [r["seconds"] for r in measured[plain_name][1]])
         share = common.paired_ratios(recluster, [r["seconds"] for r in dnc_runs])
         epoch[dnc_name]["recluster"] = common.summary(recluster) if recluster else None
+        epoch[dnc_name]["recluster_embedded_images"] = [
+            r["recluster_embedded_images"][-1] for r in dnc_runs if r["recluster_embedded_images"]]
         results["epoch"] = {"candidates": epoch, "time_ratio_dnc_over_keras": ratio,
                             "recluster_share_of_dnc_time": share, "target": 1.10,
                             "met": ratio["median"] <= 1.10}

@@ -87,15 +87,36 @@ def test_renorm_option_builds_the_default_conv4(repo_on_pythonpath):
     bench = load_script("bench_train_step")
 
     def renorm_flags(options):
-        model = bench._dnc_model(2, False, normalization=bench._normalization(options))
-        layers, flags = list(model.encoder.layers), set()
-        while layers:
-            layer = layers.pop()
-            layers += getattr(layer, "layers", [])
-            if hasattr(layer, "renorm"):
-                flags.add(layer.renorm)
-        return flags
+        return _renorm_flags(bench._dnc_model(2, False,
+                                              normalization=bench._normalization(options)))
 
     assert bench._parse("dnc+renorm") == ("dnc", {"renorm"})
     assert renorm_flags({"renorm"}) == {True}
     assert renorm_flags(set()) == {False}
+
+
+def test_the_default_route_is_an_epoch_candidate(tmp_path, repo_on_pythonpath):
+    """`dnc_epoch+renorm+bank+walk` against `keras_epoch+renorm+walk`: what `dnc-keras train`
+    runs by default against a plain Keras epoch of the same network and batches; its
+    re-clustering reads the bank (fewer images embedded than there are)."""
+    bench = load_script("bench_train_step")
+    out = tmp_path / "default.json"
+    argv = ["--tiny", "--skip-step", "--out", str(out), "--epoch-candidates",
+            "dnc_epoch+renorm+bank+walk", "keras_epoch+renorm+walk"]
+    assert bench.main(argv) == str(out)
+    epoch = read_results(out, "bench_train_step", *argv)["epoch"]
+    dnc = epoch["candidates"]["dnc_epoch+renorm+bank+walk"]
+    assert ratio_ok(epoch["time_ratio_dnc_over_keras"])
+    assert all(n < dnc["train_images"] for n in dnc["recluster_embedded_images"])
+    assert _renorm_flags(bench._keras_plain_model(False, normalization="renorm")) == {True}
+
+
+def _renorm_flags(model):
+    """The `renorm` flags of every normalisation layer, nested models included."""
+    layers, flags = list(model.layers), set()
+    while layers:
+        layer = layers.pop()
+        layers += getattr(layer, "layers", [])
+        if hasattr(layer, "renorm"):
+            flags.add(layer.renorm)
+    return flags
