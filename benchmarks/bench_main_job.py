@@ -73,7 +73,10 @@ def describe(config):
                                                                   config["backbone"])
     if config.get("normalization") == "renorm":
         backbone += " with batch renorm"
-    return f"dnc_keras ({recipe}{backbone}, K = {config['learners']}, {config['epochs']} epochs)"
+    route = (", re-clustering on the train steps' features"
+             if config.get("recluster_features") == "training" else "")
+    return (f"dnc_keras ({recipe}{backbone}, K = {config['learners']}, {config['epochs']} "
+            f"epochs{route})")
 
 
 if __name__ == "__main__":

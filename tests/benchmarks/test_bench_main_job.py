@@ -19,3 +19,15 @@ def test_bench_main_job_tiny(tmp_path, repo_on_pythonpath):
         assert set(metrics) >= {"R@1", "MAP@R", "NMI"}
         assert all(0.0 <= v <= 1.0 for v in metrics.values())
     assert 0 < results["train_seconds"] < results["seconds"]
+
+
+def test_the_label_names_what_the_run_trained(repo_on_pythonpath):
+    bench = load_script("bench_main_job")
+    config = {"preset": "glyphs", "backbone": "conv4", "normalization": "renorm",
+              "learners": 8, "epochs": 48, "recluster_features": "training"}
+    assert bench.describe(config) == ("dnc_keras (glyphs recipe: Conv-4 with batch renorm, "
+                                      "K = 8, 48 epochs, re-clustering on the train steps' "
+                                      "features)")
+    assert bench.describe({**config, "preset": None, "normalization": "batch",
+                           "recluster_features": "pass"}) == \
+        "dnc_keras (Conv-4, K = 8, 48 epochs)"
