@@ -35,7 +35,9 @@ class ClusterBatchSampler:
     compare at equal gradient steps. The papers' epoch (`epoch_length="largest"`) is K x the
     batches of the largest cluster, smaller clusters drawn again (CVPR's code), or K x the
     smallest's (`"smallest"`, the maintainers' later advice); its length changes with every
-    division and re-clustering, and `steps` follows the assignment installed last.
+    division and re-clustering, and `steps` follows the assignment installed last; `model.fit`
+    fixes an epoch's length for the call, so train it with `dnc_keras.training.job.fit_epochs`
+    (one call per epoch) or the distributed loop.
 
     Args:
         labels: int class labels of the training images, shape [N].
