@@ -90,6 +90,10 @@ VARIANTS = {
                                                  steps_per_epoch=None),
     "DnC K=4 fixed, renorm, fresh k-means before division": dict(
         learners=4, subspaces="fixed", normalization="renorm", recluster_before_divide=True),
+    # TPAMI's L2 on the learned masks (its weight_decay x 1), against learned masks without.
+    "DnC K=4 learned, renorm": dict(learners=4, subspaces="learned", normalization="renorm"),
+    "DnC K=4 learned, renorm, mask weight decay": dict(
+        learners=4, subspaces="learned", normalization="renorm", mask_weight_decay=1e-4),
 }
 
 
