@@ -244,8 +244,8 @@ def _ratio(entry, digits=3):
     return f"{entry['median']:.{digits}f} ({entry['min']:.{digits}f}-{entry['max']:.{digits}f})"
 
 
-# `python benchmarks/bench_train_step.py --skip-step --epoch-candidates
-# dnc_epoch+renorm+bank+walk keras_epoch+renorm+walk dnc_epoch+renorm --out train_step_epoch_default`
+# Written by `python benchmarks/bench_train_step.py --skip-step --out train_step_epoch_default
+# --epoch-candidates dnc_epoch+renorm+bank+walk keras_epoch+renorm+walk dnc_epoch+renorm`.
 DEFAULT_EPOCH_FILE = "train_step_epoch_default.json"
 
 

@@ -333,6 +333,16 @@ def test_recluster_features_through_the_cli(tmp_path, capsys, source):
         assert everything - 2 * 6 * 16 <= actions[2]["embedded"] < everything
 
 
+def test_the_dry_run_names_the_clustering_route(capsys):
+    assert cli.main(["train", "--dataset", "digits", "--learners", "2", "--dry-run"]) == 0
+    assert ("Clustering: k-means on the backbone features the train steps computed (a pass "
+            "only for rows too old); walk batches (each cluster's images without replacement)"
+            ) in capsys.readouterr().out
+    assert cli.main(["train", "--dataset", "digits", "--learners", "2",
+                     "--recluster-features", "pass", "--dry-run"]) == 0
+    assert "of a full pass over the training images; random batches" in capsys.readouterr().out
+
+
 def test_the_papers_epoch_through_the_cli(tmp_path, capsys):
     """--epoch-length largest: each epoch trains K x the largest cluster's batches of the
     clusters its re-clustering left (history.json's cluster sizes), and nothing more."""

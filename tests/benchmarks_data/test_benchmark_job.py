@@ -26,6 +26,8 @@ def test_dry_run_of_the_cub_preset(tmp_path, replicas, capsys):
     assert ("40 classes x 2 images = 80; 100 epochs of K x the batches of the largest cluster "
             "(the papers' epoch; 1 steps with one cluster)") in text
     assert "epoch 2: divide every cluster in two -> 2 learners" in text
+    assert ("Clustering: k-means on the backbone features of a full pass over the training "
+            "images; random batches") in text  # a pretrained backbone: the papers' route
     assert "epoch 44: conquer" in text
     assert "shorter side 256, centre crop 224" in text and "R@1,2,4,8, MAP@R, NMI" in text
     assert "Model: resnet50, weights imagenet -> 512-d embedding" in text
