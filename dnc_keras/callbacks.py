@@ -341,6 +341,16 @@ class ClusterEpochProgbar(keras.callbacks.ProgbarLogger):
         super().on_epoch_begin(epoch, logs)
 
 
+def with_cluster_epoch_progbar(callbacks, sampler, epochs, verbose):
+    """`callbacks` with a `ClusterEpochProgbar` last where the sampler's epochs follow its
+    clusters, progress is shown and no progress bar was given; else `callbacks` as a list."""
+    callbacks = list(callbacks or [])
+    if not verbose or sampler.epoch_length == "fixed" or any(
+            isinstance(c, keras.callbacks.ProgbarLogger) for c in callbacks):
+        return callbacks
+    return [*callbacks, ClusterEpochProgbar(sampler, epochs)]
+
+
 def dnc_callbacks(sampler, images, period=2, conquer_epoch=None, conquer_mode="tpami",
                   cluster_on="features", seed=0, backend="auto", feature_source="pass",
                   verbose=1, schedule=None, recluster_before_divide=False):

@@ -27,6 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from dnc_keras.callbacks import with_cluster_epoch_progbar
 from dnc_keras.training.checkpoints import TrainingState
 
 STRATEGIES = ("mirrored", "multi-worker")
@@ -273,8 +274,9 @@ class DistributedTrainer:
         """
         model, sampler = self.model, self.sampler
         start_epoch, start_step = start if start is not None else self.restore()
+        # The papers' epoch changes length: its bar reads the sampler's steps each epoch.
         callbacks = keras.callbacks.CallbackList(
-            callbacks, add_history=True, add_progbar=verbose != 0, model=model, verbose=verbose,
+            with_cluster_epoch_progbar(callbacks, sampler, epochs, verbose), add_history=True, add_progbar=verbose != 0, model=model, verbose=verbose,
             epochs=epochs, steps=sampler.steps)
         history = next(c for c in callbacks.callbacks if isinstance(c, keras.callbacks.History))
         model.stop_training = False

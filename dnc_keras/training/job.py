@@ -13,8 +13,8 @@ import tensorflow as tf
 
 from dnc_keras import backbones, datasets
 from dnc_keras.batches import training_batches
-from dnc_keras.callbacks import (ClusterEpochProgbar, DivergenceGuard, DnCScheduleCallback,
-                                 RetrievalEvaluation)
+from dnc_keras.callbacks import (DivergenceGuard, DnCScheduleCallback, RetrievalEvaluation,
+                                 with_cluster_epoch_progbar)
 from dnc_keras.clustering import max_learners
 from dnc_keras.evaluation import raw_pixel_baseline
 from dnc_keras.feature_bank import FeatureBank
@@ -221,8 +221,6 @@ def _run_in(folder, config, strategy, chief, verbose):
                 "seconds": seconds_before + time.perf_counter() - start}
 
     callbacks += [guard, keras.callbacks.TensorBoard(os.path.join(out, "logs"))]
-    if trainer is not None and sampler.epoch_length != "fixed" and verbose and chief:
-        callbacks.append(ClusterEpochProgbar(sampler, config.epochs))  # after the schedule's
     if trainer is None:
         callbacks.append(EpochCheckpoint(state, run_record))
         fit_epochs(model, dataset, config.epochs, start_epoch, callbacks, verbose)
@@ -293,8 +291,7 @@ def fit_epochs(model, dataset, epochs, initial_epoch=0, callbacks=(), verbose=1)
         model.fit(dataset, epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks,
                   verbose=verbose, shuffle=False)
         return
-    if verbose and not any(isinstance(c, keras.callbacks.ProgbarLogger) for c in callbacks):
-        callbacks = [*callbacks, ClusterEpochProgbar(schedule.sampler, epochs)]
+    callbacks = with_cluster_epoch_progbar(callbacks, schedule.sampler, epochs, verbose)
     schedule.set_model(model)
     schedule.on_train_begin()
     for epoch in range(initial_epoch, epochs):

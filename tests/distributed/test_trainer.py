@@ -127,7 +127,7 @@ def test_non_finite_loss_stops_training_without_a_checkpoint(tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_the_papers_epoch_follows_the_clusters_in_the_custom_loop():
+def test_the_papers_epoch_follows_the_clusters_in_the_custom_loop(capsys):
     rng = np.random.default_rng(0)
     # Two far-apart groups of 4 and 12 classes: the division's clusters are unequal.
     y = np.repeat(np.arange(dist_worker.CLASSES), dist_worker.PER_CLASS)
@@ -149,7 +149,10 @@ def test_the_papers_epoch_follows_the_clusters_in_the_custom_loop():
             trained[max(trained)] += 1
 
     trainer = distributed.DistributedTrainer(model, sampler, sampler.as_dataset(x))
-    trainer.fit(4, callbacks=callbacks + [Count()], verbose=0)
+    trainer.fit(4, callbacks=callbacks + [Count()], verbose=2)
     assert sampler.num_clusters == 2 and trained == expected
     assert [trained[e] for e in range(4)] == [8, 8, 12, 12]  # K = 2: 2 x (96 // 16)
+    # The progress bar counts each epoch to its own length.
+    printed = capsys.readouterr().out
+    assert "Epoch 2/4\n8/8 " in printed and "Epoch 3/4\n12/12 " in printed, printed
     assert int(model.optimizer.iterations) == sum(trained.values())
