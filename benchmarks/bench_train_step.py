@@ -465,6 +465,12 @@ def parse_args(argv=None):
     return args
 
 
+def _last_of_rounds(runs, key):
+    """The last value of `key` (a list per round: a unit's re-clusterings) in each round that
+    has one."""
+    return [r[key][-1] for r in runs if r.get(key)]
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.worker:
@@ -545,14 +551,15 @@ def main(argv=None):
             epoch[name] = {**common.summary(seconds),
                            "other_load": [r["other_load"] for r in runs],
                            **{k: v for k, v in info.items() if k != "ready"}}
+            embedded = _last_of_rounds(runs, "recluster_embedded_images")
+            if embedded:
+                epoch[name]["recluster_embedded_images"] = embedded
         dnc_runs = measured[dnc_name][1]
-        recluster = [r["recluster_seconds"][-1] for r in dnc_runs if r["recluster_seconds"]]
+        recluster = _last_of_rounds(dnc_runs, "recluster_seconds")
         ratio = common.paired_ratios([r["seconds"] for r in dnc_runs],
                                      [r["seconds"] for r in measured[plain_name][1]])
         share = common.paired_ratios(recluster, [r["seconds"] for r in dnc_runs])
         epoch[dnc_name]["recluster"] = common.summary(recluster) if recluster else None
-        epoch[dnc_name]["recluster_embedded_images"] = [
-            r["recluster_embedded_images"][-1] for r in dnc_runs if r["recluster_embedded_images"]]
         results["epoch"] = {"candidates": epoch, "time_ratio_dnc_over_keras": ratio,
                             "recluster_share_of_dnc_time": share, "target": 1.10,
                             "met": ratio["median"] <= 1.10}
@@ -562,14 +569,12 @@ def main(argv=None):
                                              [r["seconds"] for r in measured[plain_name][1]])
                 results["epoch"][f"time_ratio_{name}_over_keras"] = other
                 runs = measured[name][1]
-                seconds = [r["recluster_seconds"][-1] for r in runs if r["recluster_seconds"]]
+                seconds = _last_of_rounds(runs, "recluster_seconds")
                 note = ""
                 if seconds:
                     own = common.paired_ratios(seconds, [r["seconds"] for r in runs])
-                    embedded = [r["recluster_embedded_images"][-1] for r in runs
-                                if r["recluster_embedded_images"]]
+                    embedded = epoch[name]["recluster_embedded_images"]
                     results["epoch"][f"recluster_share_of_{name}_time"] = own
-                    epoch[name]["recluster_embedded_images"] = embedded
                     total = measured[name][0]["train_images"]
                     note = (f"; re-clustering {own['median']:.1%} of its time, embedding "
                             f"{int(statistics.median(embedded))} of {total} images")
