@@ -52,7 +52,7 @@ def _announce_recipe(config, overrides, stream):
     shown = ", ".join(f"{key} {value}" + (f" (flag: {overrides[key]})" if key in overrides
                                           and overrides[key] != value else "")
                       for key, value in recipe.items() if key != "dataset")
-    print(f"{config.preset} recipe (chosen on validation classes, dnc_keras/presets/"
+    print(f"{config.preset} recipe ({RECIPES[config.preset]}, dnc_keras/presets/"
           f"{config.preset}.yaml): {shown}", file=stream, flush=True)
 
 

@@ -60,7 +60,7 @@ def build_parser():
     train = commands.add_parser(
         "train", help="train a model; with no arguments, on the embedded glyphs dataset",
         description="Flags override a --config file, which overrides a --preset or, without "
-                    f"one, the dataset's recipe ({' and '.join(sorted(RECIPES))} have one: "
+                    f"one, the dataset's recipe ({', '.join(RECIPES)} have one: "
                     "printed at the start, saved in config.json); the defaults shown apply "
                     "where neither sets a value.")
     _add_train_flags(train)

@@ -40,10 +40,16 @@ DATASETS = {
     "inshop": (None, "dnc_keras.datasets:load_inshop"),
     "vehicleid": (None, "dnc_keras.datasets:load_vehicleid"),
 }
-PRESETS = ("cub", "cars", "sop", "inshop", "vehicleid", "omniglot", "glyphs")
-# Presets that are a dataset's recipe (settings chosen by benchmarks/search_recipe.py on the
-# dataset's validation classes): `--dataset NAME` without a --preset starts from it.
-RECIPES = ("omniglot", "glyphs")
+PRESETS = ("cub", "cars", "sop", "inshop", "vehicleid", "omniglot", "glyphs", "folder", "digits")
+# Presets that are a dataset's recipe: `--dataset NAME` without a --preset starts from it. Each
+# names where its settings come from, as `dnc-keras train` prints it: a search on the dataset's
+# validation classes (benchmarks/search_recipe.py), or, for data no search can use, why not.
+RECIPES = {
+    "omniglot": "chosen on validation classes",
+    "glyphs": "chosen on validation classes",
+    "folder": "not searched (your data): what both searches chose, in the main job's steps",
+    "digits": "not searched (5 training classes): the defaults with K = 2",
+}
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 _DEFAULT = object()  # Option.predates unset: such runs had the default
 

@@ -448,7 +448,8 @@ def test_train_skip_unreadable_leaves_a_broken_file_out_of_a_folder(tmp_path, ca
     argv = ["train", "--dataset", "folder", "--data-dir", str(folder), "--image-size", "24",
             "--learners", "1", "--dry-run", "--json"]  # the dry run reads a folder as training does
     assert cli.main(argv) == 2
-    error = capsys.readouterr().err.strip().splitlines()
+    recipe, *error = capsys.readouterr().err.strip().splitlines()  # --json: the recipe on stderr
+    assert recipe.startswith("folder recipe (")
     assert len(error) == 1 and "broken.jpg" in error[0] and "--skip-unreadable" in error[0]
     with pytest.warns(UserWarning, match="Skipped 1 unreadable image file"):
         assert cli.main(argv + ["--skip-unreadable"]) == 0

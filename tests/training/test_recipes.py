@@ -1,5 +1,6 @@
-"""A dataset's recipe: the settings its committed search chose, used when the dataset is named
-alone (`dnc-keras train --dataset omniglot`)."""
+"""A dataset's recipe: the settings its committed search chose (or, where no search can run,
+the settings carried over with their reason), used when the dataset is named alone
+(`dnc-keras train --dataset omniglot`)."""
 
 import json
 import os
@@ -13,22 +14,57 @@ from dnc_keras.training.presets import load_preset, preset_text
 from dnc_keras_cli.options import RECIPES
 
 RESULTS = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "results")
+SEARCHED = ("omniglot", "glyphs")
+
+
+def searched_choice(name):
+    """The DnC family's choice in a committed search, with the values its second stage kept."""
+    with open(os.path.join(RESULTS, f"recipe_search_{name}.json")) as f:
+        dnc = json.load(f)["families"]["dnc"]
+    chosen = dict(dnc.get("recipe", dnc["chosen"]["settings"]))
+    chosen.pop("eval_every")
+    return chosen
 
 
 @pytest.mark.parametrize("name", RECIPES)
-def test_recipe_is_the_dnc_choice_of_its_committed_search(name):
-    with open(os.path.join(RESULTS, f"recipe_search_{name}.json")) as f:
-        search = json.load(f)
-    # The random search's choice, with the values its second stage kept (if it had one).
-    dnc = search["families"]["dnc"]
-    chosen = dict(dnc.get("recipe", dnc["chosen"]["settings"]))
-    chosen.pop("eval_every")
-    recipe = load_preset(name)
-    assert recipe.pop("dataset") == name
-    assert recipe == chosen
+def test_every_recipe_value_names_its_source(name):
     for line in (line for line in preset_text(name).splitlines()
                  if line and not line.startswith("#")):
         assert re.match(r"^\w+: \S+\s+# \S", line), f"{name}: no source comment on {line!r}"
+    assert load_preset(name)["dataset"] == name
+
+
+@pytest.mark.parametrize("name", SEARCHED)
+def test_recipe_is_the_dnc_choice_of_its_committed_search(name):
+    recipe = load_preset(name)
+    recipe.pop("dataset")
+    assert recipe == searched_choice(name)
+
+
+def test_folder_recipe_carries_over_what_both_searches_chose_in_the_main_jobs_steps():
+    from dnc_keras import datasets
+
+    omniglot, glyphs = (searched_choice(name) for name in SEARCHED)
+    agreed = {key: value for key, value in glyphs.items() if omniglot.get(key) == value}
+    assert set(agreed) == set(glyphs) - {"epochs"}  # the searches differ in epochs alone
+    recipe = load_preset("folder")
+    assert {key: recipe[key] for key in agreed} == agreed
+    # The rest is the schedule: the glyphs' recipe as the main job trains it, in steps.
+    assert set(recipe) - set(agreed) == {"dataset", "epochs", "steps_per_epoch"}
+    main_job = TrainConfig.resolve()
+    steps_per_epoch = len(datasets.load("glyphs").y_train) // (
+        main_job.classes_per_batch * main_job.samples_per_class)
+    assert (recipe["epochs"], recipe["steps_per_epoch"]) == (main_job.epochs, steps_per_epoch)
+
+
+def test_digits_train_with_the_defaults_and_the_most_learners_their_classes_allow(capsys):
+    assert TrainConfig.resolve(dataset="digits") == TrainConfig(dataset="digits", learners=2,
+                                                                preset="digits")
+    # The bare command runs; K = 4, the defaults' value, is refused on 5 classes.
+    assert cli.main(["train", "--dataset", "digits", "--dry-run"]) in (0, None)
+    assert "digits recipe (not searched" in capsys.readouterr().out
+    assert cli.main(["train", "--dataset", "digits", "--learners", "4", "--dry-run"]) == 2
+    assert "learners must be <= 2" in capsys.readouterr().err
 
 
 def test_naming_the_dataset_alone_trains_with_its_recipe(tmp_path):
@@ -44,7 +80,7 @@ def test_naming_the_dataset_alone_trains_with_its_recipe(tmp_path):
     assert from_file.preset == "omniglot" and from_file.learners == 1
     assert from_file.epochs == recipe["epochs"]
     # A dataset without a recipe keeps the defaults; a named preset is not replaced.
-    assert TrainConfig.resolve(dataset="digits") == TrainConfig(dataset="digits")
+    assert TrainConfig.resolve(dataset="cub") == TrainConfig(dataset="cub")
     assert TrainConfig.resolve(preset="cub").preset == "cub"
 
 
