@@ -6,15 +6,18 @@
         # -> benchmarks/results/glyphs_dnc.json (+ .md)
     python benchmarks/bench_dnc.py --variants "single (K=1)" "DnC K=4 learned" "DnC K=8 fixed" \
         --out benchmarks/results/omniglot_ablation.json
+    python benchmarks/bench_dnc.py --dataset digits --raw-pixels --baseline "digits settings, \
+        single learner" --variants "digits settings, single learner" "digits settings, DnC" \
+        "folder recipe, K = 2"      # the pipeline's smoke test, against the raw pixels
     python benchmarks/bench_dnc.py --tiny --data-dir OMNIGLOT_LIKE_FOLDER    # seconds
 
 Omniglot: classes sorted by name, first half trains, second half (unseen characters) tests;
-glyphs: the main job's data and settings. Every variant uses the same Conv-4, embedding size,
-loss, epochs and steps per epoch; only the DnC settings differ. Seeds are independent (each
-draws its own batches, initialisation and k-means seeds from its own streams), and every
-variant runs the same seeds, so each variant is compared with `--baseline` (the single learner)
-on paired differences: the mean difference over the seeds and its 95% Student-t interval; a
-variant is "ahead" when the whole interval lies above 0.
+glyphs: the main job's data and settings; digits: digits 0-4 train, 5-9 test. Every variant
+uses the same Conv-4, embedding size, loss, epochs and steps per epoch; only the DnC settings
+differ. Seeds are independent (each draws its own batches, initialisation and k-means seeds
+from its own streams), and every variant runs the same seeds, so each variant is compared with
+`--baseline` (the single learner) on paired differences: the mean difference over the seeds
+and its 95% Student-t interval; a variant is "ahead" when the whole interval lies above 0.
 
 Each run writes a record (`<results stem>.runs/<variant>-s<seed>.json`: settings, metrics,
 seconds, provenance) as soon as it ends, and a run whose record holds the same settings is not
@@ -148,6 +151,28 @@ NORMALIZATION_OPTIONS = {
 
 
 VARIANTS.update(recipe_variants())
+# The current default route, named where a variant must say it: batch renormalisation, the walk
+# and re-clustering on the train steps' features (what `dnc-keras train` trains a Conv-4 with).
+FAST_ROUTE = NORMALIZATION_OPTIONS["renorm, walk, training features"]
+
+
+def digits_variants():
+    """Digits (5 training classes, no search possible): "digits settings, DnC", what
+    `dnc-keras train --dataset digits` trains (dnc_keras/presets/digits.yaml: the defaults with
+    K = 2); the same with one learner; and "folder recipe, K = 2": the recipe carried over to
+    data no search saw (presets/folder.yaml), with the most learners digits allow."""
+    from dnc_keras.training.presets import load_preset
+
+    defaults = {key: value for key, value in load_preset("digits").items() if key != "dataset"}
+    folder = {key: value for key, value in load_preset("folder").items() if key != "dataset"}
+    dnc = {"epochs": 10, **defaults, **FAST_ROUTE}
+    return {"digits settings, DnC": dnc,
+            "digits settings, single learner": {**dnc, "learners": 1},
+            "folder recipe, K = 2": {**folder, **FAST_ROUTE, "learners": defaults["learners"]}}
+
+
+VARIANTS.update(digits_variants())
+RAW_PIXELS = "raw pixels (no training)"
 # The variants and the recipe searches were defined and measured with the defaults of their
 # time, since changed: BatchNorm (the Conv-4's default until batch renormalisation), and the
 # full pass with random batches (the re-clustering default until the fast route). A variant
@@ -175,7 +200,8 @@ def parse_args(argv=None):
     """The arguments, `--tiny`'s settings applied and `out` resolved to the results path."""
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", choices=["omniglot", "glyphs"], default="omniglot")
+    parser.add_argument("--dataset", choices=["omniglot", "glyphs", "digits"],
+                        default="omniglot")
     parser.add_argument("--data-dir", default=os.environ.get("DNC_OMNIGLOT_DIR"),
                         help="Omniglot's images_background_small1 folder (default: the "
                         "DNC_OMNIGLOT_DIR variable, as the tests read it)")
@@ -197,6 +223,9 @@ def parse_args(argv=None):
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS,
                         choices=list(VARIANTS), metavar="VARIANT",
                         help=f"any of {list(VARIANTS)}")
+    parser.add_argument("--raw-pixels", action="store_true",
+                        help=f"add the row {RAW_PIXELS!r}: the test images' pixels as the "
+                        "embedding, which every run evaluates beside its model, paired by seed")
     parser.add_argument("--runs-dir", default=None,
                         help="folder of the run folders (default: runs/bench_<dataset>)")
     bench_common.add_out_argument(
@@ -229,10 +258,26 @@ def run_once(name, seed, common, runs_dir, out):
     result, seconds = train(settings, os.path.join(runs_dir, f"{_slug(name)}-s{seed}"))
     record = {"variant": name, "seed": seed, "settings": settings, "seconds": round(seconds, 1),
               **result["test"], "provenance": bench_common.provenance()}
+    if "raw_pixels" in result:
+        record["raw_pixels"] = result["raw_pixels"]
     if "margin_betas" in result:  # learned (--learn-beta): learners' first, the conquered last
         record["margin_betas"] = result["margin_betas"]
     bench_common.write_atomic(path, json.dumps(record, indent=2) + "\n")
     return record, False
+
+
+def raw_pixel_runs(name, runs, out):
+    """The raw-pixel baseline of each of `name`'s runs, from its record, as runs of a variant
+    (0 seconds): the same test images, so its paired differences read as any variant's."""
+    rows = []
+    for run in runs:
+        with open(record_path(out, name, run["seed"])) as f:
+            pixels = json.load(f).get("raw_pixels")
+        if pixels is None:
+            sys.exit(f"{record_path(out, name, run['seed'])} has no raw_pixels (recorded before "
+                     "runs kept them): run without --raw-pixels, or record that run again")
+        rows.append({"seed": run["seed"], "seconds": 0.0, **{m: pixels[m] for m in METRICS}})
+    return rows
 
 
 def recorded(path, settings):
@@ -297,6 +342,8 @@ def main(argv=None):
                      "images_background_small1 of github.com/brendenlake/omniglot)")
         common.update(dataset="omniglot", data_dir=os.path.abspath(args.data_dir),
                       image_size=28, steps_per_epoch=17)  # 1,360 training images // 80
+    elif args.dataset == "digits":
+        common.update(dataset="digits")
     if args.tiny:
         common.update(steps_per_epoch=2, plots=False)
     runs = {}
@@ -308,6 +355,8 @@ def main(argv=None):
             print(f"{name:28s} seed {seed}: " + " ".join(f"{m} {record[m]:.3f}"
                                                         for m in METRICS)
                   + (" (recorded)" if reused else ""), flush=True)
+    if args.raw_pixels:
+        runs[RAW_PIXELS] = raw_pixel_runs(args.variants[0], runs[args.variants[0]], args.out)
     summary, differences = summarise(runs, args.baseline, args.looks)
     also = {b: summarise(runs, b, args.looks)[1] for b in args.also_against
             if b != args.baseline}
@@ -316,7 +365,7 @@ def main(argv=None):
     print(table)
     bench_common.write_results(
         {"command": bench_common.command_line(__file__, argv), "common": common,
-         "variants": {n: VARIANTS[n] for n in runs}, "baseline": args.baseline,
+         "variants": {n: VARIANTS[n] for n in args.variants}, "baseline": args.baseline,
          "looks": args.looks, "runs": runs,
          "summary": summary, "differences": differences, "also_against": also},
         args.out, argv, __file__)
