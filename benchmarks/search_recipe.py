@@ -3,6 +3,8 @@
     python benchmarks/search_recipe.py --data-dir images_background_small1   # omniglot
         # -> benchmarks/results/recipe_search_omniglot.json (+ .md, + .runs/), 2 x 12 trials
     python benchmarks/search_recipe.py --dataset glyphs
+    python benchmarks/search_recipe.py --dataset folder --data-dir MY_FOLDER \
+        --write-recipe my_recipe.yaml      # your own classes; then: dnc-keras train --config
     python benchmarks/search_recipe.py --tiny --data-dir OMNIGLOT_LIKE_FOLDER   # seconds
 
 Issue 14: each dataset's recommended settings come from a search on validation classes, never
@@ -52,7 +54,8 @@ from bench_dnc import MEASURED_DEFAULTS, recorded, train  # noqa: E402
 # Epochs per dataset, scaled to the same steps: with a quarter of the training classes held out,
 # an Omniglot epoch is 12 steps of 20 x 4 and a glyphs epoch 30 (`train --dry-run` prints both),
 # so both draw 480, 960 or 1,440 steps (the most near issue 14's 10 CPU minutes).
-EPOCHS = {"omniglot": (40, 80, 120), "glyphs": (16, 32, 48)}
+# A folder of any size gets the glyphs' 30 steps per epoch (`DATASETS`), so the same steps too.
+EPOCHS = {"omniglot": (40, 80, 120), "glyphs": (16, 32, 48), "folder": (16, 32, 48)}
 # What each trial draws, one value per key, uniformly. "loss" pairs a loss with its margin (the
 # margin loss's alpha): the field's usual values for batch-hard triplets and Wu et al.'s 0.2.
 SPACE_SHARED = {
@@ -80,7 +83,9 @@ VALIDATION_CLASSES = 0.25
 # Settings of every trial: the package's Conv-4 defaults otherwise.
 FIXED = {"validation_classes": VALIDATION_CLASSES, "test_evaluation": False, "nmi": False,
          "plots": False, "classes_per_batch": 20, "samples_per_class": 4, "seed": 0}
-DATASETS = {"omniglot": {"dataset": "omniglot", "image_size": 28}, "glyphs": {"dataset": "glyphs"}}
+DATASETS = {"omniglot": {"dataset": "omniglot", "image_size": 28}, "glyphs": {"dataset": "glyphs"},
+            "folder": {"dataset": "folder", "steps_per_epoch": 30}}
+ON_DISK = ("omniglot", "folder")  # datasets read from --data-dir
 EVALUATIONS_PER_TRIAL = 20
 TINY = {"epochs": 2, "steps_per_epoch": 2, "eval_every": 1}  # `--tiny`'s runs
 
@@ -120,9 +125,13 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=list(DATASETS), default="omniglot")
-    parser.add_argument("--data-dir", default=os.environ.get("DNC_OMNIGLOT_DIR"),
+    parser.add_argument("--data-dir", default=None,
                         help="Omniglot's images_background_small1 folder (default: the "
-                        "DNC_OMNIGLOT_DIR variable, as the tests read it)")
+                        "DNC_OMNIGLOT_DIR variable, as the tests read it), or your folder of "
+                        "<class>/<image> files with --dataset folder")
+    parser.add_argument("--write-recipe", default=None, metavar="FILE",
+                        help="also write the DnC family's recipe as YAML settings, with the "
+                        "dataset and its folder, for `dnc-keras train --config FILE`")
     parser.add_argument("--budget", type=int, default=BUDGET,
                         help=f"random trials per family (default {BUDGET}; at most "
                         f"{max_budget()}, so that with the second stage's "
@@ -134,6 +143,8 @@ def parse_args(argv=None):
     bench_common.add_out_argument(parser, "recipe_search_omniglot.json",
                                   note=" for omniglot, recipe_search_glyphs.json for glyphs")
     args = parser.parse_args(argv)
+    if args.data_dir is None and args.dataset == "omniglot":
+        args.data_dir = os.environ.get("DNC_OMNIGLOT_DIR")
     if not 1 <= args.budget <= max_budget():
         parser.error(f"--budget must be in [1, {max_budget()}]. Received: {args.budget}")
     args.refine_seeds = REFINE_SEEDS
@@ -180,10 +191,12 @@ def run_trial(family, index, settings, common, runs_dir, out, name=None):
 def main(argv=None):
     args = parse_args(argv)
     common = {**FIXED, **DATASETS[args.dataset]}
-    if args.dataset == "omniglot":
+    if args.dataset in ON_DISK:
         if not args.data_dir or not os.path.isdir(args.data_dir):
-            sys.exit(f"Omniglot not found at {args.data_dir}: pass --data-dir (the folder "
-                     "images_background_small1 of github.com/brendenlake/omniglot)")
+            what = ("Omniglot", "the folder images_background_small1 of github.com/"
+                    "brendenlake/omniglot") if args.dataset == "omniglot" else (
+                    "Your folder", "<class>/<image> files")
+            sys.exit(f"{what[0]} not found at {args.data_dir}: pass --data-dir ({what[1]})")
         common["data_dir"] = os.path.abspath(args.data_dir)
     runs_dir = args.runs_dir or os.path.join("runs", f"search_{args.dataset}")
     families = {}
@@ -215,7 +228,24 @@ def main(argv=None):
     print(table)
     bench_common.write_results(results, args.out, argv, __file__)
     bench_common.write_atomic(os.path.splitext(args.out)[0] + ".md", table + "\n")
+    if args.write_recipe:
+        write_recipe(args.write_recipe, results, args.out)
     return args.out
+
+
+def write_recipe(path, results, source):
+    """The DnC family's recipe as YAML settings for `dnc-keras train --config`: the dataset (and
+    its folder), the trials' schedule, and the values the search chose, the source named."""
+    import yaml
+
+    fixed = results["fixed"]
+    settings = {key: fixed[key] for key in ("dataset", "data_dir", "image_size",
+                                              "steps_per_epoch") if key in fixed}
+    settings.update({k: v for k, v in results["families"]["dnc"]["recipe"].items()
+                     if k != "eval_every"})
+    header = (f"# The DnC family's recipe of {os.path.basename(source)} (benchmarks/"
+              "search_recipe.py): chosen on validation classes.\n")
+    bench_common.write_atomic(path, header + yaml.safe_dump(settings, sort_keys=False))
 
 
 def refine(family, choice, seeds, common, runs_dir, out, tiny=False):

@@ -34,9 +34,9 @@ def test_trials_are_distinct_seeded_draws_of_the_family_space():
 @pytest.mark.bench_tiny
 def test_search_recipe_tiny_sees_validation_classes_only(tmp_path, omniglot_replica):
     search = load_script("search_recipe")
-    out = tmp_path / "search.json"
+    out, recipe_file = tmp_path / "search.json", tmp_path / "recipe.yaml"
     argv = ["--tiny", "--data-dir", str(omniglot_replica), "--runs-dir", str(tmp_path / "runs"),
-            "--out", str(out)]
+            "--out", str(out), "--write-recipe", str(recipe_file)]
     assert search.main(argv) == str(out)
     results = read_results(out, "search_recipe", *argv)
     # 2 random trials per family, then the option on and off at seed 0 (the choice's own trial
@@ -66,8 +66,29 @@ def test_search_recipe_tiny_sees_validation_classes_only(tmp_path, omniglot_repl
     frozen = json.loads((tmp_path / "search.runs" / refined[0]).read_text())
     assert frozen["settings"]["freeze_backbone_on_recluster"] is True
     assert frozen["settings"]["seed"] == 0
+    # The written recipe is the DnC family's, on the searched data, as train's --config reads it.
+    from dnc_keras.training.config import TrainConfig
+
+    config = TrainConfig.resolve(path=str(recipe_file))
+    dnc = results["families"]["dnc"]["recipe"]
+    assert {key: getattr(config, key) for key in dnc if key != "eval_every"} == \
+        {key: value for key, value in dnc.items() if key != "eval_every"}
+    assert (config.dataset, config.data_dir, config.image_size) == ("omniglot",
+                                                                    str(omniglot_replica), 28)
+    assert config.validation_classes == 0.0 and config.test_evaluation  # the search's own: not
     # A record's validation score is its curve's best point.
     record = json.loads((tmp_path / "search.runs" / "dnc-00.json").read_text())
     best = max(record["curve"], key=lambda point: point["MAP@R"])
     assert record["validation"]["MAP@R"] == best["MAP@R"]
     assert record["validation"]["epoch"] == best["epoch"]
+
+
+def test_a_folder_is_searched_at_the_same_steps_and_must_be_named(tmp_path, capsys):
+    search = load_script("search_recipe")
+    folder = search.draw_trials("dnc", 12, search_seed=0, dataset="folder")
+    assert [t["epochs"] * search.DATASETS["folder"]["steps_per_epoch"] for t in folder] == \
+        [t["epochs"] * 30 for t in search.draw_trials("dnc", 12, search_seed=0,
+                                                      dataset="glyphs")]
+    with pytest.raises(SystemExit, match="Your folder not found at .*nowhere: pass --data-dir"):
+        search.main(["--dataset", "folder", "--data-dir", str(tmp_path / "nowhere"),
+                     "--out", str(tmp_path / "s.json")])
