@@ -76,7 +76,8 @@ STEP_CANDIDATES = ("dnc", "keras", "torch_pml", "torch_pml@2", "torch_pml@3", "k
 # training part of the DnC epoch alone), bank (dnc_epoch re-clustering on the features its
 # train steps computed, feature_source="training", instead of a separate pass), renorm (the
 # Conv-4 with batch renormalisation, what `dnc-keras train` trains by default, where the other
-# candidates build Keras's plain BatchNorm default of `backbones.conv4`), walk (epochs: the
+# candidates build Keras's plain BatchNorm default of `backbones.conv4`; torch_pml+renorm: the
+# same arithmetic in PyTorch, `_TorchBatchRenorm`), walk (epochs: the
 # sampler walks each cluster without replacement; with renorm and bank, a run's default).
 OPTIONS = ("xla", "spe", "interop1", "unfused_bn", "onednn0", "t1", "bf16", "fpmath_bf16",
            "caller_thread", "ftz", "norecluster", "bank", "renorm", "walk")
@@ -218,9 +219,10 @@ def _torch_step_unit(options, args):
         torch.set_flush_denormal(True)
     torch.manual_seed(0)
     layers, channels = [], IMAGE[-1]
+    norm = _torch_batch_renorm() if "renorm" in options else torch.nn.BatchNorm2d
     for _ in range(4):
         layers += [torch.nn.Conv2d(channels, 64, 3, padding=1, bias=False),
-                   torch.nn.BatchNorm2d(64), torch.nn.ReLU(), torch.nn.MaxPool2d(2)]
+                   norm(64), torch.nn.ReLU(), torch.nn.MaxPool2d(2)]
         channels = 64
     net = torch.nn.Sequential(*layers, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
                               torch.nn.Dropout(0.01), torch.nn.Linear(64, 128))
@@ -243,6 +245,41 @@ def _torch_step_unit(options, args):
             loss.backward()
             optimizer.step()
     return unit, {"images_per_unit": args.steps * BATCH, "torch_threads": torch.get_num_threads()}
+
+
+def _torch_batch_renorm():
+    """A PyTorch BatchNorm2d computing what `backbones.FusedBatchNormalization(renorm=True)`
+    computes in training (Ioffe, 2017, unclipped, as Keras's `renorm=True`): the batch's
+    moments, then r = sigma_B / sigma_renorm and d = (mu_B - mu_renorm) / sigma_renorm, constants
+    in the gradient, folded into the scale and offset of one fused batch norm, and the renorm
+    statistics moved towards the batch's. PyTorch has no batch renormalisation, so the peer of
+    the Conv-4 `dnc-keras train` trains by default is this, with the same passes over the
+    activation as the Keras layer (one for the moments, one fused normalisation)."""
+    import torch
+
+    class TorchBatchRenorm(torch.nn.BatchNorm2d):
+        def __init__(self, channels, renorm_momentum=0.99):
+            super().__init__(channels)
+            self.register_buffer("renorm_mean", torch.zeros(channels))
+            self.register_buffer("renorm_stddev", torch.ones(channels))
+            self.renorm_momentum = renorm_momentum
+
+        def forward(self, x):
+            if not self.training:
+                return super().forward(x)
+            with torch.no_grad():
+                variance, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+                stddev = torch.sqrt(variance + self.eps)
+                r = stddev / self.renorm_stddev
+                d = (mean - self.renorm_mean) / self.renorm_stddev
+                self.renorm_mean.lerp_(mean, 1.0 - self.renorm_momentum)
+                self.renorm_stddev.lerp_(stddev, 1.0 - self.renorm_momentum)
+            return torch.nn.functional.batch_norm(
+                x, self.running_mean, self.running_var, self.weight * r,
+                self.bias + self.weight * d, training=True, momentum=self.momentum,
+                eps=self.eps)
+
+    return TorchBatchRenorm
 
 
 def _epoch_unit(name, options, args):
@@ -506,6 +543,9 @@ def main(argv=None):
                  ("keras+xla", "keras"), ("dnc+xla", "dnc"), ("dnc", "dnc+unfused_bn")]
         pairs += [(n, "dnc") for n in measured
                   if n.startswith("dnc+") and {(n, "dnc"), ("dnc", n)}.isdisjoint(pairs)]
+        # Each PyTorch candidate against the Keras ones built with the same options.
+        pairs += [(a + n[len("torch_pml"):], n) for n in measured
+                  if n.startswith("torch_pml+") and "@" not in n for a in ("dnc", "keras")]
         for a, b in pairs:
             if a in measured and b in measured:
                 # Speed ratio a/b = time(b) / time(a), per round.
@@ -520,7 +560,7 @@ def main(argv=None):
             replicas = [n for n in measured if n.split("@")[0] == base]
             best = [min(measured[n][1][i]["seconds"] for n in replicas)
                     for i in range(args.repeats)]
-            for a in ("dnc", "keras"):
+            for a in (keras + base[len("torch_pml"):] for keras in ("dnc", "keras")):
                 if a in measured:
                     ta = [r["seconds"] for r in measured[a][1]]
                     ratios[f"{a}/{base} (fastest of {len(replicas)} processes)"] = {

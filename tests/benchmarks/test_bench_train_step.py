@@ -120,3 +120,47 @@ def _renorm_flags(model):
         if hasattr(layer, "renorm"):
             flags.add(layer.renorm)
     return flags
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="PyTorch peer: pip install -e .[benchmark]")
+def test_torch_renorm_peer_computes_what_the_keras_layer_computes(repo_on_pythonpath):
+    """`torch_pml+renorm` is the same network as `dnc+renorm`: over three training steps of
+    the same inputs and weights, the PyTorch layer's outputs, input gradients and renorm
+    statistics match `FusedBatchNormalization(renorm=True)`'s (float32 rounding)."""
+    import tensorflow as tf
+    import torch
+
+    from dnc_keras.backbones import FusedBatchNormalization
+
+    bench = load_script("bench_train_step")
+    rng = np.random.default_rng(0)
+    keras_layer = FusedBatchNormalization(renorm=True, epsilon=1e-5)
+    torch_layer = bench._torch_batch_renorm()(6)
+    torch_layer.train()
+    keras_layer.build((8, 5, 5, 6))
+    gamma, beta = rng.uniform(0.5, 1.5, 6), rng.normal(size=6)
+    keras_layer.gamma.assign(gamma.astype(np.float32))
+    keras_layer.beta.assign(beta.astype(np.float32))
+    with torch.no_grad():
+        torch_layer.weight.copy_(torch.from_numpy(gamma.astype(np.float32)))
+        torch_layer.bias.copy_(torch.from_numpy(beta.astype(np.float32)))
+    for step in range(3):
+        x = rng.normal(1.0 + step, 2.0, (8, 5, 5, 6)).astype(np.float32)
+        upstream = rng.normal(size=x.shape).astype(np.float32)
+        tf_x = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(tf_x)
+            tf_out = keras_layer(tf_x, training=True)
+            tf_loss = tf.reduce_sum(tf_out * upstream)
+        tf_grad = tape.gradient(tf_loss, tf_x).numpy()
+        torch_x = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_()
+        torch_out = torch_layer(torch_x)
+        (torch_out * torch.from_numpy(upstream.transpose(0, 3, 1, 2).copy())).sum().backward()
+        np.testing.assert_allclose(torch_out.detach().numpy().transpose(0, 2, 3, 1),
+                                   tf_out.numpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(torch_x.grad.numpy().transpose(0, 2, 3, 1), tf_grad,
+                                   rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(torch_layer.renorm_mean.numpy(),
+                                   keras_layer.renorm_mean.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(torch_layer.renorm_stddev.numpy(),
+                                   keras_layer.renorm_stddev.numpy(), rtol=1e-5, atol=1e-6)
