@@ -247,6 +247,10 @@ def _ratio(entry, digits=3):
 # Written by `python benchmarks/bench_train_step.py --skip-step --out train_step_epoch_default
 # --epoch-candidates dnc_epoch+renorm+bank+walk keras_epoch+renorm+walk dnc_epoch+renorm`.
 DEFAULT_EPOCH_FILE = "train_step_epoch_default.json"
+# Written by `python benchmarks/bench_train_step.py --skip-epoch --repeats 21 --out
+# train_step_renorm_torch --candidates dnc+renorm torch_pml+renorm torch_pml+renorm@2
+# torch_pml+renorm@3`.
+RENORM_STEP_FILE = "train_step_renorm_torch.json"
 
 
 def performance():
@@ -262,19 +266,12 @@ def performance():
     ratio = epoch["time_ratio_dnc_epoch+renorm_over_keras"]
     rows.append(["the same with the papers' full pass and random batches", _ratio(ratio),
                  f"<= {epoch['target']}", "yes" if ratio["median"] <= epoch["target"] else "no"])
-    ratios = load("train_step.json")["step"]["speed_ratios"]
-    # The peer credited with its fastest process, round by round, where it ran in several.
-    peer = next((k for k in ratios if k.startswith("dnc/torch_pml (fastest")), "dnc/torch_pml")
-    step = ratios.get(peer)
-    if step:
-        interval = step.get("ci95")
-        shown = _ratio(step) + (f"; geometric mean {step['geometric_mean']:.3f}, 95% interval "
-                                f"{interval[0]:.3f}-{interval[1]:.3f}" if interval else "")
-        verdict = ("yes" if interval and interval[0] >= 1 else
-                   "on the median" if step["median"] >= 1 else "no")
-        rows.append(["DnC train step speed / PyTorch + pytorch-metric-learning "
-                     f"({len(step['all'])} paired rounds), `bench_train_step.py`", shown,
-                     ">= 1 (interval)", verdict])
+    rows += [row for row in (
+        _torch_step_row("train_step.json", "dnc/torch_pml", "DnC train step speed / PyTorch + "
+                        "pytorch-metric-learning, BatchNorm Conv-4"),
+        _torch_step_row(RENORM_STEP_FILE, "dnc+renorm/torch_pml+renorm", "the same with batch "
+                        "renormalisation (the default Conv-4; PyTorch's written to match)"))
+        if row]
     recluster = load("recluster.json")
     rows.append(["re-clustering share of the training between two, `bench_recluster.py`",
                  f"by default (the walk, train steps' features) up to "
@@ -296,10 +293,26 @@ def performance():
     rows.append(["peak RSS, `bench_memory.py`", f"main job {memory['job']['peak_rss_mib']:.0f} "
                  f"MiB; {memory['recluster']['n']:,}-image re-clustering "
                  f"{memory['recluster']['peak_during_mib']:.0f} MiB", "reported", ""])
-    files = [DEFAULT_EPOCH_FILE, "train_step.json", "recluster.json", "evaluation.json",
-             "pipeline.json", "memory.json"]
+    files = [DEFAULT_EPOCH_FILE, "train_step.json", RENORM_STEP_FILE, "recluster.json",
+             "evaluation.json", "pipeline.json", "memory.json"]
     return table(["hot path", "measured: median (range of rounds)", "target", "met"], rows) + \
         "\n\n" + "\n".join("- " + source(f, load(f)) for f in files)
+
+
+def _torch_step_row(name, pair, label):
+    """The row of a train step against its PyTorch peer (`pair`, "a/b"), the peer credited
+    with its fastest process, round by round, where it ran in several; None if not measured."""
+    ratios = load(name)["step"]["speed_ratios"]
+    step = ratios.get(next((k for k in ratios if k.startswith(pair + " (fastest")), pair))
+    if not step:
+        return None
+    interval = step.get("ci95")
+    shown = _ratio(step) + (f"; geometric mean {step['geometric_mean']:.3f}, 95% interval "
+                            f"{interval[0]:.3f}-{interval[1]:.3f}" if interval else "")
+    verdict = ("yes" if interval and interval[0] >= 1 else
+               "on the median" if step["median"] >= 1 else "no")
+    return [f"{label} ({len(step['all'])} paired rounds), `bench_train_step.py`", shown,
+            ">= 1 (interval)", verdict]
 
 
 def step_ratios(name):
