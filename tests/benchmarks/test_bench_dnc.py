@@ -135,3 +135,50 @@ def test_recipe_variants_are_each_familys_choice_of_a_search(tmp_path):
         "batch_order": "walk", "recluster_features": "training"}
     options = len(bench.PAPERS_OPTIONS) + len(bench.NORMALIZATION_OPTIONS)
     assert len(variants) == len(bases) * (1 + options) + 3
+
+
+def test_raw_pixels_are_a_row_paired_by_seed_from_each_runs_record(tmp_path):
+    bench = load_script("bench_dnc")
+    out = str(tmp_path / "digits.json")
+    name = "digits settings, DnC"
+    pixels = {seed: {m: 0.5 + seed / 10 + i / 100 for i, m in enumerate(bench.METRICS)}
+              for seed in (0, 1)}
+    for seed, values in pixels.items():
+        path = bench.record_path(out, name, seed)
+        (tmp_path / "digits.runs").mkdir(exist_ok=True)
+        with open(path, "w") as f:
+            json.dump({"seed": seed, "raw_pixels": {**values, "R-precision": 0.0}}, f)
+    runs = [{"seed": seed, "R@1": 0.1} for seed in pixels]
+    assert bench.raw_pixel_runs(name, runs, out) == [
+        {"seed": seed, "seconds": 0.0, **values} for seed, values in pixels.items()]
+    # Paired like any variant: the difference per seed is pixels minus the run's.
+    summary, differences = bench.summarise(
+        {name: [{"seed": s, "seconds": 1.0, **{m: 0.4 for m in bench.METRICS}} for s in pixels],
+         bench.RAW_PIXELS: bench.raw_pixel_runs(name, runs, out)}, name)
+    assert differences[bench.RAW_PIXELS]["R@1"]["mean"] == pytest.approx(
+        np.mean([pixels[s]["R@1"] - 0.4 for s in pixels]))
+    # A record from before runs kept their raw pixels is named, not read as zeros.
+    with open(bench.record_path(out, name, 1), "w") as f:
+        json.dump({"seed": 1}, f)
+    with pytest.raises(SystemExit, match="s1.json has no raw_pixels"):
+        bench.raw_pixel_runs(name, runs, out)
+
+
+def test_digits_variants_are_its_settings_and_the_folder_recipe_with_its_learners():
+    from dnc_keras.training.config import TrainConfig
+    from dnc_keras.training.presets import load_preset
+
+    bench = load_script("bench_dnc")
+    digits = TrainConfig.resolve(dataset="digits")
+    dnc = bench.VARIANTS["digits settings, DnC"]
+    assert (dnc["learners"], dnc["epochs"]) == (digits.learners, digits.epochs)
+    assert bench.VARIANTS["digits settings, single learner"] == {**dnc, "learners": 1}
+    folder = bench.VARIANTS["folder recipe, K = 2"]
+    recipe = load_preset("folder")
+    assert {k: v for k, v in folder.items() if k in recipe and k != "learners"} == \
+        {k: v for k, v in recipe.items() if k not in ("dataset", "learners")}
+    # Each runs the route dnc-keras train takes by default, not the records' older defaults.
+    for settings in (dnc, folder):
+        assert (settings["normalization"], settings["batch_order"],
+                settings["recluster_features"]) == (digits.normalization, digits.batch_order,
+                                                    digits.recluster_features)
