@@ -107,9 +107,10 @@ def test_cli_trains_with_the_mirrored_loop_and_refuses_to_overwrite_it(tmp_path,
     assert (out / "checkpoints" / "checkpoint").exists() and (out / "model.keras").exists()
     written = (out / "model.keras").read_bytes()
     assert cli.main(argv) == 2  # the same command again: the finished run is kept
-    captured = capsys.readouterr()
-    assert captured.err.strip() == (f"dnc-keras train: error: {out} holds a finished run; pass "
-                                    "--overwrite to replace it, or choose another --out")
+    recipe, *error = capsys.readouterr().err.strip().splitlines()  # --json: recipe on stderr
+    assert recipe.startswith("digits recipe (")
+    assert error == [f"dnc-keras train: error: {out} holds a finished run; pass --overwrite to "
+                     "replace it, or choose another --out"]
     assert (out / "model.keras").read_bytes() == written
     assert cli.main([*argv, "--overwrite"]) == 0
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
