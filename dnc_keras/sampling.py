@@ -11,12 +11,11 @@ import numpy as np
 import tensorflow as tf
 
 from dnc_keras.clustering import drop_single_image_classes
+from dnc_keras_cli.options import EPOCH_LENGTHS, ORDERS
 
 # Purpose of the batch-draw streams among a run's random streams (see dnc_keras.batches).
 BATCH_STREAM = 0
 WALK_STREAM = 3
-ORDERS = ("random", "walk")
-EPOCH_LENGTHS = ("fixed", "largest", "smallest")
 
 
 class ClusterBatchSampler:

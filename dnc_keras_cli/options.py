@@ -149,6 +149,10 @@ def _opt(name, kind, default, help, **kwargs):
 # renormalisation, ahead of BatchNorm with the CLI's defaults on Omniglot and glyphs and even
 # with it at both recipes (README, "Batch renormalisation").
 NORMALIZATIONS = ("batch", "renorm")
+# The sampler's batch orders and epoch lengths (dnc_keras.sampling checks its arguments against
+# these, the CLI its flags).
+ORDERS = ("random", "walk")
+EPOCH_LENGTHS = ("fixed", "largest", "smallest")
 CONV4_NORMALIZATION = "renorm"
 
 TRAIN_OPTIONS = (
@@ -208,12 +212,12 @@ TRAIN_OPTIONS = (
          "else pass", predates="pass"),
     _opt("batch_order", str, None, "random: each batch draws its classes and images "
          "afresh; walk: each cluster's images without replacement between re-clusterings",
-         choices=("random", "walk"), nullable=True, unset="walk with recluster_features "
+         choices=ORDERS, nullable=True, unset="walk with recluster_features "
          "training, else random", predates="random"),
     _opt("epoch_length", str, "fixed", "fixed: N // (P x M) steps, or steps_per_epoch; "
          "largest: K x the batches of the largest cluster (the papers' epoch, its length "
          "changing with each re-clustering); smallest: K x the smallest's",
-         choices=("fixed", "largest", "smallest")),
+         choices=EPOCH_LENGTHS),
     _opt("kmeans_backend", str, "auto", "k-means implementation",
          choices=("auto", "faiss", "sklearn")),
     _opt("conquer_fraction", float, 0.2, "last fraction of the epochs trained on the full "
