@@ -46,6 +46,7 @@ import common as bench_common  # noqa: E402
 from dnc_keras.training import job  # noqa: E402
 from dnc_keras.training.config import TrainConfig  # noqa: E402
 from dnc_keras.training.run_folder import RunFolder  # noqa: E402
+from dnc_keras_cli.options import BY_NAME  # noqa: E402
 
 # name -> settings that differ from the common ones
 VARIANTS = {
@@ -165,7 +166,7 @@ def digits_variants():
 
     defaults = {key: value for key, value in load_preset("digits").items() if key != "dataset"}
     folder = {key: value for key, value in load_preset("folder").items() if key != "dataset"}
-    dnc = {"epochs": 10, **defaults, **FAST_ROUTE}
+    dnc = {"epochs": BY_NAME["epochs"].default, **defaults, **FAST_ROUTE}
     return {"digits settings, DnC": dnc,
             "digits settings, single learner": {**dnc, "learners": 1},
             "folder recipe, K = 2": {**folder, **FAST_ROUTE, "learners": defaults["learners"]}}

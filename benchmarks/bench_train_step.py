@@ -77,8 +77,8 @@ STEP_CANDIDATES = ("dnc", "keras", "torch_pml", "torch_pml@2", "torch_pml@3", "k
 # train steps computed, feature_source="training", instead of a separate pass), renorm (the
 # Conv-4 with batch renormalisation, what `dnc-keras train` trains by default, where the other
 # candidates build Keras's plain BatchNorm default of `backbones.conv4`; torch_pml+renorm: the
-# same arithmetic in PyTorch, `_TorchBatchRenorm`), walk (epochs: the
-# sampler walks each cluster without replacement; with renorm and bank, a run's default).
+# same arithmetic in PyTorch, `_torch_batch_renorm`), walk (epochs: the sampler walks each
+# cluster without replacement; with renorm and bank, a run's default).
 OPTIONS = ("xla", "spe", "interop1", "unfused_bn", "onednn0", "t1", "bf16", "fpmath_bf16",
            "caller_thread", "ftz", "norecluster", "bank", "renorm", "walk")
 

@@ -276,8 +276,9 @@ class DistributedTrainer:
         start_epoch, start_step = start if start is not None else self.restore()
         # The papers' epoch changes length: its bar reads the sampler's steps each epoch.
         callbacks = keras.callbacks.CallbackList(
-            with_cluster_epoch_progbar(callbacks, sampler, epochs, verbose), add_history=True, add_progbar=verbose != 0, model=model, verbose=verbose,
-            epochs=epochs, steps=sampler.steps)
+            with_cluster_epoch_progbar(callbacks, sampler, epochs, verbose), add_history=True,
+            add_progbar=verbose != 0, model=model, verbose=verbose, epochs=epochs,
+            steps=sampler.steps)
         history = next(c for c in callbacks.callbacks if isinstance(c, keras.callbacks.History))
         model.stop_training = False
         train_fn = self._train_step()

@@ -328,13 +328,13 @@ def describe(config, plan) -> str:
     lines.append(f"DnC schedule: {build_schedule(config).describe()}"
                  + ("; each division splits a fresh k-means at the current K"
                     if config.recluster_before_divide else ""))
-    lines.append("Clustering: k-means on the " + (
-        "backbone features" if config.cluster_on == "features" else "embedding") + (
-        " the train steps computed (a pass only for rows too old)"
-        if config.recluster_features == "training" else " of a full pass over the training images")
-        + f"; {config.batch_order} batches"
-        + (" (each cluster's images without replacement)" if config.batch_order == "walk"
-           else ""))
+    clustered = "backbone features" if config.cluster_on == "features" else "embedding"
+    source = ("the train steps computed (a pass only for rows too old)"
+              if config.recluster_features == "training"
+              else "of a full pass over the training images")
+    walk = " (each cluster's images without replacement)" if config.batch_order == "walk" else ""
+    lines.append(f"Clustering: k-means on the {clustered} {source}; {config.batch_order} "
+                 f"batches{walk}")
     metrics = "R@" + ",".join(map(str, facts["recall_ks"])) + ", MAP@R" + \
         (", NMI" if config.nmi else "")
     for ev in facts["evaluations"]:
