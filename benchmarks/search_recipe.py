@@ -196,7 +196,8 @@ def main(argv=None):
             what = ("Omniglot", "the folder images_background_small1 of github.com/"
                     "brendenlake/omniglot") if args.dataset == "omniglot" else (
                     "Your folder", "<class>/<image> files")
-            sys.exit(f"{what[0]} not found at {args.data_dir}: pass --data-dir ({what[1]})")
+            where = f"at {args.data_dir}" if args.data_dir else "(no --data-dir given)"
+            sys.exit(f"{what[0]} not found {where}: pass --data-dir ({what[1]})")
         common["data_dir"] = os.path.abspath(args.data_dir)
     runs_dir = args.runs_dir or os.path.join("runs", f"search_{args.dataset}")
     families = {}

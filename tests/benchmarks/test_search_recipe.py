@@ -92,3 +92,5 @@ def test_a_folder_is_searched_at_the_same_steps_and_must_be_named(tmp_path, caps
     with pytest.raises(SystemExit, match="Your folder not found at .*nowhere: pass --data-dir"):
         search.main(["--dataset", "folder", "--data-dir", str(tmp_path / "nowhere"),
                      "--out", str(tmp_path / "s.json")])
+    with pytest.raises(SystemExit, match=r"Your folder not found \(no --data-dir given\)"):
+        search.main(["--dataset", "folder", "--out", str(tmp_path / "s.json")])
